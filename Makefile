@@ -1,0 +1,53 @@
+# tunevlseg — `make help` lists the targets. Every target creates .venv on first use.
+SHELL := /bin/bash
+PY_BOOT ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SPEC    ?= experiments/mini.yaml
+DATA    ?=
+STORAGE ?= $(CURDIR)/results/runs
+RUN     ?= $(STORAGE)/$(basename $(notdir $(SPEC)))
+RAY_ADDRESS ?=
+export TOKENIZERS_PARALLELISM := false
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-cluster benchmark plan tables mlflow-ui pretrain-mini mini-data lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.cfg setup.py
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project (editable) with its test tools
+
+test: install ## run the default test suite (CPU, < 10 min on 2 cores)
+	$(PY) -m pytest -q
+
+test-slow: install ## run the slow tests too (end-to-end sweeps, resume after SIGKILL)
+	$(PY) -m pytest -q -m "slow and not gpu and not cluster"
+
+test-cluster: install ## start a real two-node Ray cluster on loopback and run the cluster tests
+	$(PY) -m pytest -q -m cluster
+
+benchmark: install ## run SPEC (default: the embedded mini benchmark) end to end; rerun to resume
+	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
+
+plan: install ## print the cells and trials of SPEC without running anything
+	$(PY) -m benchmark plan $(SPEC)
+
+tables: install ## regenerate tables and figures of RUN from its Parquet files
+	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables
+
+mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RUN)/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: install ## byte-compile everything (fast syntax check)
+	$(PY) -m compileall -q benchmark trainables tests
+
+clean: ## remove caches (keeps .venv and results)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,56 @@
+"""`tunevlseg` / `python -m benchmark`: one subcommand per module in `benchmark.commands`.
+
+Each command module defines NAME, HELP, `add_arguments(parser)` and `run(args) -> int`, and keeps heavy
+imports (torch, ray) inside `run` so that `--help` and torch-free commands (`tables`, `plan`) start fast.
+User errors (ConfigError, FileNotFoundError, ...) are printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order = order in `tunevlseg --help`.
+COMMAND_MODULES = [
+    "benchmark.commands.describe",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunevlseg",
+        description="Prompt-tuning benchmark for vision-language segmentation models (TuneVLSeg on Ray Tune).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod_name in COMMAND_MODULES:
+        mod = importlib.import_module(mod_name)
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+# Errors that mean "the user asked for something wrong": one clear line, exit 2.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from trainables.config import ConfigError
+    from trainables.registry import UnknownNameError
+
+    return (ConfigError, UnknownNameError, FileNotFoundError, NotADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except _user_errors() as e:
+        print(f"tunevlseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tunevlseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
