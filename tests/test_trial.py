@@ -1,0 +1,174 @@
+"""The training loop: learning, resume == uninterrupted, divergence, config validation.
+
+These tests drive `fit` with a small stand-in model honouring the PromptedVLSM contract (forward,
+tokenize, spec, named_trainable_parameters, param_groups, save_artifact) on synthetic in-memory data,
+so they run in seconds and isolate the loop from the VLSM adapters (tested on their own).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.config import ConfigError
+from trainables.trial import DataConfig, TrainConfig, TrialConfig, TrialDiverged, fit, resolve_precision
+
+
+class _Spec:
+    image_size = 16
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+
+class TinySegmenter(nn.Module):
+    """A frozen 'backbone' conv plus a trainable prompt bias and 1x1 head: enough to learn blobs."""
+
+    spec = _Spec()
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 8, 3, padding=1)
+        self.backbone.requires_grad_(False)
+        self.context = nn.Parameter(torch.zeros(8))
+        self.head = nn.Conv2d(8, 1, 1)
+
+    def tokenize(self, texts):
+        ids = torch.tensor([[len(t)] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        h = torch.relu(self.backbone(pixel_values) + self.context.view(1, -1, 1, 1))
+        return self.head(h)
+
+    def named_trainable_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def param_groups(self, weight_decay):
+        return [{"params": [self.head.weight], "weight_decay": weight_decay},
+                {"params": [self.head.bias, self.context], "weight_decay": 0.0}]
+
+    def save_artifact(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        torch.save({n: p for n, p in self.named_trainable_parameters()}, Path(directory) / "t.pt")
+
+
+class BlobData(torch.utils.data.Dataset):
+    """Bright squares on dark noise; the mask is the square."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            img = torch.rand(3, 16, 16, generator=g) * 0.3
+            mask = torch.zeros(1, 16, 16)
+            y, x = torch.randint(0, 10, (2,), generator=g).tolist()
+            img[:, y : y + 6, x : x + 6] += 0.7
+            mask[:, y : y + 6, x : x + 6] = 1
+            self.items.append({"image": (img - 0.5) / 0.5, "mask": mask, "prompt": "blob.",
+                               "original_size": (16, 16), "index": i})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def original_mask(self, i):
+        return self.items[i]["mask"][0]
+
+
+def _cfg(**train):
+    base = dict(lr=0.3, weight_decay=1e-4, batch_size=4, effective_batch_size=8, max_epochs=6, min_epochs=1,
+                device="cpu")
+    base.update(train)
+    return TrialConfig(model=None, data=DataConfig(dataset="blobs", root="/nonexistent"), train=TrainConfig(**base))
+
+
+def _data():
+    return {"train": BlobData(24, 0), "val": BlobData(8, 1), "test": BlobData(8, 2)}
+
+
+def _run(cfg, resume_dir=None, stop_after=None, tmp=None):
+    torch.manual_seed(0)
+    model = TinySegmenter()
+    reports, saved = [], []
+
+    def report(metrics, ckpt_dir):
+        reports.append(metrics)
+        if ckpt_dir is not None and tmp is not None:
+            dst = Path(tmp) / f"ckpt{metrics['epoch']}"
+            shutil.copytree(ckpt_dir, dst)
+            saved.append(dst)
+        if stop_after is not None and metrics.get("epoch") == stop_after and ckpt_dir is not None:
+            raise KeyboardInterrupt  # simulate the process dying right after the checkpoint is persisted
+
+    try:
+        final = fit(cfg, report, resume_dir=resume_dir, model=model, datasets=_data())
+    except KeyboardInterrupt:
+        final = None
+    return final, reports, saved, model
+
+
+def test_training_lowers_loss_and_beats_untrained_dice():
+    cfg = _cfg()
+    final, reports, _, _ = _run(cfg)
+    epochs = [r for r in reports if "train_loss" in r]
+    assert len(epochs) == 6
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    untrained = _run(_cfg(max_epochs=1, lr=1e-12))[0]
+    assert final["best_val_dice"] > untrained["best_val_dice"] + 0.1
+    for key in ("test_dice", "test_iou", "test_dice_orig", "test_iou_orig", "objective", "trainable_params"):
+        assert key in final and not math.isnan(final[key]), key
+    assert final["trainable_params"] == 8 + 8 + 1
+    assert final["objective"] == epochs[-1]["val_loss"]  # the original's objective: last-epoch val loss
+    for key in ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_s"):
+        assert key in epochs[0]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = _cfg()
+    full, full_reports, _, _ = _run(cfg)
+    _, _, saved, _ = _run(cfg, stop_after=2, tmp=tmp_path)
+    resumed, resumed_reports, _, _ = _run(cfg, resume_dir=str(saved[-1]))
+    assert [r["epoch"] for r in resumed_reports if "train_loss" in r] == [3, 4, 5]
+    for key in ("test_dice", "test_iou", "best_val_dice", "best_epoch", "objective"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-12), key
+    assert resumed_reports[-2]["train_loss"] == pytest.approx(full_reports[-2]["train_loss"], abs=1e-12)
+
+
+def test_nan_loss_stops_with_location():
+    cfg = _cfg(lr=1e-3)
+
+    class Exploding(TinySegmenter):
+        def forward(self, *a):
+            return super().forward(*a) * float("nan")
+
+    with pytest.raises(TrialDiverged, match=r"diverged at epoch 0, step 0, lr 0.001"):
+        fit(cfg, lambda m, d: None, model=Exploding(), datasets=_data())
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("lr", -1.0, "train.lr must be a positive number"),
+    ("batch_size", 0, "train.batch_size must be >= 1"),
+    ("effective_batch_size", 10, "must be a multiple of train.batch_size"),
+    ("min_epochs", 50, r"train.min_epochs must be in \[0, max_epochs\]"),
+])
+def test_bad_train_config_is_rejected_before_training(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        _cfg(**{field: value})
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="'16-mixed' needs a CUDA device"):
+        resolve_precision(TrainConfig(precision="16-mixed"), torch.device("cpu"))
+    assert resolve_precision(TrainConfig(), torch.device("cpu")) == (None, False)
+
+
+def test_trial_config_rejects_unknown_sections():
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrialConfig.from_dict({"model": {}, "data": {"dataset": "x", "root": "/x"}, "optim": {}})

@@ -1,0 +1,446 @@
+"""One trial: train a context learner on one dataset and report the numbers every table is built from.
+
+`fit(cfg, report)` is a plain function that reads top to bottom (nanoGPT's train.py is the model) and runs
+without Ray; `tune_trainable(config)` at the bottom is the thin Ray Tune shell around it.
+
+Defaults follow the original (reference spec §5): AdamW with no weight decay on context vectors, the
+residual factor, biases and norms; Dice + 0.2 BCE; effective batch 32 by gradient accumulation;
+ReduceLROnPlateau(min, 0.2, patience 5) on val loss; 20 epochs max / 10 min / early stopping on val loss
+(patience 12, min delta 1e-4); validation every epoch; the best-val-Dice state evaluated on test; seed 12345.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.config import ConfigError, from_dict
+from trainables.losses import dice_bce_loss
+from trainables.metrics import SegMetrics
+
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str  # a data card name (datasets/<name>.yaml) or a path to a card
+    root: str  # absolute path of the dataset on every node
+    cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 2e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 32  # per step; the effective batch is reached by gradient accumulation
+    effective_batch_size: int = 32
+    max_epochs: int = 20
+    min_epochs: int = 10
+    early_stop_patience: int = 12  # epochs without val-loss improvement (min delta below)
+    early_stop_min_delta: float = 1e-4
+    plateau_factor: float = 0.2
+    plateau_patience: int = 5
+    bce_weight: float = 0.2
+    precision: Precision = "auto"  # auto: bf16-mixed on CUDA with bf16 support, 16-mixed on older GPUs, 32 on CPU
+    seed: int = 12345
+    objective: Objective = "last_val_loss"  # what the sweep optimises; the original used the last val loss
+    device: str = "auto"
+    eval_original_size: bool = True  # also report test Dice/IoU with predictions resized to the image's size
+    max_steps_per_epoch: int | None = None  # smoke tests only: truncate each epoch
+    save_artifact: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.lr > 0 and math.isfinite(self.lr), "train.lr must be a positive number", self.lr),
+            (self.weight_decay >= 0, "train.weight_decay must be >= 0", self.weight_decay),
+            (self.batch_size >= 1, "train.batch_size must be >= 1", self.batch_size),
+            (self.effective_batch_size >= self.batch_size,
+             "train.effective_batch_size must be >= train.batch_size", self.effective_batch_size),
+            (self.max_epochs >= 1, "train.max_epochs must be >= 1", self.max_epochs),
+            (0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, max_epochs]", self.min_epochs),
+            (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
+            (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
+        ]
+        for ok, msg, value in checks:
+            if not ok:
+                raise ConfigError(f"{msg}, got {value!r}")
+        if self.effective_batch_size % self.batch_size:
+            raise ConfigError(
+                f"train.effective_batch_size ({self.effective_batch_size}) must be a multiple of "
+                f"train.batch_size ({self.batch_size}) so every optimizer step sees the same number of images"
+            )
+
+    @property
+    def accumulate(self) -> int:
+        return self.effective_batch_size // self.batch_size
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: Any  # trainables.model.ModelConfig
+    data: DataConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        from trainables.model import ModelConfig
+
+        unknown = sorted(set(d) - {"model", "data", "train"})
+        if unknown:
+            raise ConfigError(f"trial config: unknown key(s) {unknown}; allowed: model, data, train")
+        return cls(
+            model=from_dict(ModelConfig, d.get("model"), where="model"),
+            data=from_dict(DataConfig, d.get("data"), where="data"),
+            train=from_dict(TrainConfig, d.get("train"), where="train"),
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TrialDiverged(RuntimeError):
+    """A NaN/inf loss: the trial stops and records where it happened."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def resolve_device(train: TrainConfig) -> torch.device:
+    if train.device != "auto":
+        return torch.device(train.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(train: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a GradScaler is needed)."""
+    p = train.precision
+    if device.type != "cuda":
+        if p == "16-mixed":
+            raise ConfigError("train.precision '16-mixed' needs a CUDA device; use '32' or 'bf16-mixed' on CPU")
+        return (torch.bfloat16, False) if p == "bf16-mixed" else (None, False)
+    if p == "auto":
+        p = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if p == "bf16-mixed":
+        return torch.bfloat16, False
+    if p == "16-mixed":
+        return torch.float16, True  # fp16 needs loss scaling, as in the original's Lightning `16-mixed`
+    return None, False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_trainable_parameters()}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_trainable_parameters())
+    if set(params) != set(state):
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {sorted(set(params) - set(state))[:5]}, "
+            f"unexpected {sorted(set(state) - set(params))[:5]}"
+        )
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n])
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int):
+    # A generator per loader makes the shuffle order a function of (seed, epoch) — see `set_epoch_seed` —
+    # so a resumed trial sees exactly the batches an uninterrupted one would.
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers,
+        collate_fn=collate, generator=g, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def collate(samples: list[dict]) -> dict:
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "prompt": [s["prompt"] for s in samples],
+        "original_size": [tuple(int(v) for v in s["original_size"]) for s in samples],
+        "index": [s.get("index", -1) for s in samples],
+    }
+
+
+def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = model.tokenize(batch["prompt"])
+    logits = model(
+        batch["image"].to(device, non_blocking=True),
+        tokens["input_ids"].to(device, non_blocking=True),
+        tokens["attention_mask"].to(device, non_blocking=True),
+    )
+    return logits, batch["mask"].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
+             original_size: bool = False) -> dict[str, float]:
+    """Loss, Dice and IoU over a whole split; optionally also at each image's original resolution."""
+    model.eval()
+    metrics, metrics_orig = SegMetrics(device), SegMetrics(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    n = 0
+    for batch in loader:
+        with _autocast(device, amp_dtype):
+            logits, mask = forward_batch(model, batch, device)
+        loss_sum += dice_bce_loss(logits, mask, bce_weight).double() * len(mask)
+        n += len(mask)
+        metrics.update_from_logits(logits, mask)
+        if original_size and dataset is not None and hasattr(dataset, "original_mask"):
+            probs = torch.sigmoid(logits.float())
+            for i, (h, w) in enumerate(batch["original_size"]):
+                # The original's offline script resized sigmoid maps bicubically to the mask's size.
+                p = F.interpolate(probs[i : i + 1], size=(h, w), mode="bicubic", align_corners=False)
+                gt = torch.as_tensor(dataset.original_mask(batch["index"][i]), device=device)
+                metrics_orig.update(p >= 0.5, gt.reshape(1, 1, h, w) > 0.5)
+    out = {"loss": float(loss_sum) / max(n, 1), **metrics.compute()}
+    if original_size:
+        orig = metrics_orig.compute() if float(metrics_orig.count) else {"dice": float("nan"), "iou": float("nan")}
+        out.update(dice_orig=orig["dice"], iou_orig=orig["iou"])
+    return out
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
+    from trainables.data import build_dataset
+
+    return {
+        split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
+                             augment=(split == "train"), cache=cfg.data.cache)
+        for split in ("train", "val", "test")
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+Report = Callable[[dict, "str | None"], None]  # (metrics, directory holding a checkpoint or None)
+
+
+def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifact_dir: str | None = None,
+        model=None, datasets: dict | None = None) -> dict:
+    """Train, validate every epoch, test the best-val-Dice state; returns the final metrics.
+
+    `report(metrics, ckpt_dir)` is called once per epoch with a directory holding the resumable state
+    (copy it before returning: the directory is deleted afterwards) and once at the end without one.
+    `model`/`datasets` may be injected (tests, benchmarks); by default they are built from `cfg`.
+    """
+    t_start = time.time()
+    tc = cfg.train
+    device = resolve_device(tc)
+    amp_dtype, use_scaler = resolve_precision(tc, device)
+    seed_everything(tc.seed)  # same seed for every trial, as the original: equal J gives equal learner init
+
+    if model is None:
+        from trainables.model import build_model
+
+        model = build_model(cfg.model)
+    model.to(device)
+    datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
+    train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
+    val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
+    test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
+    trainable_params = sum(p.numel() for _, p in model.named_trainable_parameters())
+
+    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
+             "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
+    if resume_dir is not None:
+        ck = torch.load(Path(resume_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        load_trainable_state(model, ck["trainable"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        state = ck["loop"]
+        set_rng_state(ck["rng"])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step = 0
+    for epoch in range(state["epoch"] + 1, tc.max_epochs):
+        if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
+            break  # early stopping (checked here too so a resumed trial stops where it would have)
+        t0 = time.time()
+        model.train()  # the frozen VLSM stays in eval mode (PromptedVLSM.train takes care of it)
+        train_loader.generator.manual_seed(tc.seed * 1000 + epoch)
+        if hasattr(datasets["train"], "set_epoch"):
+            datasets["train"].set_epoch(epoch)  # reproducible augmentation per epoch, also after resume
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_images = 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(train_loader):
+            if tc.max_steps_per_epoch is not None and i >= tc.max_steps_per_epoch * tc.accumulate:
+                break
+            with _autocast(device, amp_dtype):
+                logits, mask = forward_batch(model, batch, device)
+                loss = dice_bce_loss(logits, mask, tc.bce_weight)
+            if not torch.isfinite(loss):
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrialDiverged(f"diverged at epoch {epoch}, step {step}, lr {lr:.2g}: loss is {loss.item()}")
+            scaler.scale(loss / tc.accumulate).backward()
+            if (i + 1) % tc.accumulate == 0:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            loss_sum += loss.detach().double() * len(mask)
+            n_images += len(mask)
+        if n_images % (tc.batch_size * tc.accumulate):  # a partial accumulation at the end still counts
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        train_seconds = time.time() - t0
+
+        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight)
+        scheduler.step(val["loss"])
+        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
+            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
+        if val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta:
+            state.update(best_val_loss=val["loss"], bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state.update(epoch=epoch, last_val_loss=val["loss"])
+
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum) / max(n_images, 1),
+            "val_loss": val["loss"], "val_dice": val["dice"], "val_iou": val["iou"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.time() - t0,
+            "images_per_s": n_images / max(train_seconds, 1e-9),
+            "objective": _objective(tc, state),
+        }
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "loop": state, "rng": rng_state()}, Path(d) / CHECKPOINT_FILE)
+            report(metrics, d)
+
+    # Test the best-val-Dice state, as the original's trainer.test(ckpt_path="best").
+    if state["best_state"] is not None:
+        load_trainable_state(model, state["best_state"])
+    test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
+                    original_size=tc.eval_original_size)
+    if artifact_dir is not None and tc.save_artifact:
+        model.save_artifact(artifact_dir)
+    final = {
+        "epoch": state["epoch"],
+        "objective": _objective(tc, state),
+        "val_loss": state["last_val_loss"],
+        "best_val_dice": state["best_val_dice"], "best_epoch": state["best_epoch"],
+        "test_loss": test["loss"], "test_dice": test["dice"], "test_iou": test["iou"],
+        "test_dice_orig": test.get("dice_orig", float("nan")), "test_iou_orig": test.get("iou_orig", float("nan")),
+        "epochs_run": state["epoch"] + 1,
+        "trainable_params": trainable_params,
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        "trial_seconds": time.time() - t_start,
+        "status": "ok", "error": "",
+    }
+    report(final, None)
+    return final
+
+
+def _objective(tc: TrainConfig, state: dict) -> float:
+    if tc.objective == "last_val_loss":
+        return state["last_val_loss"]
+    if tc.objective == "best_val_loss":
+        return state["best_val_loss"]
+    return -state["best_val_dice"]  # the sweep minimises, so Dice is negated
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray Tune shell
+
+
+def tune_trainable(config: dict) -> None:
+    """Ray Tune function trainable. `config["trial"]` is the nested trial config (see TrialConfig).
+
+    Uses only `ray.tune.*` calls: in Ray 2.60 the `ray.train.*` ones raise inside Tune trainables.
+    A NaN/inf loss ends the trial as a result with status "diverged"; any other failure is reported with
+    status "error" and its message (so it lands in Parquet and MLflow) and re-raised so Tune marks the trial
+    ERROR and the sweep goes on.
+    """
+    from ray import tune
+
+    cfg = TrialConfig.from_dict(config["trial"])
+    trial_dir = tune.get_context().get_trial_dir()
+    artifact_dir = os.path.join(trial_dir, "artifact") if trial_dir else None
+
+    def report(metrics: dict, ckpt_dir: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+    ckpt = tune.get_checkpoint()
+    with ckpt.as_directory() if ckpt else contextlib.nullcontext() as resume_dir:
+        try:
+            fit(cfg, report, resume_dir=resume_dir, artifact_dir=artifact_dir)
+        except TrialDiverged as e:
+            # A diverged trial is a result, not a crash: TPE learns that this region is bad.
+            tune.report({"objective": float("inf"), "status": "diverged", "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - recorded, then re-raised so Tune marks the trial ERROR
+            tune.report({"objective": float("inf"), "status": "error", "error": _explain(e)})
+            raise
+
+
+def _explain(e: BaseException) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return ("CUDA out of memory: lower train.batch_size and keep train.effective_batch_size (gradient "
+                f"accumulation makes up the difference), or give the trial a larger GPU share. ({e})")
+    return f"{type(e).__name__}: {e}"
