@@ -1,0 +1,127 @@
+"""`tunevlseg tables RUN`: the paper's Tables 2–5, its figures and a report, from a run's Parquet alone.
+
+Never imports torch or Ray: the tables must regenerate on any laptop that has the Parquet file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+NAME = "tables"
+HELP = "regenerate the paper's Tables 2-5, figures and a report from a run's trials.parquet"
+DESCRIPTION = (
+    "Build Tables 2-5 of the paper (search space; Dice per VLSM x learner x dataset; MaPLe init ablation; "
+    "no-upsampler ablation) from RUN/trials.parquet. Without --out the tables are printed; with --out they "
+    "are written as files together with the figures (PNG) and report.md.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory holding trials.parquet (or *.parquet), or a Parquet file")
+    p.add_argument("--format", choices=["md", "csv", "tex", "all"], default="md",
+                   help="table format (default md); 'all' writes md, csv and tex (with --out)")
+    p.add_argument("--out", metavar="DIR", help="write tables, figures and report.md into DIR instead of printing")
+    p.add_argument("--vs-paper", action="store_true",
+                   help="also show each table beside the paper's numbers (results/paper/) with the difference")
+    p.add_argument("--selection", choices=["val", "best_test"], default="val",
+                   help="val: trial with the best validation objective -> its test Dice (default); "
+                        "best_test: best test Dice of the trials (the paper's apparent rule)")
+    p.add_argument("--objective-mode", choices=["min", "max"], default="min",
+                   help="direction of the `objective` column for --selection val (default min: a loss)")
+    p.add_argument("--spec", help="when the Parquet holds several specs, the one to tabulate")
+    p.add_argument("--space", default="paper",
+                   help="search space for Table 2: paper (default) or reference (what the original code searched)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (with --out)")
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["tunevlseg", "tables", args.run]
+    if args.format != "md":
+        parts += ["--format", args.format]
+    if args.out:
+        parts += ["--out", args.out]
+    if args.vs_paper:
+        parts.append("--vs-paper")
+    if args.selection != "val":
+        parts += ["--selection", args.selection]
+    if args.objective_mode != "min":
+        parts += ["--objective-mode", args.objective_mode]
+    if args.spec:
+        parts += ["--spec", args.spec]
+    if args.space != "paper":
+        parts += ["--space", args.space]
+    if args.no_figures:
+        parts.append("--no-figures")
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmark import tables as T
+
+    trials = T.read_trials(args.run, spec=args.spec, selection=args.selection)
+    skipped: list[str] = []
+    try:
+        table2 = T.table2(space=args.space)
+    except ImportError as e:  # the search-space module is optional for reading results
+        table2 = None
+        skipped.append(f"Table 2 ({e})")
+    tables = {3: T.table3(trials, args.selection, args.objective_mode)}
+    for n in (4, 5):
+        if T.has_trials(trials, n):
+            tables[n] = T.TABLE_BUILDERS[n](trials, args.selection, args.objective_mode)
+        else:
+            skipped.append(f"Table {n} (no trials with variant {T.VARIANTS[n]!r})")
+    other = sorted(set(trials["variant"]) - set(T.VARIANTS.values()))
+    if other:
+        skipped.append(f"trials of variant(s) {', '.join(other)} (no paper table for them)")
+    comparisons = {n: T.compare(t) for n, t in tables.items()} if args.vs_paper else {}
+
+    if not args.out:
+        fmt = "md" if args.format == "all" else args.format
+        blocks = ([T.render(table2, fmt)] if table2 is not None else [])
+        for n, t in tables.items():
+            blocks += [T.render(t, fmt), T.render(t, fmt, counts=True)]
+            if n in comparisons:
+                blocks.append(T.render(comparisons[n], fmt))
+        sys.stdout.write("\n".join(blocks))
+        for s in skipped:
+            print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
+        return 0
+
+    from benchmark import report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    formats = list(T.FORMATS) if args.format == "all" else [args.format]
+
+    def write(name: str, text: str) -> None:
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+
+    for fmt in formats:
+        if table2 is not None:
+            write(f"table2.{fmt}", T.render(table2, fmt))
+        for n, t in tables.items():
+            write(f"table{n}.{fmt}", T.render(t, fmt))
+            write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
+            if n in comparisons:
+                write(f"table{n}_vs_paper.{fmt}", T.render(comparisons[n], fmt))
+    figures = []
+    if not args.no_figures:
+        from benchmark import figures as F
+
+        figures = F.write_figures(trials, out, tables[3])
+        written += figures
+    text = report.build_report(trials, source=args.run, command=_command_line(args), tables=tables,
+                               table2=table2, comparisons=comparisons, figures=figures, out_dir=out,
+                               skipped=skipped)
+    written.append(report.write_report(out / "report.md", text))
+    for s in skipped:
+        print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
+    print(f"tunevlseg tables: wrote {len(written)} files to {out} (report: {out / 'report.md'})")
+    return 0
