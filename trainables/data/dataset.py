@@ -1,0 +1,140 @@
+"""`build_dataset`: a torch Dataset of binary (image, prompt, mask) samples for one split of one card."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainables.data import transforms as T
+from trainables.data.cards import DataCard, load_card
+from trainables.data.readers import (CACHE, CHECK_HINT, AnnotationSource, DataError, Entry, decode_image,
+                                     decode_mask, list_entries, missing_files)
+
+
+class SegmentationDataset(Dataset):
+    """Samples are dicts: image (3, S, S) float32 normalised, mask (1, S, S) float32 in {0, 1}, prompt str,
+    original_size (H, W), name str, and index int (for `original_mask(index)` at evaluation). Decoded and
+    resized arrays come from the process-wide CACHE."""
+
+    def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,
+                 mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = ""):
+        self.card, self.root, self.split, self.entries = card, root, split, entries
+        self.image_size, self.augment, self.cache, self.seed, self.source = image_size, augment, cache, seed, source
+        # List-valued prompts (CAMUS) are drawn at random for training only; evaluation uses the first one
+        # so that val/test scores are deterministic (the original re-drew them at val/test too).
+        self.random_prompts = split == "train"
+        self._pipeline = T.augmentation(mean, std, train=augment)
+        self._rng_owner: tuple | None = None
+        self._rng = random.Random(0)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def prompts(self) -> list[str]:
+        """The evaluation prompt of every sample (first of a list)."""
+        return [e.prompts[0] for e in self.entries]
+
+    # --- decoding (cached) -----------------------------------------------------------------------------
+    def _image(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        key = CACHE.key(path, "image", self.image_size) if self.cache else None
+        hit = CACHE.get(key) if key else None
+        if hit is not None:
+            return hit
+        full = decode_image(path)
+        small = T.resize_image(full, self.image_size)
+        value = (small, full.shape[:2])
+        if key:
+            CACHE.put(key, value, small.nbytes)
+        return value
+
+    def _mask(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        key = CACHE.key(path, "mask", self.image_size, self.card.mask_threshold) if self.cache else None
+        hit = CACHE.get(key) if key else None
+        if hit is not None:
+            packed, hw = hit
+            return np.unpackbits(packed, count=self.image_size**2).reshape(self.image_size, self.image_size), hw
+        full = decode_mask(path, self.card.mask_threshold, self.card.max_ambiguous_fraction)
+        small = np.ascontiguousarray(T.resize_mask(full, self.image_size))
+        if key:  # masks are {0,1}: bit-packing makes a 352 px mask 15 kB instead of 124 kB
+            packed = np.packbits(small)
+            CACHE.put(key, (packed, full.shape), packed.nbytes)
+        return small, full.shape
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """Resized uint8 image (S, S, 3), {0,1} mask (S, S) and the original (H, W) of sample `index`."""
+        e = self.entries[index]
+        try:
+            image, hw = self._image(e.image)
+            mask, mask_hw = self._mask(e.mask)
+            if tuple(hw) != tuple(mask_hw):
+                raise DataError(f"mask {e.mask} is {mask_hw[1]}x{mask_hw[0]} (WxH) but its image {e.image} is "
+                                f"{hw[1]}x{hw[0]}; masks must have their image's size")
+        except DataError as err:
+            raise DataError(f"{self.card.name} {self.split} sample {index} ({e.name}): {err}; "
+                            + CHECK_HINT.format(name=self.card.name, root=self.root)) from None
+        return image, mask, (int(hw[0]), int(hw[1]))
+
+    def original_mask(self, index: int) -> np.ndarray:
+        """The {0,1} mask at the original resolution (for metrics at original size; not cached)."""
+        card = self.card
+        return decode_mask(self.entries[index].mask, card.mask_threshold, card.max_ambiguous_fraction)
+
+    def preload(self) -> "SegmentationDataset":
+        """Decode everything now (e.g. before forking DataLoader workers, which share the parent's cache)."""
+        for i in range(len(self)):
+            self.load(i)
+        return self
+
+    # --- sampling ----------------------------------------------------------------------------------------
+    def _reseed(self) -> None:
+        # Forked DataLoader workers inherit the same generator state; torch gives each worker its own
+        # initial seed (and a new one each epoch), so derive ours from it whenever it changes.
+        owner = (os.getpid(), torch.initial_seed())
+        if owner != self._rng_owner:
+            self._rng_owner = owner
+            seed = (torch.initial_seed() + 1_000_003 * (self.seed or 0)) % 2**32
+            self._pipeline.set_random_seed(seed)
+            self._rng = random.Random(seed)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask, hw = self.load(index)
+        self._reseed()
+        prompts = self.entries[index].prompts
+        prompt = self._rng.choice(prompts) if self.random_prompts and len(prompts) > 1 else prompts[0]
+        out = self._pipeline(image=image, mask=mask)
+        image_chw, mask_chw = T.to_chw(out["image"], out["mask"])
+        return {"image": torch.from_numpy(image_chw), "mask": torch.from_numpy(mask_chw), "prompt": prompt,
+                "original_size": hw, "name": self.entries[index].name, "index": index}
+
+    def __repr__(self) -> str:
+        return (f"SegmentationDataset({self.card.name}, {self.split}, n={len(self)}, size={self.image_size}, "
+                f"augment={self.augment}, source={self.source})")
+
+
+def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, split: str, image_size: int,
+                  mean, std, augment: bool | None = None, cache: bool = True,
+                  annotations: AnnotationSource = "auto", seed: int | None = None) -> SegmentationDataset:
+    """One split of a dataset on disk, checked for structure and missing files before any decoding.
+
+    `card`: a card name (`kvasir`) or a path to a card YAML. `augment` defaults to True for train only.
+    `annotations`: "auto" uses `<root>/anns/<split>.json` when present, else the card's shipped split.
+    """
+    card = load_card(card)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    root = Path(root).expanduser().resolve()
+    entries, source = list_entries(card, root, split, annotations)
+    missing = missing_files(entries)
+    if missing:
+        more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
+        raise DataError(f"{card.name} {split}: {missing[0]}{more}; lay the files out as docs/data.md describes; "
+                        + CHECK_HINT.format(name=card.name, root=root))
+    if augment is None:
+        augment = split == "train"
+    return SegmentationDataset(card, root, split, entries, image_size, mean, std, augment, cache, seed, source)

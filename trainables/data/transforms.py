@@ -1,0 +1,54 @@
+"""The paper's preprocessing (reference §6.3) with albumentations 2.x.
+
+Resize (image bicubic, mask nearest) is deterministic, so it runs once per file and its output is cached;
+the random part runs on the cached S x S arrays, in the order of the original pipeline:
+  train: Affine(scale ±2 %, translate ±2 %, rotate ±5°, replicate border, p 0.2)
+         -> RandomBrightnessContrast(±0.1, by max value, p 0.2) -> Normalize
+  val / test: Normalize
+The original's PadIfNeeded(S, S) and CropNonEmptyMaskIfExists(S, S) are no-ops after an S x S resize and
+are left out; its flip was commented out.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import (offline clusters)
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Normalisation statistics per VLSM family (the VLSM spec carries its own; these are for convenience).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # CLIPSeg
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CRIS
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (S, S, 3), bicubic: what A.Resize(S, S, interpolation=INTER_CUBIC) does."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) {0,1} uint8 -> (S, S), nearest: albumentations' mask interpolation (masks stay binary)."""
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def augmentation(mean, std, train: bool, seed: int | None = None) -> A.Compose:
+    """The random (train) or deterministic (eval) part of the pipeline, applied after `resize`."""
+    steps = []
+    if train:
+        steps += [
+            A.Affine(scale=(0.98, 1.02), translate_percent=(-0.02, 0.02), rotate=(-5, 5),
+                     interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST,
+                     border_mode=cv2.BORDER_REPLICATE, p=0.2),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, brightness_by_max=True, p=0.2),
+        ]
+    steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    return A.Compose(steps, seed=seed)
+
+
+def to_chw(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ToTensorV2(transpose_mask=True) without the tensor: (3, S, S) float32 and (1, S, S) float32."""
+    return (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32),
+            np.ascontiguousarray(mask[None], dtype=np.float32))
