@@ -92,6 +92,11 @@ class VLSMAdapter(nn.Module):
         """A fresh learnable upsampler mapping `SegmentationOutput.tap` to logits (N, 1, S, S)."""
         raise NotImplementedError
 
+    def encoder_modules(self) -> list[nn.Module]:
+        """The pretrained text/vision encoders (E2E with `train_encoders: false` freezes exactly these).
+        Optional: an adapter without it cannot run that E2E variant."""
+        raise NotImplementedError
+
 
 # name -> factory(weights: str | None, **options) -> VLSMAdapter
 VLSMS: Registry[Callable[..., VLSMAdapter]] = Registry("VLSM")

@@ -1,0 +1,92 @@
+"""`tunevlseg predict`: segment new images with a tuned prompt (an artifact written by a trial)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "predict"
+HELP = "segment new images with a tuned-prompt artifact; writes PNG masks (and overlays)"
+DESCRIPTION = (
+    "Load a tuned-prompt artifact (the trainable tensors + config a trial saved; the frozen VLSM is loaded "
+    "from its original weights) and write one 0/255 PNG mask per image at the image's own resolution."
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifact", required=True, help="artifact directory (e.g. <trial dir>/artifact)")
+    p.add_argument("--images", required=True, help="a directory of images or a single image file")
+    p.add_argument("--out", required=True, help="output directory for <stem>.png masks")
+    p.add_argument("--prompt", default=None,
+                   help="text prompt (default: the dataset prompt recorded in the artifact, else required)")
+    p.add_argument("--weights", default=None, help="override where the frozen VLSM weights are loaded from")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, UnidentifiedImageError
+
+    from trainables.config import ConfigError
+    from trainables.model import build_from_artifact
+
+    src = Path(args.images)
+    if not src.exists():
+        raise FileNotFoundError(f"--images {src} does not exist")
+    files = [src] if src.is_file() else sorted(f for f in src.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {src}")
+    if not 0 < args.threshold < 1:
+        raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
+
+    model = build_from_artifact(args.artifact, **({'weights': args.weights} if args.weights else {}))
+    prompt = args.prompt or getattr(model, "default_prompt", None)
+    if not prompt:
+        raise ConfigError("--prompt is required: this artifact records no default prompt")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model.to(device).eval()
+    spec = model.spec
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def load(path: Path):
+        try:
+            img = Image.open(path)
+            img.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConfigError(f"cannot read image {path}: {e}; is it a complete image file?") from None
+        rgb = np.asarray(img.convert("RGB"))  # greyscale, RGBA and palette images become RGB
+        x = torch.from_numpy(rgb).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+        x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="bicubic", align_corners=False)
+        return rgb, ((x[0].clamp(0, 1) - mean) / std)
+
+    written = 0
+    for i in range(0, len(files), args.batch_size):
+        chunk = files[i : i + args.batch_size]
+        loaded = [load(f) for f in chunk]
+        x = torch.stack([t for _, t in loaded]).to(device)
+        tokens = model.tokenize([prompt] * len(chunk))
+        with torch.no_grad():
+            probs = torch.sigmoid(model(x, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float())
+        for f, (rgb, _), p in zip(chunk, loaded, probs):
+            h, w = rgb.shape[:2]
+            p = F.interpolate(p[None], size=(h, w), mode="bicubic", align_corners=False)[0, 0].cpu()
+            mask = (p >= args.threshold).numpy().astype(np.uint8) * 255
+            Image.fromarray(mask).save(out / f"{f.stem}.png")
+            if args.overlay:
+                over = rgb.astype(np.float32).copy()
+                over[mask > 0] = 0.5 * over[mask > 0] + 0.5 * np.array([255, 0, 0])
+                Image.fromarray(over.astype(np.uint8)).save(out / f"{f.stem}_overlay.png")
+            written += 1
+    print(f"wrote {written} mask(s) to {out} (prompt: {prompt!r})")
+    return 0

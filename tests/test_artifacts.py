@@ -1,0 +1,121 @@
+"""Tuned-prompt artifacts: trainable tensors only, safetensors + JSON, refusing mismatches, never unpickling."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from trainables.config import ConfigError
+from trainables.model import ARTIFACT_CONFIG, ARTIFACT_TENSORS, build_from_artifact, build_model
+
+
+def tiny(learner="coop", **learner_config):
+    extra = {"shared_attention": {"nhead": 4, "dim_feedforward": 48}}.get(learner, {})
+    return build_model({"vlsm_config": "tiny", "learner": learner, "seed": 0,
+                        "learner_config": {"prompt_depth": 2, **extra, **learner_config}}).eval()
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    model = tiny()
+    with torch.no_grad():
+        model.learner.context_vectors.mul_(3.0)
+    model.save_artifact(tmp_path)
+    return model, tmp_path
+
+
+def test_artifact_holds_only_trainable_tensors_and_the_config(saved):
+    from safetensors.torch import load_file
+
+    model, path = saved
+    tensors = load_file(str(path / ARTIFACT_TENSORS))
+    assert set(tensors) == {n for n, _ in model.named_trainable_parameters()}
+    assert all(n.startswith(("learner.", "upsampler.")) for n in tensors)
+    assert (path / ARTIFACT_TENSORS).stat().st_size < 20_000  # KB, not the frozen VLSM's MB
+    meta = json.loads((path / ARTIFACT_CONFIG).read_text())
+    assert meta["model"]["learner"] == "coop" and meta["learner_config"]["prompt_depth"] == 2
+    assert meta["trainable_params"] == model.count_parameters()[0]
+
+
+def test_build_from_artifact_reproduces_logits(saved):
+    model, path = saved
+    g = torch.Generator().manual_seed(0)
+    x, tok = torch.randn(2, 3, 48, 48, generator=g), model.tokenize(["polyp.", "tumour"])
+    rebuilt = build_from_artifact(path).eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, **tok), model(x, **tok))
+
+
+def test_refuses_another_learner(saved):
+    _, path = saved
+    with pytest.raises(ConfigError, match="learner is 'coop' but this model's is 'vpt'; build the model with "
+                                          "learner='coop'"):
+        tiny("vpt").load_artifact(path)
+
+
+def test_refuses_another_vlsm(saved):
+    _, path = saved
+    meta = json.loads((path / ARTIFACT_CONFIG).read_text())
+    meta["model"]["vlsm"] = "cris"
+    (path / ARTIFACT_CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="VLSM is 'cris' but this model's is 'clipseg'"):
+        tiny().load_artifact(path)
+
+
+def test_refuses_another_learner_config(saved):
+    _, path = saved
+    with pytest.raises(ConfigError, match=r"learner config differs in prompt_depth \(artifact 2, model 3\)"):
+        tiny(prompt_depth=3).load_artifact(path)
+
+
+def test_refuses_another_flag_even_with_equal_shapes(tmp_path):
+    tiny("shared_attention").save_artifact(tmp_path)
+    with pytest.raises(ConfigError, match="attend_across_prompts"):
+        tiny("shared_attention", attend_across_prompts=False).load_artifact(tmp_path)
+
+
+def test_refuses_other_shapes(saved):
+    _, path = saved
+    meta = json.loads((path / ARTIFACT_CONFIG).read_text())
+    meta["learner_config"]["prompt_depth"] = 3  # a tampered config: tensors no longer fit
+    (path / ARTIFACT_CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"tensor learner.context_vectors has shape \(2, 4, 32\), this model "
+                                          r"expects \(3, 4, 32\)"):
+        tiny(prompt_depth=3).load_artifact(path)
+
+
+def test_refuses_missing_upsampler(saved):
+    _, path = saved
+    model = build_model({"vlsm_config": "tiny", "learner": "coop", "upsampler": False,
+                         "learner_config": {"prompt_depth": 2}})
+    with pytest.raises(ConfigError, match="upsampler is True but this model's is False"):
+        model.load_artifact(path)
+
+
+def test_missing_files_and_foreign_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing tunevlseg.json"):
+        tiny().load_artifact(tmp_path)
+    (tmp_path / ARTIFACT_CONFIG).write_text(json.dumps({"format": "something-else"}))
+    (tmp_path / ARTIFACT_TENSORS).write_bytes(b"")
+    with pytest.raises(ConfigError, match="is not a tunevlseg-prompt-artifact v1 file"):
+        tiny().load_artifact(tmp_path)
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that loading never runs pickle."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.makedirs, (self.target,))
+
+
+def test_loading_never_unpickles(saved, tmp_path_factory):
+    model, path = saved
+    sentinel = str(tmp_path_factory.mktemp("x") / "unpickled")
+    torch.save({"learner.context_vectors": _Payload(sentinel)}, path / ARTIFACT_TENSORS)
+    with pytest.raises(Exception):
+        model.load_artifact(path)
+    assert not os.path.exists(sentinel)

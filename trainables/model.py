@@ -1,0 +1,291 @@
+"""A frozen VLSM + a context learner + the learnable upsampler, as one module (`PromptedVLSM`).
+
+    model = build_model({"vlsm": "clipseg", "weights": "CIDAS/clipseg-rd64", "learner": "maple",
+                         "learner_config": {"prompt_depth": 6}})
+    batch = model.tokenize(["polyp."]) ; logits = model(pixel_values, **batch)     # (N, 1, S, S)
+    model.save_artifact("out/prompts")                       # trainable tensors + config, never the VLSM
+
+`build_model` is the only place that freezes: everything of the VLSM is frozen and kept in eval mode,
+then the learner and upsampler are created (so they alone train). The E2E baseline (`learner: e2e`)
+freezes nothing and has neither learner nor upsampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+import trainables.learners  # noqa: F401  (registers the learners)
+import trainables.vlsm  # noqa: F401  (registers the adapters)
+from trainables.config import ConfigError, from_dict
+from trainables.learners.base import LEARNERS, ContextLearner, LearnerEntry
+from trainables.upsampler import COMBINE_MODES, ResidualUpsampler
+from trainables.vlsm.base import VLSMS, VLSMAdapter, VLSMSpec
+
+ARTIFACT_CONFIG = "tunevlseg.json"
+ARTIFACT_TENSORS = "trainable.safetensors"
+ARTIFACT_FORMAT = "tunevlseg-prompt-artifact"
+ARTIFACT_VERSION = 1
+
+# What the original did with the upsampler per (VLSM, learner) (reference §2, §9.1, §9.2); anything else
+# used the paper's residual combination.
+ORIGINAL_UPSAMPLER = {("clipseg", "coop"): "unused", ("clipseg", "cocoop"): "unused", ("clipseg", "vpt"): "sum"}
+
+
+@dataclass
+class ModelConfig:
+    """The `model` block of a trial config.
+
+    vlsm: registered VLSM name. weights: HF hub id or local checkpoint directory; None = random init of
+    `vlsm_config` (a shipped config name or a dict), offline. vlsm_options: adapter flags.
+    learner / learner_config: registered learner name and its config fields.
+    upsampler: add the learnable upsampler (paper §5; false = Table 5 ablation; ignored by e2e).
+    upsampler_combine: "residual" (paper: (1-ρ)·head + ρ·up), "sum" (head + up), "unused" (created,
+    counted, never run) or "original" (what the original did for this pair: unused for CoOp/CoCoOp on
+    CLIPSeg, sum for VPT, residual otherwise).
+    seed: when set, the learner and upsampler are initialised from this seed whatever the global RNG.
+    """
+
+    vlsm: str = "clipseg"
+    weights: str | None = None
+    vlsm_config: str | dict | None = None
+    vlsm_options: dict = field(default_factory=dict)
+    learner: str = "coop"
+    learner_config: dict = field(default_factory=dict)
+    upsampler: bool = True
+    upsampler_combine: str = "residual"
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("vlsm_options", "learner_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"model {name}: expected a mapping of key: value, got {getattr(self, name)!r}")
+        allowed = (*COMBINE_MODES, "original")
+        if self.upsampler_combine not in allowed:
+            raise ConfigError(f"model upsampler_combine: {self.upsampler_combine!r} is not allowed; "
+                              f"allowed: {', '.join(allowed)}")
+
+    def combine_mode(self) -> str:
+        if self.upsampler_combine == "original":
+            return ORIGINAL_UPSAMPLER.get((self.vlsm, self.learner), "residual")
+        return self.upsampler_combine
+
+
+def resolve_learner_config(cfg: ModelConfig):
+    entry = LEARNERS.get(cfg.learner)
+    return entry, from_dict(entry.config_cls, cfg.learner_config, where=f"learner {cfg.learner!r}")
+
+
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
+    if not isinstance(cfg, ModelConfig):
+        cfg = from_dict(ModelConfig, cfg, where="model")
+    entry, learner_cfg = resolve_learner_config(cfg)  # config errors before the (slow) VLSM build
+    factory = VLSMS.get(cfg.vlsm)
+    vlsm = factory(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+    missing = entry.modalities - vlsm.spec.modalities
+    if missing:
+        viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
+        raise ConfigError(f"learner {cfg.learner!r} prompts the {'/'.join(sorted(missing))} encoder, which "
+                          f"{cfg.vlsm} does not have; viable learners for {cfg.vlsm}: {', '.join(viable)}")
+    return PromptedVLSM(cfg, vlsm, entry, learner_cfg)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class PromptedVLSM(nn.Module):
+    def __init__(self, config: ModelConfig, vlsm: VLSMAdapter, entry: LearnerEntry, learner_config):
+        super().__init__()
+        self.config = config
+        self.entry = entry
+        self.learner_config = learner_config
+        self.vlsm = vlsm
+        self.learner: ContextLearner | None = None
+        self.upsampler: ResidualUpsampler | None = None
+        self.frozen = entry.module_cls is not None
+        if not self.frozen:  # E2E: the whole VLSM trains, nothing is added
+            vlsm.requires_grad_(True)
+            if not getattr(learner_config, "train_encoders", True):
+                try:
+                    encoders = vlsm.encoder_modules()
+                except NotImplementedError:
+                    raise ConfigError(f"learner 'e2e' train_encoders: false is not supported for {config.vlsm}; "
+                                      "allowed: true") from None
+                for module in encoders:
+                    module.requires_grad_(False)
+            vlsm.train(self.training)
+            return
+        vlsm.requires_grad_(False)
+        vlsm.eval()
+        with _seeded(config.seed):
+            self.learner = entry.module_cls(learner_config, vlsm.spec, vlsm.embed_tokens)
+            if config.upsampler:
+                self.upsampler = ResidualUpsampler(vlsm.make_upsampler(), config.combine_mode())
+
+    @property
+    def spec(self) -> VLSMSpec:
+        return self.vlsm.spec
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.vlsm.tokenize(texts)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, 1, S, S) for images (N, 3, S, S) and tokenized prompts (N, L)."""
+        prompts = None
+        if self.learner is not None:
+            feats = self.vlsm.image_features(pixel_values) if self.learner.needs_image_features else None
+            prompts = self.learner(feats)
+        out = self.vlsm(pixel_values, input_ids, attention_mask, prompts)
+        return out.logits if self.upsampler is None else self.upsampler(out.logits, out.tap)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:  # a frozen VLSM stays in eval mode (e.g. CRIS BatchNorm statistics, reference §5.9)
+            self.vlsm.eval()
+        return self
+
+    # -- parameters ------------------------------------------------------------------------------------------
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def count_parameters(self) -> tuple[int, int]:
+        """(trainable, frozen) parameter counts."""
+        trainable = sum(p.numel() for _, p in self.named_trainable_parameters())
+        return trainable, sum(p.numel() for p in self.parameters()) - trainable
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups (reference §5.2): Linear/Conv weights and `*proj_weight` decay; biases, norms,
+        embeddings, context vectors and the residual ratio do not. Frozen parameters are left out."""
+        decay, no_decay = [], []
+        for module_name, module in self.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                weight = name == "weight" and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+                (decay if weight or name.endswith("proj_weight") else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        return [g for g in groups if g["params"]]
+
+    def describe(self) -> dict[str, Any]:
+        trainable, frozen = self.count_parameters()
+        by_part: dict[str, int] = {}
+        for name, p in self.named_trainable_parameters():
+            part = name.split(".")[0]
+            by_part[part] = by_part.get(part, 0) + p.numel()
+        return {
+            "vlsm": self.config.vlsm, "learner": self.config.learner, "display_name": self.entry.display_name,
+            "modalities": sorted(self.entry.modalities), "vlsm_modalities": sorted(self.spec.modalities),
+            "learner_config": dataclasses.asdict(self.learner_config),
+            "upsampler": None if self.upsampler is None else self.upsampler.mode,
+            "trainable_params": trainable, "frozen_params": frozen, "trainable_by_part": by_part,
+            "max_prompt_depth": self.spec.max_prompt_depth, "image_size": self.spec.image_size,
+        }
+
+    # -- artifacts -------------------------------------------------------------------------------------------
+
+    def _artifact_meta(self) -> dict[str, Any]:
+        spec = dataclasses.asdict(self.spec)
+        spec["modalities"] = sorted(spec["modalities"])
+        return {
+            "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+            "model": dataclasses.asdict(self.config),
+            "learner_config": dataclasses.asdict(self.learner_config),
+            "vlsm_spec": json.loads(json.dumps(spec)),
+            "tensors": {n: list(p.shape) for n, p in self.named_trainable_parameters()},
+            "trainable_params": self.count_parameters()[0],
+            "versions": {"torch": torch.__version__},
+        }
+
+    def save_artifact(self, directory: str | Path) -> Path:
+        """Write `trainable.safetensors` (trainable tensors only) and `tunevlseg.json` (the config)."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in self.named_trainable_parameters()}
+        save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={"format": ARTIFACT_FORMAT})
+        (out / ARTIFACT_CONFIG).write_text(json.dumps(self._artifact_meta(), indent=2, sort_keys=True) + "\n")
+        return out
+
+    def load_artifact(self, directory: str | Path) -> "PromptedVLSM":
+        """Load the tensors of an artifact saved by a model of the same VLSM, learner and config."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = read_artifact_config(directory)
+        mine = self._artifact_meta()
+        where = f"artifact {directory}"
+        for key, label in (("vlsm", "VLSM"), ("learner", "learner")):
+            if meta["model"].get(key) != mine["model"][key]:
+                raise ConfigError(f"{where}: {label} is {meta['model'].get(key)!r} but this model's is "
+                                  f"{mine['model'][key]!r}; build the model with {key}={meta['model'].get(key)!r}")
+        diff = [k for k in sorted(set(meta["learner_config"]) | set(mine["learner_config"]))
+                if meta["learner_config"].get(k) != mine["learner_config"].get(k)]
+        if diff:
+            raise ConfigError(f"{where}: learner config differs in " + ", ".join(
+                f"{k} (artifact {meta['learner_config'].get(k)!r}, model {mine['learner_config'].get(k)!r})"
+                for k in diff))
+        for key in ("upsampler", "upsampler_combine"):
+            if meta["model"].get(key) != mine["model"][key]:
+                raise ConfigError(f"{where}: {key} is {meta['model'].get(key)!r} but this model's is "
+                                  f"{mine['model'][key]!r}")
+        for key in ("text_width", "vision_width", "image_feature_dim"):
+            if meta["vlsm_spec"].get(key) != mine["vlsm_spec"][key]:
+                raise ConfigError(f"{where}: VLSM {key} is {meta['vlsm_spec'].get(key)} but this model's is "
+                                  f"{mine['vlsm_spec'][key]} (another {mine['model']['vlsm']} architecture)")
+        if meta["model"].get("weights") != mine["model"]["weights"]:
+            warnings.warn(f"{where} was trained with weights {meta['model'].get('weights')!r}, this model uses "
+                          f"{mine['model']['weights']!r}", stacklevel=2)
+        tensors = load_file(str(directory / ARTIFACT_TENSORS))  # safetensors: plain tensors, never unpickles
+        params = dict(self.named_trainable_parameters())
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        if missing or unexpected:
+            raise ConfigError(f"{where}: tensors do not match this model (missing: {', '.join(missing) or '-'}; "
+                              f"unexpected: {', '.join(unexpected) or '-'})")
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise ConfigError(f"{where}: tensor {name} has shape {tuple(tensors[name].shape)}, this model "
+                                  f"expects {tuple(p.shape)}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name].to(p.device, p.dtype))
+        return self
+
+
+def read_artifact_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    for name in (ARTIFACT_CONFIG, ARTIFACT_TENSORS):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"artifact {directory}: missing {name} (expected a directory written by "
+                                    "PromptedVLSM.save_artifact)")
+    meta = json.loads((directory / ARTIFACT_CONFIG).read_text())
+    if meta.get("format") != ARTIFACT_FORMAT or meta.get("version") != ARTIFACT_VERSION:
+        raise ConfigError(f"artifact {directory}: {ARTIFACT_CONFIG} is not a {ARTIFACT_FORMAT} v{ARTIFACT_VERSION} "
+                          f"file (format {meta.get('format')!r}, version {meta.get('version')!r})")
+    return meta
+
+
+def build_from_artifact(directory: str | Path, **overrides) -> PromptedVLSM:
+    """Rebuild the model an artifact came from and load its tensors. `overrides` replace ModelConfig
+    fields, typically `weights=` when the frozen checkpoint lives elsewhere on this machine."""
+    meta = read_artifact_config(directory)
+    data = {**meta["model"], **overrides}
+    return build_model(data).load_artifact(directory)
