@@ -45,6 +45,10 @@ tables: install ## regenerate tables and figures of RUN from its Parquet files
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RUN)/mlflow.db --host 127.0.0.1 --port 5000
 
+pretrain-mini: install ## re-create the embedded mini VLSMs in models/ (fixed seed, ~20 min on 2 CPU cores)
+	$(PY) -m trainables.mini.pretrain --vlsm clipseg --out models/clipseg-mini
+	$(PY) -m trainables.mini.pretrain --vlsm cris --out models/cris-mini
+
 lint: install ## byte-compile everything (fast syntax check)
 	$(PY) -m compileall -q benchmark trainables tests
 

@@ -14,6 +14,13 @@ import sys
 # Order = order in `tunevlseg --help`.
 COMMAND_MODULES = [
     "benchmark.commands.describe",
+    "benchmark.commands.predict",
+    "benchmark.commands.tables",
+    "benchmark.commands.data",
+    "benchmark.commands.convert_cris",
+    "benchmark.commands.plan",
+    "benchmark.commands.run",
+    "benchmark.commands.space",
 ]
 
 

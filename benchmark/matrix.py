@@ -1,0 +1,299 @@
+"""Spec -> cells: the (VLSM x learner x dataset x variant) matrix, each cell with its trial config.
+
+A (VLSM, learner) pair is viable when every encoder the learner prompts exists on the VLSM
+(`trainables.learners.base.is_viable`); there is no hand-written list of pairs. Cell ids follow
+mmsegmentation's rule, `_` between fields and `-` inside a field: `clipseg_shared-attention_kvasir`, with
+the variant appended when it is not `default` (`clipseg_maple_kvasir_gaussian-init`).
+
+Registry look-ups go through the small functions `learner_modalities`, `vlsm_modalities` and
+`dataset_names` so that tests can replace them. They import the registries lazily (which imports torch);
+this module itself stays torch-free. While a registry does not know a name yet, the paper's facts in
+`KNOWN_*` are used, so `plan` works before every learner and VLSM module is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from benchmark import search_space
+from benchmark.search_space import Param
+from benchmark.spec import Spec
+from trainables.config import ConfigError
+from trainables.registry import UnknownNameError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Facts from the paper, used only for names the registries do not (yet) know.
+KNOWN_VLSM_MODALITIES: dict[str, frozenset[str]] = {
+    "clipseg": frozenset({"text", "vision"}),
+    "cris": frozenset({"text"}),  # ResNet image encoder: no vision prompts
+}
+KNOWN_LEARNER_MODALITIES: dict[str, frozenset[str]] = {
+    "coop": frozenset({"text"}),
+    "cocoop": frozenset({"text"}),
+    "vpt": frozenset({"vision"}),
+    "maple": frozenset({"text", "vision"}),
+    "shared_attention": frozenset({"text", "vision"}),
+    "shared_separate": frozenset({"text", "vision"}),
+    "e2e": frozenset(),
+}
+PAPER_DATASETS = ("kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus", "chexlocalize", "cityscapes", "voc")
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    spec: str
+    vlsm: str
+    learner: str
+    dataset: str
+    variant: str
+    trials: int
+    seed: int
+    space: str
+    params: tuple[Param, ...]
+    config: dict  # the nested trial config before the searched values are applied
+    resources: dict  # {"cpu": float, "gpu": float} per trial
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.vlsm, self.learner, self.dataset, self.variant)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {"vlsm": self.vlsm, "learner": self.learner, "dataset": self.dataset, "variant": self.variant}
+
+    def summary(self) -> dict[str, Any]:
+        return {"cell_id": self.id, **self.keys, "trials": self.trials, "searched": [p.name for p in self.params],
+                "seed": self.seed if self.params else None, "resources": dict(self.resources),
+                "data_root": self.config.get("data", {}).get("root")}
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    spec: Spec
+    cells: tuple[Cell, ...] = field(default_factory=tuple)
+
+    @property
+    def total_trials(self) -> int:
+        return sum(c.trials for c in self.cells)
+
+    def cell(self, cid: str) -> Cell:
+        for c in self.cells:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a sweep and its resumption."""
+        return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
+                                                       "searched": [p.name for p in c.params]} for c in self.cells}}
+
+
+def cell_id(vlsm: str, learner: str, dataset: str, variant: str = "default") -> str:
+    fields = [vlsm, learner, dataset] + ([] if variant == "default" else [variant])
+    return "_".join(f.replace("_", "-") for f in fields)
+
+
+# --- registry look-ups (replaceable in tests) -----------------------------------------------------------
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass
+
+
+def learner_modalities(name: str) -> frozenset[str]:
+    _import_quietly("trainables.learners")  # its __init__ registers every learner once written
+    from trainables.learners.base import LEARNERS
+
+    if name in LEARNERS:
+        return LEARNERS.get(name).modalities
+    if name in KNOWN_LEARNER_MODALITIES:
+        return KNOWN_LEARNER_MODALITIES[name]
+    allowed = sorted(set(LEARNERS.names()) | set(KNOWN_LEARNER_MODALITIES))
+    raise UnknownNameError(f"unknown learner {name!r}; allowed: {', '.join(allowed)}")
+
+
+def vlsm_modalities(name: str) -> frozenset[str]:
+    _import_quietly("trainables.vlsm")
+    from trainables.vlsm.base import VLSMS
+
+    if name in VLSMS:
+        factory = VLSMS.get(name)
+        spec = getattr(factory, "spec", None)
+        mods = getattr(spec, "modalities", None) or getattr(factory, "modalities", None)
+        if mods is not None:
+            return frozenset(mods)
+    if name in KNOWN_VLSM_MODALITIES:
+        return KNOWN_VLSM_MODALITIES[name]
+    allowed = sorted(set(VLSMS.names()) | set(KNOWN_VLSM_MODALITIES))
+    raise UnknownNameError(f"unknown VLSM {name!r}; allowed: {', '.join(allowed)}")
+
+
+def dataset_names() -> list[str]:
+    """Paper datasets plus every data card in `datasets/` (e.g. the mini sets)."""
+    cards = REPO / "datasets"
+    names = set(PAPER_DATASETS) | ({p.stem for p in cards.glob("*.yaml")} if cards.is_dir() else set())
+    return sorted(names)
+
+
+def learner_config_class(name: str) -> type | None:
+    """The learner's config dataclass when registered (for checking fixed learner settings early)."""
+    try:
+        from trainables.learners.base import LEARNERS
+    except ImportError:
+        return None
+    return LEARNERS.get(name).config_cls if name in LEARNERS else None
+
+
+# --- expansion ----------------------------------------------------------------------------------------
+
+
+def viable(learner: str, vlsm: str) -> bool:
+    return learner_modalities(learner) <= vlsm_modalities(vlsm)
+
+
+def _pairs(spec: Spec) -> list[tuple[str, str]]:
+    axes = spec.axes
+    if axes.pairs is not None:
+        for v, lrn in axes.pairs:
+            if not viable(lrn, v):
+                raise ConfigError(
+                    f"axes.pairs: ({v}, {lrn}) is not viable: {lrn} prompts "
+                    f"the {_words(learner_modalities(lrn))} encoder but {v} accepts prompts only in "
+                    f"{_words(vlsm_modalities(v))}; remove the pair")
+        return list(axes.pairs)
+    for v in axes.vlsm:
+        vlsm_modalities(v)  # unknown name -> error
+    pairs = []
+    for lrn in axes.learner:
+        ok = [v for v in axes.vlsm if viable(lrn, v)]
+        if not ok:
+            raise ConfigError(
+                f"axes.learner: {lrn} prompts the {_words(learner_modalities(lrn))} encoder, which none of axes.vlsm "
+                f"{list(axes.vlsm)} accepts; remove it or add a VLSM that has that encoder")
+        pairs.extend((v, lrn) for v in ok)
+    # Order: by VLSM as listed, then learner as listed (stable ids, readable plans).
+    order = {v: i for i, v in enumerate(axes.vlsm)}
+    return sorted(pairs, key=lambda p: order[p[0]])
+
+
+def _words(mods: Iterable[str]) -> str:
+    return " and ".join(sorted(mods)) or "nothing"
+
+
+def _check_names(spec: Spec) -> None:
+    known = dataset_names()
+    for ds in spec.axes.dataset:
+        if ds not in known:
+            raise ConfigError(f"axes.dataset: unknown dataset {ds!r}; allowed: {', '.join(known)}")
+    for lrn in spec.axes.learner:
+        learner_modalities(lrn)
+    for ds in spec.data.roots:
+        if ds not in spec.axes.dataset:
+            raise ConfigError(f"data.roots.{ds}: {ds!r} is not on axes.dataset {list(spec.axes.dataset)}")
+    fields = {"vlsm": set(spec.axes.vlsm) | {p[0] for p in spec.axes.pairs or ()},
+              "learner": set(spec.axes.learner) | {p[1] for p in spec.axes.pairs or ()},
+              "dataset": set(spec.axes.dataset), "variant": set(spec.axes.variant)}
+    for i, rule in enumerate(spec.rules):
+        for key, want in rule.when.items():
+            for value in want if isinstance(want, (list, tuple)) else [want]:
+                if value not in fields[key]:
+                    raise ConfigError(f"rules[{i}].when.{key}: {value!r} is not on the axes "
+                                      f"({', '.join(sorted(fields[key]))}); a typo?")
+
+
+def build_plan(spec: Spec) -> Plan:
+    """Expand a spec into cells. Raises ConfigError/UnknownNameError before anything runs."""
+    _check_names(spec)
+    cells = []
+    for vlsm, learner in _pairs(spec):
+        for dataset in spec.axes.dataset:
+            for variant in spec.axes.variant:
+                cells.append(_make_cell(spec, vlsm, learner, dataset, variant))
+    plan = Plan(spec=spec, cells=tuple(cells))
+    _check_learner_configs(plan)
+    return plan
+
+
+def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) -> Cell:
+    keys = {"vlsm": vlsm, "learner": learner, "dataset": dataset, "variant": variant}
+    config: dict[str, Any] = copy.deepcopy(spec.fixed)
+    for section in ("model", "data", "train"):
+        config.setdefault(section, {})
+    model = config["model"]
+    model["vlsm"], model["learner"] = vlsm, learner
+    model.setdefault("learner_config", {})
+    settings = spec.vlsms.get(vlsm)
+    if settings is not None:
+        model["weights"] = settings.weights
+        if settings.config is not None:
+            model["vlsm_config"] = copy.deepcopy(settings.config)
+        if settings.options:
+            model["vlsm_options"] = {**model.get("vlsm_options", {}), **settings.options}
+    config["data"]["dataset"] = dataset
+    config["data"]["root"] = spec.data.root_for(dataset)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    sets = dict(spec.variant_settings(variant))
+    for rule in spec.rules:
+        if rule.matches(keys):
+            sets.update(rule.set)
+    for dotted, value in sets.items():
+        if dotted.startswith("resources."):
+            resources[dotted.split(".", 1)[1]] = float(value)
+        else:
+            search_space.set_path(config, dotted, copy.deepcopy(value))
+    params = search_space.params_for(learner, spec.search.space)
+    seed = spec.search.seed if spec.search.seed is not None else search_space.seed_for(learner)
+    # Nothing to search (E2E): one trial with the fixed settings, as the original ran it.
+    trials = spec.search.trials if params else 1
+    return Cell(spec=spec.name, vlsm=vlsm, learner=learner, dataset=dataset, variant=variant, trials=trials,
+                seed=seed, space=spec.search.space, params=params, config=config, resources=resources)
+
+
+def _check_learner_configs(plan: Plan) -> None:
+    """Fixed learner settings with a typo fail here, not in every trial, when the learner is registered."""
+    from trainables.config import from_dict
+
+    seen = set()
+    for cell in plan.cells:
+        cls = learner_config_class(cell.learner)
+        if cls is None:
+            continue
+        lc = dict(cell.config["model"].get("learner_config", {}))
+        for p in cell.params:  # a representative value of each searched parameter
+            if p.target.startswith("model.learner_config."):
+                lc[p.target.rsplit(".", 1)[1]] = p.example()
+        key = (cell.learner, repr(sorted(lc.items(), key=lambda kv: kv[0])))
+        if key in seen:
+            continue
+        seen.add(key)
+        from_dict(cls, lc, where=f"cell {cell.id} model.learner_config")
+
+
+def check_paths(plan: Plan) -> None:
+    """Every dataset root and local weights path must exist before any trial starts."""
+    for name, settings in plan.spec.vlsms.items():
+        w = settings.weights
+        if w is not None and Path(w).is_absolute() and not Path(w).exists():
+            raise FileNotFoundError(f"vlsms.{name}.weights: {w} does not exist; build or download the weights "
+                                    "there, or give a hub id")
+    missing = {}
+    for cell in plan.cells:
+        root = cell.config["data"].get("root")
+        if root is None:
+            raise ConfigError(f"no data root for dataset {cell.dataset!r}: pass --data DIR (datasets live in "
+                              f"DIR/<dataset>) or set data.root / data.roots.{cell.dataset} in the spec")
+        if not Path(root).is_dir():
+            missing.setdefault(cell.dataset, root)
+    if missing:
+        ds, root = next(iter(missing.items()))
+        more = f" (and {len(missing) - 1} more: {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"dataset root for {ds!r} does not exist: {root}{more}; download it there, pass "
+                                f"--data DIR, or set data.roots.{ds} in the spec")

@@ -1,0 +1,413 @@
+"""Cluster recipes and the preflight; the real two-node test is marked `cluster` (`make test-cluster`)."""
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.preflight import (PreflightError, _make_probe, _node_problems, code_fingerprint, connection_problem,
+                                 require_preflight, run_preflight)
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+SCRIPT = CLUSTER / "local-two-node.sh"
+PY = sys.executable
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- launcher configs, KubeRay manifest, runtime env -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["onprem.yaml", "aws.yaml"])
+def test_launcher_config_passes_ray_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTER / name).read_text())
+    config = prepare_config(copy.deepcopy(raw))  # what `ray up` does before validating
+    validate_config(config)
+    starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert starts.count("RAY_AUTH_MODE=token") == 2, "head and workers must both run with token auth"
+    assert "~/.ray/auth_token" in config["file_mounts"], "the token must reach every node"
+    assert any("make install" in c for c in config["setup_commands"])
+    # The validation is real: the same config with a misspelt key is rejected.
+    bad = copy.deepcopy(config)
+    bad["setup_comands"] = bad.pop("setup_commands")
+    with pytest.raises(Exception, match="setup_comands"):
+        validate_config(bad)
+
+
+def test_aws_head_takes_no_trials_and_has_gpu_worker_types():
+    raw = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    types = raw["available_node_types"]
+    head = types[raw["head_node_type"]]
+    assert head["resources"] == {"CPU": 0, "GPU": 0}
+    assert any("--num-cpus=0" in c for c in raw["head_start_ray_commands"])
+    gpu_types = [t for n, t in types.items() if n != raw["head_node_type"]]
+    assert gpu_types and all(t["node_config"]["InstanceType"].startswith(("g", "p")) for t in gpu_types)
+
+
+def test_kuberay_manifest_has_gpu_group_rwx_volume_and_token_auth():
+    docs = {d["kind"] + "/" + d["metadata"]["name"]: d
+            for d in yaml.safe_load_all((CLUSTER / "kuberay.yaml").read_text()) if d}
+    rc = docs["RayCluster/tunevlseg"]
+    assert rc["apiVersion"] == "ray.io/v1"
+    spec = rc["spec"]
+    import ray
+
+    assert spec["rayVersion"] == ray.__version__
+    assert spec["authOptions"]["mode"] == "token"
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    claim = docs["PersistentVolumeClaim/tunevlseg-shared"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for pod in (spec["headGroupSpec"]["template"]["spec"], gpu["template"]["spec"]):
+        vols = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert vols["shared"]["persistentVolumeClaim"]["claimName"] == "tunevlseg-shared"
+        assert mounts["shared"] == "/mnt/shared"
+    service = docs["Service/tunevlseg-mlflow"]
+    assert service["spec"]["type"] == "ClusterIP"  # never exposed outside the cluster
+    args = " ".join(docs["Deployment/tunevlseg-mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--artifacts-destination=/mnt/shared/" in args and "--backend-store-uri=sqlite:////" in args
+
+
+def test_runtime_env_is_valid_for_ray():
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    assert set(env) <= {"working_dir", "excludes", "env_vars", "py_modules", "pip", "conda"}
+    RuntimeEnv(**env)
+    assert {".git", ".venv"} <= set(env["excludes"])
+
+
+def test_scripts_parse_and_reject_bad_usage():
+    for script in ("local-two-node.sh", "mlflow-server.sh"):
+        subprocess.run(["bash", "-n", str(CLUSTER / script)], check=True)
+        r = subprocess.run([str(CLUSTER / script), "bogus"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_local_cluster_refuses_a_state_dir_too_long_for_ray_sockets(tmp_path):
+    r = subprocess.run([str(SCRIPT), "up", str(tmp_path / ("x" * 40))], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "too long" in r.stderr
+    assert not (tmp_path / ("x" * 40) / "pids").exists()  # nothing was started
+
+
+# ---- preflight without Ray -------------------------------------------------------------------------------
+
+
+def test_preflight_rejects_relative_paths_before_touching_anything(tmp_path):
+    t0 = time.time()
+    problems = run_preflight("runs", ["data/kvasir"], "sqlite:///mlflow.db")
+    assert time.time() - t0 < 5
+    assert len(problems) == 3
+    assert "storage 'runs' is not absolute" in problems[0]
+    assert "MLflow URI 'sqlite:///mlflow.db' is relative" in problems[1]
+    assert "dataset root 'data/kvasir' is not absolute" in problems[2]
+    assert not (Path.cwd() / "runs").exists()
+    with pytest.raises(PreflightError, match=r"3 problem\(s\)"):
+        require_preflight("runs", ["data/kvasir"], "sqlite:///mlflow.db")
+
+
+def test_preflight_on_this_machine_names_missing_data_and_dead_mlflow(tmp_path):
+    data = tmp_path / "data"
+    (data / "kvasir").mkdir(parents=True)
+    port = _closed_port()
+    t0 = time.time()
+    problems = run_preflight(tmp_path / "runs", {"kvasir": str(data / "kvasir"), "isic": str(data / "isic")},
+                             f"http://127.0.0.1:{port}")
+    assert time.time() - t0 < 10
+    assert len(problems) == 2, problems
+    assert "(this machine): dataset root for 'isic'" in problems[0] and str(data / "isic") in problems[0]
+    assert f"cannot reach MLflow at http://127.0.0.1:{port}" in problems[1] and "mlflow-server.sh" in problems[1]
+    assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / ".preflight").exists()  # markers removed
+    assert run_preflight(tmp_path / "runs", {"kvasir": str(data / "kvasir")}, None) == []
+
+
+def test_probe_reports_storage_the_node_cannot_share(tmp_path):
+    probe, _ = _make_probe()
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    # The driver's marker is not where this "node" looks: what a node-local path looks like from a worker.
+    r = probe(str(storage), str(storage / ".preflight" / "elsewhere"), "tok", "node1", [], None, 1.0)
+    assert r["storage"] == "not_shared"
+    problems = _node_problems("10.0.0.3", r, str(storage), None, code_fingerprint(), multi=True)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"node 10.0.0.3: storage {storage} is not shared") and "NFS" in problems[0]
+    r = probe(str(tmp_path / "absent"), str(tmp_path / "absent" / "m"), "tok", "node1", [], None, 1.0)
+    assert "does not exist on this node" in r["storage"]
+
+
+def test_node_with_different_code_is_named():
+    r = {"storage": "ok", "missing": [], "mlflow": None, "version": "0.1.0", "fingerprint": "000000000000"}
+    (problem,) = _node_problems("10.0.0.3", r, "/mnt/nfs/runs", None, ("0.1.0", "abcdefabcdef"), multi=True)
+    assert "node 10.0.0.3: tunevlseg 0.1.0 (code 000000000000) differs from the driver's" in problem
+    r["fingerprint"] = None
+    (problem,) = _node_problems("10.0.0.3", r, "/mnt/nfs/runs", None, ("0.1.0", "abcdefabcdef"), multi=True)
+    assert "is not importable" in problem
+
+
+def test_unreachable_ray_head_fails_fast_with_the_fix():
+    t0 = time.time()
+    problem = connection_problem(f"127.0.0.1:{_closed_port()}", timeout=5)
+    assert time.time() - t0 < 8
+    assert "is unreachable" in problem and "RAY_ADDRESS" in problem
+
+
+# ---- preflight on a local Ray ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    if ray.is_initialized():  # another module's Ray: use it, leave it to its owner
+        yield ray
+        return
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_preflight_on_local_ray_finds_each_problem_quickly(local_ray, tmp_path):
+    node_ip = local_ray.nodes()[0]["NodeManagerAddress"]
+    port = _closed_port()
+    t0 = time.time()
+    problems = run_preflight(tmp_path / "runs", {"kvasir": str(tmp_path / "missing")}, f"http://127.0.0.1:{port}",
+                             timeout=30)
+    assert time.time() - t0 < 30
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"node {node_ip}") and "dataset root for 'kvasir'" in problems[0]
+    assert problems[1].startswith(f"node {node_ip}") and "cannot reach MLflow" in problems[1]
+    assert run_preflight("relative/runs", [], None)[0].startswith("storage 'relative/runs' is not absolute")
+    (tmp_path / "ok").mkdir()
+    assert run_preflight(tmp_path / "runs", [str(tmp_path / "ok")], None, timeout=30) == []
+    assert local_ray.is_initialized()  # an existing connection is used, not closed
+
+
+# ---- the real two-node cluster ---------------------------------------------------------------------------
+
+
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) == sid:  # state ppid pgrp session ...
+                out.append(int(d.name))
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _results(run_dir: Path) -> dict[str, list[dict]]:
+    """trial dir name -> reported results (Tune's result.json, appended across restarts)."""
+    out = {}
+    for f in (run_dir / "tune").glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        out[f.parent.name] = lines
+    return out
+
+
+SPEC = """\
+name: cluster-smoke
+trainable: trainables.fake.fake_trainable
+axes: {{vlsm: [clipseg], learner: [coop], dataset: [kvasir]}}
+fixed:
+  train: {{max_epochs: {epochs}}}
+  fake: {{epoch_seconds: {seconds}, log_dir: {logs}}}
+search: {{trials: 3, n_startup_trials: 3, metric: objective, mode: min}}
+resources: {{cpu: 1, gpu: 0}}
+execution: {{max_failures: 2, checkpoints_to_keep: 2}}
+data: {{roots: {{kvasir: {data}}}}}
+tracking: {{mlflow: true}}
+select: {{by: objective, mode: min, report: test_dice}}
+"""
+
+DRIVER = """\
+import sys
+from benchmark.coordinator import run_sweep
+from benchmark.spec import load_spec
+r = run_sweep(load_spec(sys.argv[1]), sys.argv[2], address=sys.argv[3], mlflow_uri=sys.argv[4])
+print(f"DRIVER planned={r.planned} done={r.done} failed={r.failed} interrupted={r.interrupted}", flush=True)
+sys.exit(r.exit_code)
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_node_sweep_survives_losing_the_worker_node():
+    """A tiny sweep on head 127.0.0.2 + worker 127.0.0.3 (token auth) with the MLflow server; the worker's
+    raylet is SIGKILLed mid-trial. Every planned trial must finish, the interrupted one resumed from its
+    checkpoint on the head, and neither Parquet nor MLflow may hold duplicates."""
+    state = Path(tempfile.mkdtemp(prefix="tvc", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    log = lambda msg: print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    driver = None
+    sessions: dict[str, int] = {}
+    try:
+        t0 = time.time()
+        up = subprocess.run([str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        sessions = {p.stem: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+        log(f"cluster up in {time.time() - t0:.0f} s: sessions {sessions}")
+        env_lines = (state / "env").read_text().split()
+        env = dict(kv.split("=", 1) for kv in env_lines if "=" in kv)
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        address, mlflow_uri, storage = env["RAY_ADDRESS"], env["MLFLOW_TRACKING_URI"], Path(env["TUNEVLSEG_STORAGE"])
+
+        # Bad input first: the preflight names the node and the fix, quickly.
+        wrong = state / "wrong_token"
+        wrong.write_text("0" * 64)
+        t1 = time.time()
+        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address],
+                           env={**child_env, "RAY_AUTH_TOKEN_PATH": str(wrong)}, capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+        assert r.returncode == 1 and "rejected this driver's auth token" in r.stderr, r.stderr
+        log(f"preflight, wrong token: refused in {time.time() - t1:.1f} s")
+        t1 = time.time()
+        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address,
+                            "--mlflow", mlflow_uri, "--data", str(state / "no-such-data")],
+                           env=child_env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        lines = [x for x in r.stderr.splitlines() if x.startswith("preflight:")]
+        assert r.returncode == 1 and len(lines) == 2, r.stderr
+        assert {x.split()[2] for x in lines} == {"127.0.0.2:", "127.0.0.3:"}, lines
+        log(f"preflight, missing data root: both nodes named in {time.time() - t1:.1f} s")
+        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address,
+                            "--mlflow", mlflow_uri, "--data", str(state)],
+                           env=child_env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert r.returncode == 0 and "preflight: ok" in r.stdout, r.stderr
+
+        # The sweep.
+        logs = state / "trial-logs"
+        logs.mkdir()
+        spec = state / "cluster-smoke.yaml"
+        spec.write_text(SPEC.format(epochs=8, seconds=1.0, logs=logs, data=state))
+        driver_log = state / "driver.log"
+        with open(driver_log, "w") as out:
+            driver = subprocess.Popen([PY, "-c", DRIVER, str(spec), str(storage), address, mlflow_uri], cwd=REPO,
+                                      env=child_env, stdout=out, stderr=subprocess.STDOUT)
+        run_dir = storage / "cluster-smoke"
+        victim, deadline = None, time.time() + 240
+        while victim is None:
+            assert time.time() < deadline, f"no trial reached epoch 2 on the worker\n{driver_log.read_text()[-3000:]}"
+            assert driver.poll() is None, driver_log.read_text()[-3000:]
+            for name, rows in _results(run_dir).items():
+                if rows and rows[-1].get("node_ip") == "127.0.0.3" and rows[-1].get("epoch", -1) >= 1:
+                    victim = name
+            time.sleep(0.5)
+        raylet = [p for p in _session_members(sessions["worker"]) if _comm(p) == "raylet"]
+        assert len(raylet) == 1
+        os.kill(raylet[0], signal.SIGKILL)
+        killed_at_epoch = _results(run_dir)[victim][-1]["epoch"]
+        log(f"killed the worker's raylet (pid {raylet[0]}) while {victim} was at epoch {killed_at_epoch}")
+
+        rc = driver.wait(timeout=420)
+        text = driver_log.read_text()
+        assert rc == 0, text[-4000:]
+        log("driver finished: " + next(x for x in text.splitlines() if x.startswith("DRIVER")))
+
+        # Every planned trial, once, all ok (Parquet).
+        from benchmark import records
+
+        rows = records.read_rows(records.cell_file(run_dir, "clipseg_coop_kvasir"))
+        assert sorted(r["trial_index"] for r in rows) == [0, 1, 2]
+        assert len({r["trial_id"] for r in rows}) == 3
+        assert all(r["status"] == "ok" and r["epochs_run"] == 8 for r in rows), rows
+
+        # The interrupted trial: started on the worker, resumed from its checkpoint on the head.
+        results = _results(run_dir)[victim]
+        nodes = [x["node_ip"] for x in results]
+        assert nodes[0] == "127.0.0.3" and nodes[-1] == "127.0.0.2", nodes
+        resumed = [x for x in results if x["node_ip"] == "127.0.0.2"]
+        assert resumed[0]["resumed_from"] > 0 and resumed[0]["starts"] == 2, resumed[0]
+        assert max(x["epoch"] for x in results if x["node_ip"] == "127.0.0.3") >= 1
+        cell, index = results[0]["config"]["cell_id"], int(results[0]["config"]["trial_index"])
+        starts = (logs / f"{cell}_{index}.log").read_text().split("\n")
+        assert [s for s in starts if s][0] == "start 0" and len([s for s in starts if s]) == 2, starts
+        log(f"{victim}: epochs on worker up to {max(x['epoch'] for x in results if x['node_ip'] == '127.0.0.3')}, "
+            f"resumed on head from epoch {resumed[0]['resumed_from']} (start #{resumed[0]['starts']})")
+
+        # MLflow: one run per trial, all finished, none duplicated.
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_uri)
+        exp = client.get_experiment_by_name("cluster-smoke")
+        runs = client.search_runs([exp.experiment_id], "tags.`tunevlseg.role` = 'trial'")
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(r["trial_id"] for r in rows)
+        assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+        log(f"Parquet: 3/3 trials ok, 3 distinct trial ids; MLflow: {len(runs)} trial runs, all FINISHED")
+        log(f"total {time.time() - t0:.0f} s")
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+        down = subprocess.run([str(SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=120)
+        leftovers = {name: _session_members(sid) for name, sid in sessions.items()}
+        assert down.returncode == 0, down.stderr
+        assert not any(leftovers.values()), f"processes left behind: {leftovers}"
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def test_spec_template_is_a_valid_spec(tmp_path):
+    """The cluster test's spec must stay loadable as the spec format evolves (checked without a cluster)."""
+    from benchmark.matrix import build_plan
+    from benchmark.spec import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.format(epochs=8, seconds=1.0, logs=tmp_path, data=tmp_path))
+    plan = build_plan(load_spec(path))
+    assert plan.total_trials == 3 and plan.cells[0].id == "clipseg_coop_kvasir"
+    compile(textwrap.dedent(DRIVER), "driver", "exec")
+
+
+def test_probe_runs_on_a_node_without_the_project(tmp_path):
+    """The probe is shipped by value: on a node where `benchmark`/`trainables` cannot be imported it still
+    runs, checks storage and data, and reports the missing code instead of failing to unpickle."""
+    from ray import cloudpickle
+
+    blob = tmp_path / "probe.pkl"
+    blob.write_bytes(cloudpickle.dumps(_make_probe()[0]))
+    (tmp_path / "runs").mkdir()
+    code = textwrap.dedent(f"""
+        import sys, pickle
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("benchmark", "trainables"):
+                    raise ImportError("not installed on this node")
+        sys.meta_path.insert(0, Block())
+        probe = pickle.loads(open({str(blob)!r}, "rb").read())
+        r = probe({str(tmp_path / 'runs')!r}, "/nonexistent/m", "t", "n", [("kvasir", "/nonexistent/kvasir")], None, 1)
+        print(r["storage"], r["missing"], r["fingerprint"])
+    """)
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["not_shared", "[('kvasir',", "'/nonexistent/kvasir')]", "None"]

@@ -1,0 +1,168 @@
+"""The search space (paper Table 2 as data), its Optuna rendering and the per-cell searcher."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import optuna
+
+from benchmark import cli, search_space
+from benchmark.search_space import LEARNER_SEEDS, PAPER, params_for
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _names(learner, space="paper"):
+    return [p.name for p in params_for(learner, space)]
+
+
+def test_table2_exactly():
+    by = {p.name: p for p in PAPER}
+    assert (by["lr"].low, by["lr"].high, by["lr"].log) == (1e-5, 5e-3, True)
+    assert (by["weight_decay"].low, by["weight_decay"].high, by["weight_decay"].log) == (1e-5, 1e-2, True)
+    assert (by["prompt_depth"].kind, by["prompt_depth"].low, by["prompt_depth"].high) == ("int", 1, 11)
+    assert by["intermediate_dim"].choices == (32, 64, 96, 128)
+    assert by["use_lora"].choices == (True, False)
+    assert by["nhead"].choices == (16, 20, 32) and by["dim_feedforward"].choices == (1280, 1420)
+    assert (by["dropout"].low, by["dropout"].high, by["dropout"].log) == (0.1, 0.55, False)
+    assert by["norm_first"].choices == (True, False) and by["shared_dim"].choices == (32, 64)
+    common = ["lr", "weight_decay", "prompt_depth"]
+    assert _names("coop") == _names("vpt") == common
+    assert _names("cocoop") == _names("maple") == common + ["intermediate_dim", "use_lora"]
+    assert _names("shared_attention") == common + ["nhead", "dropout", "dim_feedforward", "norm_first"]
+    assert _names("shared_separate") == common + ["shared_dim"]
+    assert _names("e2e") == []
+    assert by["prompt_depth"].target == "model.learner_config.prompt_depth" and by["lr"].target == "train.lr"
+
+
+def test_reference_space_keeps_the_original_drift():
+    cocoop = {p.name: p for p in params_for("cocoop", "reference")}
+    maple = {p.name: p for p in params_for("maple", "reference")}
+    assert cocoop["intermediate_dim"].choices == (32, 129, 32)  # 32 listed twice, as the original
+    assert maple["intermediate_dim"].choices == (32, 64, 96)
+    assert [p.name for p in params_for("shared_attention", "reference")] == _names("shared_attention")
+
+
+def test_seeds_and_tpe_settings_of_the_original():
+    assert LEARNER_SEEDS == {"coop": 12345, "cocoop": 1234, "vpt": 1234, "maple": 12345,
+                             "shared_attention": 123456, "shared_separate": 4322}
+    tpe = search_space.ORIGINAL_TPE
+    assert (tpe.n_startup_trials, tpe.multivariate) == (10, True)
+    sampler = search_space.make_sampler(12345)
+    assert sampler._n_startup_trials == 10 and sampler._multivariate
+
+
+def test_define_by_run_samples_inside_the_bounds_inclusive_of_depth_11():
+    params = params_for("shared_attention")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    depths = set()
+    for _ in range(300):
+        trial = study.ask()
+        search_space.define_by_run(trial, params)
+        for p in params:
+            assert p.contains(trial.params[p.name]), (p.name, trial.params[p.name])
+        depths.add(trial.params["prompt_depth"])
+        study.tell(trial, 0.0)
+    # Ray's tune.randint(1, 11) would never give 11; suggest_int is inclusive.
+    assert depths == set(range(1, 12))
+    lrs = [t.params["lr"] for t in study.trials]
+    assert min(lrs) >= 1e-5 and max(lrs) <= 5e-3
+    # log-uniform: about as many draws below the geometric midpoint as above
+    mid = math.sqrt(1e-5 * 5e-3)
+    assert 100 < sum(lr < mid for lr in lrs) < 200
+
+
+def test_apply_values_writes_target_paths():
+    cfg = {"model": {"learner": "maple"}, "train": {"max_epochs": 20}}
+    out = search_space.apply_values(cfg, params_for("maple"), {"lr": 1e-3, "prompt_depth": 9, "use_lora": True})
+    assert out == {"model": {"learner": "maple", "learner_config": {"prompt_depth": 9, "use_lora": True}},
+                   "train": {"max_epochs": 20, "lr": 1e-3}}
+
+
+def test_domains_render_like_table2():
+    by = {p.name: p.domain() for p in PAPER}
+    assert by["lr"] == "[1e-5, 5e-3] log-uniform"
+    assert by["prompt_depth"] == "[1, 11] integer"
+    assert by["intermediate_dim"] == "{32, 64, 96, 128}" and by["use_lora"] == "{true, false}"
+
+
+def _main(argv):
+    orig = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = [m for m in orig if importlib.util.find_spec(m) is not None]
+    try:
+        return cli.main(argv)
+    finally:
+        cli.COMMAND_MODULES = orig
+
+
+def test_space_command(capsys):
+    assert _main(["space", "maple", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in data["params"]] == _names("maple") and data["sampler"]["seed"] == 12345
+    assert _main(["space", "cocoop", "--space", "reference"]) == 0
+    assert "{32, 129, 32}" in capsys.readouterr().out
+    assert _main(["space", "mapel"]) == 2
+    assert "unknown learner 'mapel'" in capsys.readouterr().err
+
+
+# ---- the per-cell searcher, without Ray's controller --------------------------------------------------
+
+
+def _cells(trials=4):
+    from benchmark.matrix import build_plan
+    from benchmark.spec import spec_from_dict
+
+    spec = spec_from_dict({"axes": {"vlsm": ["clipseg"], "learner": ["coop", "maple", "e2e"], "dataset": ["kvasir"]},
+                           "search": {"trials": trials, "n_startup_trials": 2}})
+    return build_plan(spec).cells
+
+
+def test_multicell_searcher_gives_each_cell_exactly_its_trials(tmp_path):
+    from ray.tune.search import Searcher
+
+    from benchmark.searcher import MultiCellSearcher
+
+    cells = _cells()
+    searcher = MultiCellSearcher(cells, metric="objective", mode="min")
+    configs = {}
+    for i in range(9):
+        cfg = searcher.suggest(f"t{i}")
+        assert cfg not in (None, Searcher.FINISHED)
+        configs[f"t{i}"] = cfg
+        searcher.on_trial_complete(f"t{i}", {"objective": 1.0 / (i + 1), "status": "ok"})
+        if i == 4:  # snapshot mid-sweep, as Tune does
+            searcher.save(str(tmp_path / "state.pkl"))
+    assert searcher.suggest("t9") == Searcher.FINISHED
+    per_cell = {}
+    for cfg in configs.values():
+        per_cell.setdefault(cfg["cell_id"], []).append(cfg["trial_index"])
+    assert per_cell == {"clipseg_coop_kvasir": [0, 1, 2, 3], "clipseg_maple_kvasir": [0, 1, 2, 3],
+                        "clipseg_e2e_kvasir": [0]}
+    maple = [c for c in configs.values() if c["cell_id"] == "clipseg_maple_kvasir"]
+    for cfg in maple:  # sampled values land in the nested trial config at their targets
+        assert cfg["trial"]["train"]["lr"] == cfg["hp"]["lr"]
+        assert cfg["trial"]["model"]["learner_config"]["intermediate_dim"] == cfg["hp"]["intermediate_dim"]
+    e2e = next(c for c in configs.values() if c["cell_id"] == "clipseg_e2e_kvasir")
+    assert e2e["hp"] == {} and "lr" not in e2e["trial"]["train"]
+    assert len(searcher.study("clipseg_maple_kvasir").trials) == 4 and searcher.study("clipseg_e2e_kvasir") is None
+
+    # Restoring the snapshot continues the same studies: the re-suggested trials have the same params.
+    restored = MultiCellSearcher.__new__(MultiCellSearcher)
+    restored.restore(str(tmp_path / "state.pkl"))
+    again = restored.suggest("t5-new")
+    assert again["cell_id"] == configs["t5"]["cell_id"] and again["hp"] == configs["t5"]["hp"]
+
+
+def test_multicell_searcher_failures_and_concurrency():
+    from benchmark.searcher import MultiCellSearcher
+
+    searcher = MultiCellSearcher(_cells(trials=3)[:1], metric="objective", mode="min", max_concurrent_per_cell=2)
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    assert a and b and searcher.suggest("c") is None  # the cell's two slots are busy
+    # An errored trial is FAIL even though it reported objective=inf before raising.
+    searcher.on_trial_complete("a", {"objective": float("inf"), "status": "error"}, error=True)
+    searcher.on_trial_complete("b", {"objective": float("inf"), "status": "diverged"})
+    states = [t.state.name for t in searcher.study(a["cell_id"]).trials]
+    assert states == ["FAIL", "COMPLETE"] and searcher.study(a["cell_id"]).trials[1].value == math.inf
