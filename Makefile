@@ -8,10 +8,12 @@ DATA    ?=
 STORAGE ?= $(CURDIR)/results/runs
 RUN     ?= $(STORAGE)/$(basename $(notdir $(SPEC)))
 RAY_ADDRESS ?=
+MLFLOW  ?= $(MLFLOW_TRACKING_URI)
+MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-cluster benchmark plan tables mlflow-ui pretrain-mini mini-data lint clean
+.PHONY: help install test test-slow test-cluster benchmark plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -33,14 +35,19 @@ test-slow: install ## run the slow tests too (end-to-end sweeps, resume after SI
 test-cluster: install ## start a real two-node Ray cluster on loopback and run the cluster tests
 	$(PY) -m pytest -q -m cluster
 
-benchmark: install ## run SPEC (default: the embedded mini benchmark) end to end; rerun to resume
-	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
+benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded mini benchmark) end to end; rerun to resume
+	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(MLFLOW),--mlflow $(MLFLOW))
+	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
+	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000)"
+
+mini-data: install ## generate the three synthetic mini datasets in data/mini (seconds; idempotent)
+	$(PY) -m benchmark data make-synthetic --dst $(MINI_DATA)
 
 plan: install ## print the cells and trials of SPEC without running anything
 	$(PY) -m benchmark plan $(SPEC)
 
 tables: install ## regenerate tables and figures of RUN from its Parquet files
-	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables
+	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RUN)/mlflow.db --host 127.0.0.1 --port 5000
@@ -48,6 +55,12 @@ mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0
 pretrain-mini: install ## re-create the embedded mini VLSMs in models/ (fixed seed, ~20 min on 2 CPU cores)
 	$(PY) -m trainables.mini.pretrain --vlsm clipseg --out models/clipseg-mini
 	$(PY) -m trainables.mini.pretrain --vlsm cris --out models/cris-mini
+
+cluster-up: install ## start a real two-node Ray cluster + MLflow server on loopback (see cluster/README.md)
+	cluster/local-two-node.sh up
+
+cluster-down: ## stop the local two-node cluster started by cluster-up
+	cluster/local-two-node.sh down
 
 lint: install ## byte-compile everything (fast syntax check)
 	$(PY) -m compileall -q benchmark trainables tests

@@ -41,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors that mean "the user asked for something wrong": one clear line, exit 2.
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from benchmark.preflight import PreflightError
     from trainables.config import ConfigError
     from trainables.registry import UnknownNameError
 
-    return (ConfigError, UnknownNameError, FileNotFoundError, NotADirectoryError)
+    return (ConfigError, UnknownNameError, FileNotFoundError, NotADirectoryError, PreflightError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -424,6 +424,14 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
              "(pass --force to run the sweep again)")
         return result
     _quiet_libraries(verbose)
+    if address:
+        # On a cluster, check every node before any trial starts: shared storage, the dataset roots, MLflow
+        # reachable from the workers, the same package version (benchmark/preflight.py).
+        from benchmark.preflight import require_preflight
+
+        roots = {c.dataset: c.config["data"]["root"] for c in plan.cells if c.config["data"].get("root")}
+        http = uri if uri and uri.startswith(("http://", "https://")) else None
+        require_preflight(str(storage), roots, http, address)
     started_ray = _connect(address, num_cpus, num_gpus, verbose)
     try:
         return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from benchmark import search_space
 from benchmark.search_space import Param
-from benchmark.spec import Spec
+from benchmark.spec import Rule, Spec
 from trainables.config import ConfigError
 from trainables.registry import UnknownNameError
 
@@ -216,6 +216,9 @@ def build_plan(spec: Spec) -> Plan:
     for vlsm, learner in _pairs(spec):
         for dataset in spec.axes.dataset:
             for variant in spec.axes.variant:
+                keys = {"vlsm": vlsm, "learner": learner, "dataset": dataset, "variant": variant}
+                if any(Rule(when=dict(rule), set={}).matches(keys) for rule in spec.axes.skip):
+                    continue
                 cells.append(_make_cell(spec, vlsm, learner, dataset, variant))
     plan = Plan(spec=spec, cells=tuple(cells))
     _check_learner_configs(plan)
@@ -249,7 +252,7 @@ def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) 
             resources[dotted.split(".", 1)[1]] = float(value)
         else:
             search_space.set_path(config, dotted, copy.deepcopy(value))
-    params = search_space.params_for(learner, spec.search.space)
+    params = search_space.narrow(search_space.params_for(learner, spec.search.space), spec.search.bounds)
     seed = spec.search.seed if spec.search.seed is not None else search_space.seed_for(learner)
     # Nothing to search (E2E): one trial with the fixed settings, as the original ran it.
     trials = spec.search.trials if params else 1

@@ -17,6 +17,8 @@ No torch here: the tables path imports this module on machines without it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -182,6 +184,20 @@ def params_for(learner: str, space: str = "paper") -> tuple[Param, ...]:
     except KeyError:
         raise ConfigError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}") from None
     return tuple(p for p in params if learner in p.applies_to)
+
+
+def narrow(params: Sequence[Param], bounds: dict[str, Any] | None) -> tuple[Param, ...]:
+    """Apply a spec's `search.bounds` ({name: [low, high]} or {name: [choices]}) to a learner's params."""
+    out = []
+    for p in params:
+        b = (bounds or {}).get(p.name)
+        if b is None:
+            out.append(p)
+        elif p.kind == "categorical":
+            out.append(dataclasses.replace(p, choices=tuple(b)))
+        else:
+            out.append(dataclasses.replace(p, low=b[0], high=b[1]))
+    return tuple(out)
 
 
 def seed_for(learner: str, default: int = 0) -> int:

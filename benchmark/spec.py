@@ -52,6 +52,9 @@ class Axes:
     dataset: tuple[str, ...] = ()
     variant: tuple[str, ...] = ("default",)
     pairs: tuple[tuple[str, str], ...] | None = None
+    # Cells to leave out, each a {field: value or [values]} match on vlsm/learner/dataset/variant, e.g.
+    # run the Table 4 variant for MaPLe only: [{variant: gaussian_init, learner: [coop, vpt]}].
+    skip: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class SearchSettings:
     metric: str = "objective"  # reported in the trial's final result
     mode: Literal["min", "max"] = "min"
     max_concurrent_per_cell: int | None = None
+    # Narrow a parameter for a smaller model, e.g. {prompt_depth: [1, 6]} for a 6-layer mini VLSM
+    # ([low, high] for numeric parameters, a list of choices for categorical ones).
+    bounds: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,8 @@ def _normalise(spec: Spec, base: Path) -> Spec:
         pairs = tuple(pairs)
     axes = Axes(vlsm=_tuple_of_names(axes.vlsm, "axes.vlsm"), learner=_tuple_of_names(axes.learner, "axes.learner"),
                 dataset=_tuple_of_names(axes.dataset, "axes.dataset"),
-                variant=_tuple_of_names(axes.variant, "axes.variant"), pairs=pairs)
+                variant=_tuple_of_names(axes.variant, "axes.variant"), pairs=pairs,
+                skip=tuple(dict(r) if isinstance(r, Mapping) else r for r in (axes.skip or ())))
     data = spec.data
     roots = {ds: _resolve_path(str(p), base) for ds, p in _as_mapping(data.roots, "data.roots").items()}
     data = DataSettings(root=None if data.root is None else _resolve_path(data.root, base), roots=roots)
@@ -311,6 +318,12 @@ def _validate(spec: Spec) -> None:
         raise ConfigError("axes.learner: list at least one learner (or give axes.pairs)")
     if not spec.axes.variant:
         raise ConfigError("axes.variant: list at least one variant (usually [default])")
+    for i, rule in enumerate(spec.axes.skip):
+        if not isinstance(rule, Mapping) or not rule:
+            raise ConfigError(f"axes.skip[{i}]: expected a mapping like {{variant: no_upsampler, learner: coop}}")
+        unknown = sorted(set(rule) - set(CELL_FIELDS))
+        if unknown:
+            raise ConfigError(f"axes.skip[{i}]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CELL_FIELDS)}")
     if not isinstance(spec.trainable, str) or not re.match(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$", spec.trainable):
         raise ConfigError(f"trainable: {spec.trainable!r} must be an import path like {DEFAULT_TRAINABLE}")
     for name, sets in _as_mapping(spec.variants, "variants").items():
@@ -336,6 +349,19 @@ def _validate(spec: Spec) -> None:
         if key in spec.fixed.get("data", {}):
             raise ConfigError(f"fixed.data.{key}: set by the matrix (axes.dataset / data.root), remove it here")
     s = spec.search
+    from benchmark.search_space import HP_NAMES, PAPER
+
+    kinds = {p.name: p.kind for p in PAPER}
+    for name, value in _as_mapping(s.bounds, "search.bounds").items():
+        if name not in HP_NAMES:
+            raise ConfigError(f"search.bounds: unknown parameter {name!r}; allowed: {', '.join(HP_NAMES)}")
+        ok = isinstance(value, (list, tuple)) and len(value) >= 1
+        if ok and kinds[name] != "categorical":
+            ok = len(value) == 2 and all(isinstance(v, (int, float)) for v in value) and value[0] <= value[1]
+        if not ok:
+            raise ConfigError(f"search.bounds.{name}: expected " + (
+                "a list of choices" if kinds[name] == "categorical" else "[low, high] with low <= high")
+                + f", got {value!r}")
     if s.trials < 1:
         raise ConfigError(f"search.trials: must be at least 1, got {s.trials}")
     if s.n_startup_trials < 0:

@@ -72,7 +72,7 @@ def test_table3_e2e_cells_use_the_original_fixed_settings():
 
 
 @pytest.mark.parametrize("name, cells, trials", [("table4", 20, 400), ("table5", 80, 1600), ("reference", 100, 1620),
-                                                 ("smoke", 2, 8), ("mini", 18, 54)])
+                                                 ("smoke", 2, 8), ("mini", 45, 123)])
 def test_every_shipped_spec_plans(name, cells, trials):
     plan = build_plan(load_spec(EXPERIMENTS / f"{name}.yaml"))
     assert (len(plan.cells), plan.total_trials) == (cells, trials)
@@ -185,3 +185,42 @@ def test_plan_text_output(capsys):
     out = capsys.readouterr().out
     assert out.startswith("table4: 20 cells, 400 trials")
     assert "clipseg_maple_kvasir_gaussian-init" in out and "intermediate_dim" in out
+
+
+def test_axes_skip_drops_matching_cells_only():
+    plan = build_plan(load_spec(EXPERIMENTS / "mini.yaml"))
+    ids = {c.id for c in plan.cells}
+    assert "clipseg_maple_mini-polyp_gaussian-init" in ids
+    assert not any(i.endswith("_gaussian-init") and "_maple_" not in i for i in ids)
+    assert not any(i.startswith("cris_") and i.endswith("_no-upsampler") for i in ids)
+    assert "clipseg_vpt_mini-echo_no-upsampler" in ids and "clipseg_coop_mini-echo_no-upsampler" not in ids
+
+
+def test_search_bounds_narrow_the_paper_space():
+    plan = build_plan(load_spec(EXPERIMENTS / "mini.yaml"))
+    depth = {p.name: p for p in plan.cell("clipseg_vpt_mini-polyp").params}["prompt_depth"]
+    assert (depth.low, depth.high) == (1, 6)
+    nhead = {p.name: p for p in plan.cell("clipseg_shared-attention_mini-polyp").params}["nhead"]
+    assert nhead.choices == (16, 32)
+    # the paper space itself is untouched
+    t3 = build_plan(load_spec(EXPERIMENTS / "table3.yaml"))
+    assert {p.name: p for p in t3.cell("clipseg_vpt_kvasir").params}["prompt_depth"].high == 11
+
+
+@pytest.mark.parametrize("bounds, match", [
+    ({"depth": [1, 6]}, "search.bounds: unknown parameter 'depth'"),
+    ({"prompt_depth": [6, 1]}, r"search.bounds.prompt_depth: expected \[low, high\]"),
+    ({"nhead": 16}, "search.bounds.nhead: expected a list of choices"),
+])
+def test_bad_search_bounds_are_rejected(bounds, match):
+    raw = yaml.safe_load((EXPERIMENTS / "smoke.yaml").read_text())
+    raw["search"]["bounds"] = bounds
+    with pytest.raises(ConfigError, match=match):
+        spec_from_dict(raw, base_dir=REPO)
+
+
+def test_bad_skip_rule_is_rejected():
+    raw = yaml.safe_load((EXPERIMENTS / "smoke.yaml").read_text())
+    raw["axes"]["skip"] = [{"learnr": "coop"}]
+    with pytest.raises(ConfigError, match=r"axes.skip\[0\]: unknown key\(s\) learnr"):
+        spec_from_dict(raw, base_dir=REPO)

@@ -396,6 +396,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "epochs_run": state["epoch"] + 1,
         "trainable_params": trainable_params,
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
         "trial_seconds": time.time() - t_start,
         "status": "ok", "error": "",
     }

@@ -153,6 +153,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, log=print) -> dict:
     # CRIS. Stored in fp16 to keep the committed files small (the 49,408-row CLIP token table dominates);
     # the adapters load frozen weights as fp32.
     if cfg.vlsm == "clipseg":
+        model.config.segmentation_image_size = cfg.image_size  # read by the adapter (default 352 otherwise)
         model.to(torch.float16).save_pretrained(out_dir)
     else:
         from trainables.vlsm.cris_convert import save_converted

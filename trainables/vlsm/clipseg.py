@@ -224,6 +224,9 @@ def _trains(*modules: nn.Module) -> bool:
 def _load_tokenizer(weights: str):
     from trainables.tokenizer import clip_tokenizer
 
+    path = Path(weights).expanduser()
+    if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return clip_tokenizer()  # a local checkpoint without tokenizer files (the mini models): CLIP's BPE
     try:
         from transformers import AutoTokenizer
 
@@ -264,11 +267,14 @@ def build_clipseg(weights: str | None = None, config: str | dict | None = None, 
                                     f"(expected config.json + model.safetensors, or an HF hub id like {DEFAULT_WEIGHTS})")
         source = str(path) if looks_local else weights
         try:
-            model = CLIPSegForImageSegmentation.from_pretrained(source)
+            # fp32 whatever the file stores (the mini checkpoints are fp16 to stay small); AMP casts per op.
+            model = CLIPSegForImageSegmentation.from_pretrained(source, dtype=torch.float32)
         except OSError as e:
             raise FileNotFoundError(f"weights: cannot load CLIPSeg weights {weights!r}: {str(e).splitlines()[0]}") from None
         tokenizer = _load_tokenizer(source)
-        default_size = IMAGE_SIZE
+        # CIDAS checkpoints run at 352 px (positions interpolated from 224); a checkpoint trained at another
+        # size (the mini models) records it in its config.
+        default_size = int(getattr(model.config, "segmentation_image_size", None) or IMAGE_SIZE)
     image_size = int(options.get("image_size") or default_size)
     return CLIPSegAdapter(model, tokenizer, image_size=image_size)
 
