@@ -13,6 +13,8 @@ Design (orchestration.md §3-§5, measured on Ray 2.60):
 - Parquet rows are written by a driver-side callback the moment a trial finishes (temp file + rename);
   rows of trials the restored experiment no longer knows (started after its last snapshot, then re-run
   under a new id with the same parameters) are dropped, so a resumed sweep never holds duplicates.
+- Optional early stopping (`execution.scheduler: asha`): per-cell ASHA on the per-epoch val_loss
+  (benchmark/scheduler.py); a stopped trial's row has status `pruned` and its study records PRUNED.
 - The terminal shows one line per finished trial (cells done, trials done, best so far in the cell)
   instead of Ray's status table.
 Everything is addressed by absolute paths: trials run in temporary working directories.
@@ -116,6 +118,22 @@ def trial_config_validator(path: str) -> Callable[[dict], Any] | None:
     return fn
 
 
+class PrunedMarker(Callback):
+    """Marks the last result of a trial the scheduler stopped as `status: pruned` (in place: Tune makes
+    it the trial's last result), so the searcher, the Parquet row and the MLflow run all see it.
+
+    A stopped trial is recognised by Tune's `done: True` on a result that is not a final report (every
+    final report carries `status`; a trial that ends normally sends no further result to callbacks).
+    Listed first among the callbacks."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("done") and "status" not in result:
+            result["status"] = "pruned"
+            result.setdefault("error", "")
+            if isinstance(result.get("epoch"), int):
+                result.setdefault("epochs_run", result["epoch"] + 1)
+
+
 class RecordsCallback(Callback):
     """Writes a trial's Parquet row as soon as it finishes, keeps `selected.parquet` current and
     prints the progress lines. State is rebuilt from the Parquet files at setup, so a restored
@@ -212,7 +230,9 @@ class RecordsCallback(Callback):
         by = self.select["by"]
         value = row.get(by)
         what = f"{by}={value:.4g}" if isinstance(value, (int, float)) and value is not None else ""
-        if row["status"] != "ok":
+        if row["status"] == "pruned":
+            what = f"PRUNED after {row.get('epochs_run')} epochs (val_loss={_fmt(row.get('val_loss'))})"
+        elif row["status"] != "ok":
             what = f"{row['status'].upper()}: {(row.get('error') or '')[:120]}"
         best = records.select(list(self._rows[cid].values()), by, self.select["mode"])
         best_txt = f"best #{best['trial_index']} {by}={best[by]:.4g}" if best else "no ok trial yet"
@@ -452,7 +472,8 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
 
     from benchmark.tracking import MLflowCallback, MLflowMirror
 
-    callbacks: list = [RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
+    callbacks: list = [PrunedMarker(),
+                       RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
     mirror = None
     if uri is not None:
         artifacts = (run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None  # a server stores its own
@@ -478,9 +499,14 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                                          constant_liar=s.constant_liar,
                                          max_concurrent_per_cell=s.max_concurrent_per_cell)
             ex = spec.execution
+            scheduler = None
+            if ex.scheduler == "asha":
+                from benchmark.scheduler import CellASHA
+
+                scheduler = CellASHA(grace_period=ex.grace_period, reduction_factor=ex.reduction_factor)
             tuner = tune.Tuner(
                 wrapped,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                             max_concurrent_trials=ex.max_concurrent_trials,
                                             reuse_actors=ex.reuse_actors, trial_name_creator=trial_name,
                                             trial_dirname_creator=trial_dirname),

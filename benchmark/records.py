@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from benchmark.search_space import HP_NAMES, PAPER
 
 SCHEMA_VERSION = 1
-TRIAL_STATUSES = ("ok", "diverged", "error")
+# "pruned": stopped early by the sweep's scheduler (execution.scheduler: asha); no test metrics.
+TRIAL_STATUSES = ("ok", "diverged", "error", "pruned")
 
 _HP_TYPES = {p.name: (pa.bool_() if p.choices and all(isinstance(c, bool) for c in p.choices)
                       else pa.int64() if p.kind in ("int", "categorical") else pa.float64()) for p in PAPER}

@@ -114,6 +114,12 @@ def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dic
         out += [f"## Table {number}", "", T.render(table, "md"), T.render(table, "md", counts=True)]
         if number in comparisons:
             out += [T.render(comparisons[number], "md")]
+    spread = spread_table(trials)
+    if len(spread):
+        out += ["## Spread over trials", "",
+                "Test Dice (%) of every finished trial of a cell: how far a cell's number could move with "
+                "another draw of the search. Differences between learners smaller than this are noise.", "",
+                _markdown(spread), ""]
     figures = list(figures)
     if figures:
         out += ["## Figures", ""]
@@ -122,6 +128,26 @@ def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dic
             caption = f.stem.replace("_", " ")
             out += [f"![{caption}]({rel})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in df.columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def spread_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: number of ok trials and test Dice mean / std (population) / min / max, in percent."""
+    ok = trials[(trials["status"] == "ok") & trials["test_dice"].notna()]
+    if ok.empty:
+        return pd.DataFrame()
+    g = ok.groupby(["vlsm", "learner", "dataset", "variant"], sort=True)["test_dice"]
+    out = pd.DataFrame({"trials": g.size(), "mean": g.mean() * 100, "std": g.std(ddof=0) * 100,
+                        "min": g.min() * 100, "max": g.max() * 100}).reset_index()
+    out["vlsm"] = out["vlsm"].map(T.vlsm_name)
+    out["learner"] = out["learner"].map(T.learner_name)
+    return out
 
 
 def write_report(path: str | Path, text: str) -> Path:

@@ -10,6 +10,12 @@ Scheduling: a free slot goes to the cell with the fewest trials in flight (ties:
 cells that means each study sees its trials almost one after another, as in the original's sequential
 sweeps, which is what TPE learns best from.
 
+Early stopping (`execution.scheduler: asha`, benchmark/scheduler.py): a trial the scheduler stops ends
+without its final report, and its last result is marked `status: pruned` by the coordinator. Ray's own
+OptunaSearch would tell Optuna COMPLETE with that truncated value (orchestration.md section 2), so TPE would
+treat a loss after 2 epochs like a finished trial's; here such a trial is told PRUNED, with its last
+intermediate value, which TPE ranks below every completed trial.
+
 The searcher is pickled into the experiment (`tuner.pkl`, `searcher-state-*.pkl`), so it lives in this
 importable module, never in `__main__`.
 """
@@ -41,8 +47,9 @@ class MultiCellSearcher(Searcher):
 
     def __init__(self, cells, metric: str = "objective", mode: str = "min", sampler: str = "tpe",
                  n_startup_trials: int = 10, multivariate: bool = True, constant_liar: bool = True,
-                 max_concurrent_per_cell: int | None = None):
+                 max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss"):
         super().__init__(metric=None, mode=None)
+        self.prune_metric = prune_metric  # told with a PRUNED trial that reported no per-epoch objective
         self.objective_metric = metric
         self.objective_mode = mode
         self.max_concurrent_per_cell = max_concurrent_per_cell
@@ -108,11 +115,33 @@ class MultiCellSearcher(Searcher):
         study = self.studies[cid]
         if study is None or trial_id in study._completed_trials:
             return
+        if not error and (result or {}).get("status") == PRUNED:
+            self._tell_pruned(study, trial_id, result)
+            return
         value = (result or {}).get(self.objective_metric)
         failed = error or (result or {}).get("status") == "error" or not _is_number(value) or math.isnan(value)
         # An errored trial (even one that reported objective=inf before raising) is FAIL, never a value
         # TPE would learn from; a diverged trial keeps its +inf objective: TPE learns that region is bad.
         study.on_trial_complete(trial_id, result=None if failed else result, error=failed)
+
+    def _tell_pruned(self, study: OptunaSearch, trial_id: str, result: dict) -> None:
+        """PRUNED with the value at the step it stopped (the verified PruningOptunaSearch idea, per cell).
+
+        Tune does not forward the result that made the scheduler stop a trial to the searcher, so it is
+        reported here: the trial's objective at that epoch, else the scheduler's metric (the fake trainable
+        reports no per-epoch objective). Optuna stores the last intermediate value as the trial's value."""
+        import optuna
+
+        ot_trial = study._ot_trials[trial_id]
+        step = result.get("training_iteration")
+        metric = getattr(self, "prune_metric", "val_loss")
+        value = next((result[k] for k in (self.objective_metric, metric) if _is_number(result.get(k))), None)
+        if value is not None and _is_number(step) and not math.isnan(value):
+            frozen = study._ot_study._storage.get_trial(ot_trial._trial_id)
+            if int(step) not in frozen.intermediate_values:
+                ot_trial.report(float(value), int(step))
+        study._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        study._completed_trials.add(trial_id)
 
     # ---- inspection (tests, progress) -------------------------------------------------------------------
 
@@ -129,6 +158,9 @@ class MultiCellSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+PRUNED = "pruned"  # the `status` of a trial the scheduler stopped (set by benchmark.coordinator.PrunedMarker)
 
 
 def _is_number(v: Any) -> bool:

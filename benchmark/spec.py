@@ -113,6 +113,12 @@ class Execution:
     max_concurrent_trials: int | None = None  # None: as many as resources allow
     reuse_actors: bool = False  # a fresh process per trial keeps CUDA state clean
     checkpoints_to_keep: int = 2
+    # Early stopping across a cell's trials (benchmark/scheduler.py): "asha" stops a trial whose val_loss
+    # at a rung (grace_period, x reduction_factor, ... epochs) is worse than the best 1/reduction_factor of
+    # its cell's trials there; Optuna records it PRUNED. "none": every trial runs its epochs (the paper).
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = 2
+    reduction_factor: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +382,9 @@ def _validate(spec: Spec) -> None:
         raise ConfigError("resources: cpu and gpu must be >= 0")
     if spec.execution.max_failures < 0 or spec.execution.checkpoints_to_keep < 1:
         raise ConfigError("execution: max_failures must be >= 0 and checkpoints_to_keep >= 1")
+    if spec.execution.grace_period < 1 or not spec.execution.reduction_factor > 1:
+        raise ConfigError("execution: grace_period must be >= 1 (epochs) and reduction_factor > 1, got "
+                          f"{spec.execution.grace_period} and {spec.execution.reduction_factor}")
     for t in spec.tables:
         if t not in TABLES:
             raise ConfigError(f"tables: unknown table {t!r}; allowed: {', '.join(TABLES)}")

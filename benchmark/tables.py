@@ -279,9 +279,13 @@ class Table:
 
 
 def _datasets_for(trials: pd.DataFrame) -> list[Dataset]:
+    """The paper's ten columns (not-yet-run ones show "–") whenever the run has any paper dataset; a run
+    on other datasets only (the embedded mini benchmark, a user's own data) shows just its own."""
     known = {d.key for d in DATASETS}
-    extra = sorted(set(trials["dataset"]) - known - {""})
-    return list(DATASETS) + [Dataset(k, k, OTHER_GROUP) for k in extra]
+    present = set(trials["dataset"]) - {""}
+    extra = sorted(present - known)
+    paper = list(DATASETS) if present & known or not present else []
+    return paper + [Dataset(k, k, OTHER_GROUP) for k in extra]
 
 
 def _extra_pairs(trials: pd.DataFrame, known: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
