@@ -118,7 +118,8 @@ def split_sizes(dataset: str, load_card: Callable[[str], Any] | None = None) -> 
     return int(train), int(val)
 
 
-def rates_from_rows(rows: Iterable[dict[str, Any]], sizes: Callable[[str], tuple[int, int]]) -> dict[tuple[str, str], tuple[float, int]]:
+def rates_from_rows(rows: Iterable[dict[str, Any]],
+                    sizes: Callable[[str], tuple[int, int]]) -> dict[tuple[str, str], tuple[float, int]]:
     """{(vlsm, learner): (trial seconds per image, trials used)} from Parquet rows of a finished run.
 
     Rows without `seconds` or `epochs_run` (a trial that failed before its first epoch) are skipped, and so
@@ -189,7 +190,8 @@ def format_estimate(est: Estimate, spec_name: str, gpus: int | None = None) -> s
     lines += [head, "-" * len(head)]
     for (vlsm, learner), s in est.subtotals().items():
         lines.append(f"{vlsm:<8} {learner:<17} {s['cells']:>5} {s['trials']:>6} {s['images'] / 1e6:>9.3f} "
-                     f"{s['seconds_per_image'] * 1e3:>9.3f} {s['slot_hours']:>8.2f} {s['gpu_hours']:>8.2f}  {s['source']}")
+                     f"{s['seconds_per_image'] * 1e3:>9.3f} {s['slot_hours']:>8.2f} {s['gpu_hours']:>8.2f}  "
+                     f"{s['source']}")
     by_vlsm: dict[str, float] = {}
     for c in est.cells:
         by_vlsm[c.vlsm] = by_vlsm.get(c.vlsm, 0.0) + c.gpu_seconds / 3600

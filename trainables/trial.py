@@ -328,6 +328,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         if hasattr(datasets["train"], "set_epoch"):
             datasets["train"].set_epoch(epoch)  # reproducible augmentation per epoch, also after resume
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)
         n_images = 0
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):
@@ -336,9 +337,12 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             with _autocast(device, amp_dtype):
                 logits, mask = forward_batch(model, batch, device)
                 loss = dice_bce_loss(logits, mask, tc.bce_weight)
-            if not torch.isfinite(loss):
-                lr = optimizer.param_groups[0]["lr"]
-                raise TrialDiverged(f"diverged at epoch {epoch}, step {step}, lr {lr:.2g}: loss is {loss.item()}")
+            # Remember the first non-finite step on the device; reading it every step would be a host sync
+            # that stalls the GPU. On CPU there is nothing to stall, so stop at once.
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+            if device.type != "cuda" and bool(bad):
+                _diverged(epoch, int(first_bad), optimizer, loss)
             scaler.scale(loss / tc.accumulate).backward()
             if (i + 1) % tc.accumulate == 0:
                 scaler.step(optimizer)
@@ -352,6 +356,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+        if int(first_bad) >= 0:  # one sync per epoch on the GPU
+            _diverged(epoch, int(first_bad), optimizer, loss_sum)
         train_seconds = time.time() - t0
 
         val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight)
@@ -402,6 +408,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     }
     report(final, None)
     return final
+
+
+def _diverged(epoch: int, step: int, optimizer, loss: torch.Tensor):
+    lr = optimizer.param_groups[0]["lr"]
+    raise TrialDiverged(f"diverged at epoch {epoch}, step {step}, lr {lr:.2g}: loss is {loss.item()}")
 
 
 def _objective(tc: TrainConfig, state: dict) -> float:

@@ -158,7 +158,9 @@ class CLIPSegAdapter(VLSMAdapter):
             first = _per_sample(rows[0], n).to(embeds.dtype)  # (N, B, H)
             num = first.shape[1]
             keep = min(length, max_len - num) - 1  # text tokens after SOS that still fit (all, in practice)
-            idx = torch.cat([torch.arange(1, keep), torch.tensor([length - 1])]).to(input_ids.device)
+            # Built on the device: a CPU tensor copied over would be a blocking host->device sync every step.
+            idx = torch.arange(1, keep + 1, device=input_ids.device)
+            idx[-1] = length - 1
             embeds = torch.cat([embeds[:, :1], first, embeds[:, idx]], dim=1)
             ones = attention_mask.new_ones(n, num)
             attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, idx]], dim=1)

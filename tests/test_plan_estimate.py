@@ -1,0 +1,129 @@
+"""`tunevlseg plan SPEC --estimate`: cost arithmetic, rates measured from a run's Parquet, the CLI output.
+
+Torch-free: the registry look-ups of the matrix are replaced by the paper's facts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmark import cli, estimate as E, matrix, records
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on kvasir) x 4 trials, 3 epochs
+
+
+@pytest.fixture(autouse=True)
+def no_registries(monkeypatch):
+    monkeypatch.setattr(matrix, "learner_modalities", lambda n: matrix.KNOWN_LEARNER_MODALITIES[n])
+    monkeypatch.setattr(matrix, "vlsm_modalities", lambda n: matrix.KNOWN_VLSM_MODALITIES[n])
+    monkeypatch.setattr(matrix, "learner_config_class", lambda n: None)
+
+
+def _cell(cid, vlsm, learner, dataset, trials, max_epochs=None, gpu=0.25):
+    train = {} if max_epochs is None else {"max_epochs": max_epochs}
+    return SimpleNamespace(id=cid, vlsm=vlsm, learner=learner, dataset=dataset, trials=trials,
+                           config={"train": train}, resources={"cpu": 1.0, "gpu": gpu})
+
+
+SIZES = {"a": (80, 20), "b": (300, 100)}
+
+
+def test_whole_gpu_rate_gives_gpu_seconds_and_slot_seconds_by_share():
+    cells = [_cell("c1", "clipseg", "vpt", "a", trials=5, max_epochs=4, gpu=0.25),
+             _cell("c2", "clipseg", "vpt", "b", trials=2, gpu=0.5)]  # max_epochs: the default
+    est = E.estimate(cells, sizes=SIZES.__getitem__, gpu_seconds_per_image=0.01)
+    c1, c2 = est.cells
+    assert c1.images == 5 * 4 * 100 and c2.images == 2 * E.DEFAULT_MAX_EPOCHS * 400
+    assert c1.gpu_seconds == pytest.approx(2000 * 0.01) and c1.slot_seconds == pytest.approx(2000 * 0.01 / 0.25)
+    assert est.gpu_hours == pytest.approx((2000 + 16000) * 0.01 / 3600)
+    sub = est.subtotals()[("clipseg", "vpt")]
+    assert sub["cells"] == 2 and sub["trials"] == 7 and sub["images"] == 18000
+
+
+def test_measured_slot_seconds_are_scaled_by_the_share_and_overhead_is_added():
+    cells = [_cell("c1", "cris", "coop", "a", trials=3, max_epochs=2, gpu=0.25)]
+    est = E.estimate(cells, sizes=SIZES.__getitem__, measured={("cris", "coop"): (0.02, 7)}, run_label="r",
+                     overhead_seconds=10)
+    c = est.cells[0]
+    assert c.rate.slot_seconds and "7 trials" in c.rate.source
+    assert c.slot_seconds == pytest.approx(3 * 2 * 100 * 0.02 + 3 * 10)
+    assert c.gpu_seconds == pytest.approx(c.slot_seconds * 0.25)
+
+
+def test_unmeasured_pairs_fall_back_to_the_documented_assumption():
+    cells = [_cell("c1", "clipseg", "coop", "a", 1, 1), _cell("c2", "clipseg", "vpt", "a", 1, 1)]
+    est = E.estimate(cells, sizes=SIZES.__getitem__, measured={("clipseg", "coop"): (0.5, 2)})
+    coop, vpt = est.cells
+    assert coop.rate.seconds_per_image == 0.5
+    assert vpt.rate.source == "assumed"
+    assert vpt.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")])
+    # VPT back-propagates through the vision tower, CoOp does not: about twice the cost per image.
+    ratio = E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")] / E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "coop")]
+    assert 1.8 < ratio < 2.1
+    assert any("clipseg/vpt" in n for n in est.notes)
+
+
+def test_rates_from_rows_normalise_by_epochs_and_split_sizes_and_skip_failures():
+    rows = [
+        {"vlsm": "clipseg", "learner": "vpt", "dataset": "a", "status": "ok", "seconds": 100.0, "epochs_run": 5},
+        {"vlsm": "clipseg", "learner": "vpt", "dataset": "b", "status": "pruned", "seconds": 40.0, "epochs_run": 1},
+        {"vlsm": "clipseg", "learner": "vpt", "dataset": "a", "status": "error", "seconds": 9e9, "epochs_run": 1},
+        {"vlsm": "clipseg", "learner": "vpt", "dataset": "a", "status": "ok", "seconds": None, "epochs_run": None},
+        {"vlsm": "clipseg", "learner": "coop", "dataset": "zzz", "status": "ok", "seconds": 1.0, "epochs_run": 1},
+    ]
+
+    def sizes(ds):
+        if ds not in SIZES:
+            raise FileNotFoundError(ds)
+        return SIZES[ds]
+
+    rates = E.rates_from_rows(rows, sizes)
+    assert set(rates) == {("clipseg", "vpt")}
+    spi, n = rates[("clipseg", "vpt")]
+    assert n == 2 and spi == pytest.approx((100 + 40) / (5 * 100 + 1 * 400))
+
+
+def _run_dir_with_rows(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    rows = []
+    for i, (secs, epochs) in enumerate([(90.0, 1), (270.0, 3)]):
+        rows.append(records.trial_row(
+            spec="smoke", cell={"vlsm": "clipseg", "learner": "coop", "dataset": "kvasir", "variant": "default"},
+            cell_id="clipseg_coop_kvasir", trial_index=i, trial_id=f"t{i}", hp={},
+            result={"status": "ok", "seconds": secs, "epochs_run": epochs}, error=None, prov={},
+            started_at=None, finished_at=None))
+    records.write_rows(rows, records.cell_file(run, "clipseg_coop_kvasir"))
+    return run
+
+
+def test_cli_estimate_from_a_run_prints_subtotals_and_total(tmp_path, capsys):
+    run = _run_dir_with_rows(tmp_path)
+    assert cli.main(["plan", str(SMOKE), "--estimate", "--from", str(run)]) == 0
+    out = capsys.readouterr().out
+    # Kvasir: 800 train + 100 val; 360 s over 4 epochs -> 0.1 s per image; 4 trials x 3 epochs x 900 images.
+    coop = next(line for line in out.splitlines() if line.startswith("clipseg  coop"))
+    assert "100.000" in coop  # ms per image
+    assert f"{4 * 3 * 900 * 0.1 / 3600:.2f}" in coop  # slot-hours
+    assert "maple" in out and "assumed" in out and "total" in out
+    assert "not in the run, so assumed: clipseg/maple" in out
+
+
+def test_cli_estimate_with_a_fixed_rate_and_json(tmp_path, capsys):
+    import json
+
+    assert cli.main(["plan", str(SMOKE), "--estimate", "--gpu-seconds-per-image", "0.002", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpu_hours"] == pytest.approx(2 * 4 * 3 * 900 * 0.002 / 3600)
+    assert {s["learner"] for s in data["subtotals"]} == {"coop", "maple"}
+    assert math.isfinite(data["gpu_hours"])
+
+
+def test_cli_estimate_rejects_bad_input(tmp_path, capsys):
+    assert cli.main(["plan", str(SMOKE), "--estimate", "--gpu-seconds-per-image", "0"]) == 2
+    assert "--gpu-seconds-per-image" in capsys.readouterr().err
+    assert cli.main(["plan", str(SMOKE), "--estimate", "--from", str(tmp_path / "nothing")]) == 2
+    assert "no trial Parquet files" in capsys.readouterr().err
