@@ -172,3 +172,36 @@ def test_fp16_on_cpu_is_a_clear_error():
 def test_trial_config_rejects_unknown_sections():
     with pytest.raises(ConfigError, match="unknown key"):
         TrialConfig.from_dict({"model": {}, "data": {"dataset": "x", "root": "/x"}, "optim": {}})
+
+
+def test_e2e_state_includes_batchnorm_statistics():
+    # E2E trains the whole VLSM, BatchNorm statistics included: the best-epoch state and checkpoints must
+    # restore them with the weights, or the last epoch's statistics would pair with the best epoch's weights.
+    from trainables.model import build_model
+    from trainables.trial import load_trainable_state, trainable_state
+
+    model = build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "e2e"})
+    model.train()
+    tokens = model.tokenize(["polyp."] * 2)
+    x = torch.randn(2, 3, 64, 64)
+
+    def step():
+        model(x, tokens["input_ids"], tokens["attention_mask"]).mean().backward()
+
+    step()
+    snapshot = trainable_state(model)
+    assert any(k.endswith("running_mean") for k in snapshot)
+    step()
+    name = next(k for k in snapshot if k.endswith("running_mean"))
+    current = dict(model.named_buffers())[name]
+    assert not torch.equal(current, snapshot[name])  # another train-mode forward moved the statistics
+    load_trainable_state(model, snapshot)
+    assert torch.equal(dict(model.named_buffers())[name], snapshot[name])
+
+
+def test_prompt_tuning_state_is_only_the_trainable_parameters():
+    from trainables.model import build_model
+    from trainables.trial import trainable_state
+
+    model = build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "coop"})
+    assert set(trainable_state(model)) == {n for n, _ in model.named_trainable_parameters()}

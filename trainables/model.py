@@ -165,6 +165,15 @@ class PromptedVLSM(nn.Module):
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
+    def named_state_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """What training changes: the trainable parameters, plus every buffer when the VLSM itself trains
+        (E2E: BatchNorm running statistics move with the weights; a frozen VLSM stays in eval mode and its
+        buffers never change). Checkpoints, the best-epoch state and artifacts store exactly these."""
+        tensors: list[tuple[str, torch.Tensor]] = list(self.named_trainable_parameters())
+        if not self.frozen:
+            tensors += [(n, b) for n, b in self.named_buffers() if b.is_floating_point() or n.endswith("num_batches_tracked")]
+        return tensors
+
     def count_parameters(self) -> tuple[int, int]:
         """(trainable, frozen) parameter counts."""
         trainable = sum(p.numel() for _, p in self.named_trainable_parameters())
@@ -209,7 +218,7 @@ class PromptedVLSM(nn.Module):
             "model": dataclasses.asdict(self.config),
             "learner_config": dataclasses.asdict(self.learner_config),
             "vlsm_spec": json.loads(json.dumps(spec)),
-            "tensors": {n: list(p.shape) for n, p in self.named_trainable_parameters()},
+            "tensors": {n: list(p.shape) for n, p in self.named_state_tensors()},
             "trainable_params": self.count_parameters()[0],
             "versions": {"torch": torch.__version__},
         }
@@ -220,7 +229,7 @@ class PromptedVLSM(nn.Module):
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in self.named_trainable_parameters()}
+        tensors = {n: p.detach().cpu().contiguous() for n, p in self.named_state_tensors()}
         save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={"format": ARTIFACT_FORMAT})
         (out / ARTIFACT_CONFIG).write_text(json.dumps(self._artifact_meta(), indent=2, sort_keys=True) + "\n")
         return out
@@ -255,7 +264,7 @@ class PromptedVLSM(nn.Module):
             warnings.warn(f"{where} was trained with weights {meta['model'].get('weights')!r}, this model uses "
                           f"{mine['model']['weights']!r}", stacklevel=2)
         tensors = load_file(str(directory / ARTIFACT_TENSORS))  # safetensors: plain tensors, never unpickles
-        params = dict(self.named_trainable_parameters())
+        params = dict(self.named_state_tensors())
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:
             raise ConfigError(f"{where}: tensors do not match this model (missing: {', '.join(missing) or '-'}; "

@@ -172,12 +172,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _state_tensors(model) -> list[tuple[str, torch.Tensor]]:
+    # Trainable parameters, plus the buffers that move with them (E2E BatchNorm statistics) when the
+    # model says so: the best-epoch state must restore both, or the statistics of the last epoch would be
+    # paired with the weights of the best one.
+    if hasattr(model, "named_state_tensors"):
+        return model.named_state_tensors()
+    return list(model.named_trainable_parameters())
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_trainable_parameters()}
+    return {n: p.detach().clone() for n, p in _state_tensors(model)}
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_trainable_parameters())
+    params = dict(_state_tensors(model))
     if set(params) != set(state):
         raise RuntimeError(
             f"checkpoint does not match the model: missing {sorted(set(params) - set(state))[:5]}, "
