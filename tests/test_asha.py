@@ -3,7 +3,6 @@ and a complete Parquet row (status `pruned`) for every stopped trial."""
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -53,18 +52,6 @@ def test_spec_accepts_asha_and_rejects_bad_settings():
         spec_from_dict({**base, "execution": {"scheduler": "hyperband"}})
     with pytest.raises(ConfigError, match="reduction_factor"):
         spec_from_dict({**base, "execution": {"scheduler": "asha", "reduction_factor": 1}})
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.mark.ray

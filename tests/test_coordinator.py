@@ -24,21 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One small local Ray for the whole module (startup costs seconds on 2 cores)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        import logging
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _spec_file(tmp_path: Path, **changes) -> Path:
     data = yaml.safe_load(SMOKE.read_text())
     for dotted, value in changes.items():

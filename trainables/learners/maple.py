@@ -17,22 +17,14 @@ from typing import ClassVar
 
 import torch
 
-from trainables.learners.base import ContextLearner, PromptConfig, check_depth, init_context, register_learner
-from trainables.learners.projection import per_depth, projection
+from trainables.learners.base import ContextLearner, check_depth, init_context, register_learner
+from trainables.learners.projection import ProjectionConfig, per_depth, projection
 from trainables.vlsm.base import TEXT, VISION, Prompts
 
 
 @dataclass(frozen=True)
-class MapleConfig(PromptConfig):
+class MapleConfig(ProjectionConfig):
     learner_name: ClassVar[str] = "maple"
-
-    intermediate_dim: int = 64  # r
-    use_lora: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.intermediate_dim < 1:
-            self.fail("intermediate_dim", f"{self.intermediate_dim} must be >= 1")
 
 
 class Maple(ContextLearner):

@@ -1,8 +1,4 @@
-"""VLSM adapters. Importing this package registers every adapter in `VLSMS`."""
-
-from pathlib import Path
+"""VLSM adapters. Importing this package registers every adapter in `VLSMS`: one module per VLSM."""
 
 from trainables.vlsm import clipseg  # noqa: F401  (registers "clipseg")
-
-if (Path(__file__).parent / "cris.py").exists():  # CRIS adapter, written separately; registers "cris"
-    from trainables.vlsm import cris  # noqa: F401
+from trainables.vlsm import cris  # noqa: F401  (registers "cris")
