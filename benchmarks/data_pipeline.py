@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/data_pipeline.py [--root DIR] [--seconds 5] [--workers 2] [--step-rate 1500]
 
-Data: real Kvasir-SEG JPEGs (`/work/shared/data/kvasir_seg_mini`, 64 images of ~620x530, when present, or
+Data: real Kvasir-SEG JPEGs (`../shared/data/kvasir_seg_mini`, 64 images of ~620x530, when present, or
 `--root` with the kvasir layout), else synthetic 620x530 JPEGs written to a temporary folder. The train
 split is read through `trainables.data.build_dataset` with the paper's augmentation, exactly as a trial does:
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KVASIR_MINI = Path("/work/shared/data/kvasir_seg_mini")
+KVASIR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data/kvasir_seg_mini"
 
 
 def synthetic_kvasir(root: Path, n: int = 48, size=(530, 620)) -> Path:

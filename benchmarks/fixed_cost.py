@@ -94,7 +94,7 @@ def measure(cfg: dict) -> dict:
 
 def kvasir_decode_ms() -> float | None:
     """Milliseconds to decode + resize one real Kvasir-SEG sample at 352 px (kvasir_seg_mini), else None."""
-    root = Path("/work/shared/data/kvasir_seg_mini")
+    root = Path(__file__).resolve().parents[2] / "shared" / "data/kvasir_seg_mini"
     if not root.is_dir():
         return None
     from trainables.data import CACHE, IMAGENET_MEAN, IMAGENET_STD, build_dataset

@@ -101,7 +101,7 @@ def test_golden_comparison_is_zero_and_flags_a_changed_cell():
 
 
 def test_shipped_paper_copies_match_shared_originals():
-    shared = Path("/work/shared/paper")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "paper"
     if not shared.is_dir():
         pytest.skip("shared paper directory not present on this machine")
     for n in (3, 4, 5):
