@@ -119,3 +119,25 @@ def test_loading_never_unpickles(saved, tmp_path_factory):
     with pytest.raises(Exception):
         model.load_artifact(path)
     assert not os.path.exists(sentinel)
+
+
+def test_frozen_vlsm_is_reused_across_builds_but_never_for_e2e(monkeypatch):
+    # A reused Ray worker runs trial after trial on the same frozen weights: the second build must not
+    # load them again, and must see them unchanged; E2E trains the VLSM, so it always gets a fresh copy.
+    import torch
+
+    from trainables.model import build_model
+
+    a = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "coop"})
+    before = {k: v.clone() for k, v in a.vlsm.state_dict().items()}
+    tokens = a.tokenize(["polyp."])
+    a.train()
+    a(torch.randn(1, 3, a.spec.image_size, a.spec.image_size), tokens["input_ids"], tokens["attention_mask"]).mean().backward()
+    b = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "vpt"})
+    assert b.vlsm is a.vlsm
+    assert all(torch.equal(before[k], v) for k, v in b.vlsm.state_dict().items())
+    assert not any(p.requires_grad for p in b.vlsm.parameters()) and not b.vlsm.training
+    e2e = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "e2e"})
+    assert e2e.vlsm is not a.vlsm
+    monkeypatch.setenv("TUNEVLSEG_VLSM_CACHE", "0")
+    assert build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "coop"}).vlsm is not a.vlsm

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +85,34 @@ def resolve_learner_config(cfg: ModelConfig):
     return entry, from_dict(entry.config_cls, cfg.learner_config, where=f"learner {cfg.learner!r}")
 
 
+# The last frozen VLSM built in this process. A reused Ray worker (`execution.reuse_actors: true`) runs
+# trial after trial on the same frozen weights; loading them again is most of a trial's fixed cost
+# (BENCHMARKS.md). A frozen VLSM is never modified (requires_grad off, eval mode), so sharing it is safe.
+# TUNEVLSEG_VLSM_CACHE=0 turns this off.
+_FROZEN: dict[str, VLSMAdapter] = {}
+
+
+def _frozen_vlsm(cfg: ModelConfig) -> VLSMAdapter:
+    key = json.dumps([cfg.vlsm, cfg.weights, cfg.vlsm_config, cfg.vlsm_options], sort_keys=True, default=str)
+    if os.environ.get("TUNEVLSEG_VLSM_CACHE", "1") == "0":
+        return VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+    vlsm = _FROZEN.get(key)
+    if vlsm is None:
+        _FROZEN.clear()  # keep one: a GPU worker should not hold several frozen backbones
+        vlsm = _FROZEN[key] = VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+    # Back on the CPU like a freshly loaded one, so the learner is built exactly as in a fresh process;
+    # the trial moves the whole model to its device afterwards.
+    return vlsm.to("cpu").requires_grad_(False).eval()
+
+
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
     if not isinstance(cfg, ModelConfig):
         cfg = from_dict(ModelConfig, cfg, where="model")
     entry, learner_cfg = resolve_learner_config(cfg)  # config errors before the (slow) VLSM build
-    factory = VLSMS.get(cfg.vlsm)
-    vlsm = factory(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+    if entry.module_cls is None:  # E2E trains the VLSM itself: always a fresh copy
+        vlsm = VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+    else:
+        vlsm = _frozen_vlsm(cfg)
     missing = entry.modalities - vlsm.spec.modalities
     if missing:
         viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
