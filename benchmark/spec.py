@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 
-from trainables.config import ConfigError, from_dict
+from trainables.config import ConfigError, from_dict, read_yaml_mapping
 
 DEFAULT_TRAINABLE = "trainables.trial.tune_trainable"
 CELL_FIELDS = ("vlsm", "learner", "dataset", "variant")
@@ -187,12 +186,7 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"spec {str(path)!r} does not exist (specs live in experiments/*.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a spec must be a mapping of keys (name, axes, search, ...)")
+    raw = read_yaml_mapping(path, str(path), "name, axes, search, ...")
     try:
         return spec_from_dict(raw, base_dir=project_dir(path), default_name=path.stem, path=str(path.resolve()))
     except ConfigError as e:

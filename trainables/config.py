@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
@@ -111,6 +112,18 @@ def _yaml_scalar(raw: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def read_yaml_mapping(path: str | Path, label: str, expected: str = "") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name `label` (e.g. "spec x.yaml") and the fix."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a mapping of keys{f' ({expected})' if expected else ''}, "
+                          f"got {type(raw).__name__}")
+    return raw
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from trainables.config import ConfigError, from_dict
+from trainables.config import ConfigError, from_dict, read_yaml_mapping
 
 SPLITS = ("train", "val", "test")
 CARDS_ENV = "TUNEVLSEG_CARDS"
@@ -153,11 +152,7 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
         path = cards_dir() / f"{text}.yaml"
         if not path.is_file():
             raise ConfigError(f"unknown dataset {text!r}; allowed: {', '.join(card_names())} (or a path to a card YAML)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"data card {path}: invalid YAML: {e}") from None
-    data = _mapping(data, f"data card {path}")
+    data = read_yaml_mapping(path, f"data card {path}")
     if "path" in data:
         raise ConfigError(f"data card {path}: `path` is filled in by the loader; remove it")
     card = from_dict(DataCard, data, where=f"data card {path.name}")
