@@ -3,7 +3,6 @@ failures, resume after SIGKILL, and the errors that must come before any trial s
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -36,16 +35,6 @@ def _spec_file(tmp_path: Path, **changes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _main(argv: list[str]) -> int:
-    mods = [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(m) is not None]
-    orig = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = mods  # other engineers' commands may still be in progress
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMAND_MODULES = orig
 
 
 def _mlflow_runs(run_dir: Path, spec: str = "smoke"):
@@ -129,7 +118,7 @@ def test_sweep_records_every_trial_and_reruns_as_noop(tmp_path, local_ray, capsy
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, local_ray, capsys):
     path = _spec_file(tmp_path, fixed__fake={"epoch_seconds": 0.02, "fail_trials": [1], "fail_at_epoch": 1},
                       rules=[{"when": {"learner": "coop"}, "set": {"fake.fail_trials": []}}])
-    code = _main(["run", str(path), "--storage", str(tmp_path / "runs")])
+    code = cli.main(["run", str(path), "--storage", str(tmp_path / "runs")])
     assert code == 1
     run_dir = tmp_path / "runs" / "smoke"
     df = records.read_trials(run_dir)
@@ -172,7 +161,7 @@ def test_invalid_spec_fails_before_any_trial(tmp_path, changes, storage, error, 
 
 def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
     path = _spec_file(tmp_path, search={"trails": 3})
-    assert _main(["run", str(path), "--storage", str(tmp_path)]) == 2
+    assert cli.main(["run", str(path), "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "search unknown key 'trails'" in err
 
