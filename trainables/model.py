@@ -92,14 +92,18 @@ def resolve_learner_config(cfg: ModelConfig):
 _FROZEN: dict[str, VLSMAdapter] = {}
 
 
+def _build_vlsm(cfg: ModelConfig) -> VLSMAdapter:
+    return VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+
+
 def _frozen_vlsm(cfg: ModelConfig) -> VLSMAdapter:
-    key = json.dumps([cfg.vlsm, cfg.weights, cfg.vlsm_config, cfg.vlsm_options], sort_keys=True, default=str)
     if os.environ.get("TUNEVLSEG_VLSM_CACHE", "1") == "0":
-        return VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+        return _build_vlsm(cfg)
+    key = json.dumps([cfg.vlsm, cfg.weights, cfg.vlsm_config, cfg.vlsm_options], sort_keys=True, default=str)
     vlsm = _FROZEN.get(key)
     if vlsm is None:
         _FROZEN.clear()  # keep one: a GPU worker should not hold several frozen backbones
-        vlsm = _FROZEN[key] = VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
+        vlsm = _FROZEN[key] = _build_vlsm(cfg)
     # Back on the CPU like a freshly loaded one, so the learner is built exactly as in a fresh process;
     # the trial moves the whole model to its device afterwards.
     return vlsm.to("cpu").requires_grad_(False).eval()
@@ -109,10 +113,8 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
     if not isinstance(cfg, ModelConfig):
         cfg = from_dict(ModelConfig, cfg, where="model")
     entry, learner_cfg = resolve_learner_config(cfg)  # config errors before the (slow) VLSM build
-    if entry.module_cls is None:  # E2E trains the VLSM itself: always a fresh copy
-        vlsm = VLSMS.get(cfg.vlsm)(weights=cfg.weights, config=cfg.vlsm_config, **cfg.vlsm_options)
-    else:
-        vlsm = _frozen_vlsm(cfg)
+    # E2E trains the VLSM itself: always a fresh copy.
+    vlsm = _build_vlsm(cfg) if entry.module_cls is None else _frozen_vlsm(cfg)
     missing = entry.modalities - vlsm.spec.modalities
     if missing:
         viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
