@@ -19,6 +19,8 @@ variants, each adding one change to the previous one:
     +sdpa           scaled_dot_product_attention (flash / memory-efficient kernels); transformers 5.23's default
     +fused-adamw    fused AdamW                              <- what trainables.trial.fit does today on CUDA
     +no-host-sync   no per-step host sync (a non-finite loss is checked once at the end)
+    +one-image-pass image-conditioned learners (CoCoOp) read their features from the adapter's own frozen
+                    image pass instead of a separate one (the `PromptFn` contract); the same step for others
     +dedup-text     the text encoder runs once per distinct prompt and its output is gathered per image
     +channels-last  images and the patch-embedding conv in channels-last layout
     +compile        torch.compile of the text and vision encoders, on top of +dedup-text (only with --compile)
@@ -63,6 +65,7 @@ class Variant:
     attn: str = "sdpa"
     fused: bool = True
     host_sync: bool = False
+    two_image_passes: bool = False
     dedup_text: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -70,10 +73,11 @@ class Variant:
 
 
 def ladder(with_compile: bool) -> list[Variant]:
-    base = Variant("baseline", attn="eager", fused=False, host_sync=True)
+    base = Variant("baseline", attn="eager", fused=False, host_sync=True, two_image_passes=True)
     out = [Variant("hf-reference", hf_reference=True), base]
     for name, change in (("+sdpa", {"attn": "sdpa"}), ("+fused-adamw", {"fused": True}),
-                         ("+no-host-sync", {"host_sync": False}), ("+dedup-text", {"dedup_text": True}),
+                         ("+no-host-sync", {"host_sync": False}), ("+one-image-pass", {"two_image_passes": False}),
+                         ("+dedup-text", {"dedup_text": True}),
                          ("+channels-last", {"channels_last": True})):
         out.append(replace(out[-1], name=name, **change))
     if with_compile:
@@ -134,35 +138,11 @@ def make_batch(model, batch: int, device, prompt: str = "polyp."):
     return {"image": images, "mask": masks, "prompt": [prompt] * batch}
 
 
-def dedup_forward(model, pixel_values, ids, am, inverse, encode_text=None, encode_vision=None):
-    """PromptedVLSM.forward with the text encoder run once per distinct prompt (shared text prompts only).
-    `encode_text` / `encode_vision` replace the adapter's (the compiled variant passes compiled ones)."""
-    vlsm, learner = model.vlsm, model.learner
-    encode_text = encode_text or vlsm.encode_text
-    encode_vision = encode_vision or vlsm.encode_vision
-    from trainables.vlsm.base import Prompts
-
-    prompts = Prompts()
-    if learner is not None:
-        feats = vlsm.image_features(pixel_values) if learner.needs_image_features else None
-        prompts = learner(feats)
-    per_sample_text = prompts.text is not None and prompts.text[0].dim() == 3
-    with torch_grad(prompts.text is not None):
-        if per_sample_text:  # CoCoOp-style per-image prompts: nothing to share
-            cond = encode_text(ids[inverse], am[inverse], prompts.text)
-        else:
-            cond = encode_text(ids, am, prompts.text)[inverse]
-    with torch_grad(prompts.vision is not None):
-        taps = encode_vision(pixel_values, prompts.vision)
-    num_vision = 0 if prompts.vision is None else prompts.vision[0].shape[-2]
-    logits, grid = vlsm.decode(taps, cond, num_vision)
-    return logits if model.upsampler is None else model.upsampler(logits, grid)
-
-
-def torch_grad(enabled: bool):
-    import torch
-
-    return torch.set_grad_enabled(torch.is_grad_enabled() and enabled)
+def two_pass_forward(model, x, input_ids, attention_mask, text_index=None):
+    """PromptedVLSM.forward before the `PromptFn` contract: the features come from a separate image pass."""
+    prompts = model.learner(model.vlsm.image_features(x))
+    out = model.vlsm(x, input_ids, attention_mask, prompts, text_index=text_index)
+    return out.logits if model.upsampler is None else model.upsampler(out.logits, out.tap)
 
 
 class Step:
@@ -190,16 +170,16 @@ class Step:
         fused = variant.fused and device.type == "cuda"
         self.opt = torch.optim.AdamW(params, lr=1e-4, fused=fused, foreach=None if fused else True)
         self.forward = model
-        if variant.dedup_text:
-            enc_t = enc_v = None
-            if variant.compile:
-                # The two encoders (all of the FLOPs) are compiled; the learner, decoder and upsampler stay
-                # eager: inductor on CPU (torch 2.13) fails on the upsampler's replicate-padding backward.
-                enc_t = torch.compile(model.vlsm.encode_text, dynamic=False)
-                enc_v = torch.compile(model.vlsm.encode_vision, dynamic=False)
-            self.forward = lambda x, ids, am, inv: dedup_forward(model, x, ids, am, inv, enc_t, enc_v)
-        elif variant.compile:
-            self.forward = torch.compile(model, dynamic=False)
+        if variant.two_image_passes and model.learner is not None and model.learner.needs_image_features:
+            self.forward = lambda x, **tok: two_pass_forward(model, x, **tok)
+        if variant.compile:
+            # The two encoders (all of the FLOPs) are compiled; the learner, decoder and upsampler stay
+            # eager: inductor on CPU (torch 2.13) fails on the upsampler's replicate-padding backward. The
+            # compiled functions shadow the adapter's methods for the rest of this model's life: compile is
+            # the last variant of the ladder, and a packing worker runs one variant.
+            vlsm = model.vlsm
+            vlsm.encode_text = torch.compile(vlsm.encode_text, dynamic=False)
+            vlsm.encode_vision = torch.compile(vlsm.encode_vision, dynamic=False)
 
     def inputs(self):
         torch, b, dev = self.torch, self.batch, self.device
@@ -207,28 +187,21 @@ class Step:
         if self.v.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = b["mask"].to(dev, non_blocking=True)
-        if self.v.dedup_text:
-            # Distinct prompts are found on the host (strings), so no device sync is needed.
-            uniq = list(dict.fromkeys(b["prompt"]))
-            inverse = torch.tensor([uniq.index(p) for p in b["prompt"]]).to(dev, non_blocking=True)
-            tok = self.model.tokenize(uniq)
-        else:
-            inverse = None
-            tok = self.model.tokenize(b["prompt"])
-        ids = tok["input_ids"].to(dev, non_blocking=True)
-        am = tok["attention_mask"].to(dev, non_blocking=True)
-        return x, y, ids, am, inverse
+        # With dedup the distinct prompts are found on the host (strings), so no device sync is needed.
+        tok = (self.model.tokenize_batch if self.v.dedup_text else self.model.tokenize)(b["prompt"])
+        tok = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
+        return x, y, tok
 
     def __call__(self):
         torch = self.torch
-        x, y, ids, am, inverse = self.inputs()
+        x, y, tok = self.inputs()
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         if self.v.hf_reference:
             for p in self.decoder_params:  # trainable only inside this step: the model is shared with our variants
                 p.requires_grad_(True)
             try:
                 with ctx:
-                    logits = self.hf(input_ids=ids, pixel_values=x, attention_mask=am).logits
+                    logits = self.hf(pixel_values=x, **tok).logits
                     loss = self.loss_fn(logits.unsqueeze(1), y)
                 loss.backward()
                 self.opt.step()
@@ -239,7 +212,7 @@ class Step:
             self.loss_sum += loss.detach().double()
             return
         with ctx:
-            logits = self.forward(x, ids, am, inverse) if self.v.dedup_text else self.forward(x, ids, am)
+            logits = self.forward(x, **tok)
             loss = self.loss_fn(logits, y)
         if self.v.host_sync and not torch.isfinite(loss):  # what fit does every step: a device->host sync
             raise RuntimeError("loss is not finite")
@@ -336,7 +309,9 @@ def run_ladder(args) -> None:
         model.train()
         batch = make_batch(model, args.batch, device)
         trainable, frozen = model.count_parameters()
-        flops = count_flops(Step(model, replace(ladder(False)[1], name="count"), batch, device, amp_dtype))
+        # The useful arithmetic: without the redundant image pass of the baseline (CoCoOp)
+        count = replace(ladder(False)[1], name="count", two_image_passes=False)
+        flops = count_flops(Step(model, count, batch, device, amp_dtype))
         hf_flops = count_flops(Step(model, ladder(False)[0], batch, device, amp_dtype))
         print(f"\n{learner} on {args.weights or args.config} at {model.spec.image_size}px: {trainable:,} trainable / "
               f"{frozen:,} frozen parameters; counted {flops / args.batch / 1e9:.3g} GFLOP per training image "
@@ -430,7 +405,7 @@ def main() -> int:
     ap.add_argument("--config", default="clipseg-rd64", help="shipped CLIPSeg config for a random-init model")
     ap.add_argument("--weights", default=None, help="local CLIPSeg checkpoint directory instead of --config")
     ap.add_argument("--image-size", type=int, default=None, help="default: the model's (352 for rd64)")
-    ap.add_argument("--learners", nargs="+", default=["vpt", "coop"])
+    ap.add_argument("--learners", nargs="+", default=["vpt", "coop", "cocoop"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)

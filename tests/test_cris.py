@@ -253,18 +253,13 @@ def test_bad_prompts_are_refused(tiny):
         tiny(pixels, **tok, prompts=Prompts(text=[torch.zeros(4, 7)]))
 
 
-def test_image_features_mean_c5_and_backbone_runs_once(tiny):
-    pixels, tok = batch(tiny)
-    calls = []
-    hook = tiny.model.backbone.visual.register_forward_hook(lambda *a: calls.append(1))
+def test_image_features_are_the_mean_of_c5(tiny):
+    pixels, _ = batch(tiny)
     with torch.no_grad():
         feats = tiny.image_features(pixels)
-        tiny(pixels, **tok)
         c5 = tiny.model.backbone.encode_image(pixels)[-1]
-    hook.remove()
     assert feats.shape == (2, TINY.embed_dim)
     torch.testing.assert_close(feats, c5.mean(dim=(2, 3)))
-    assert len(calls) == 2  # image_features + forward shared one ResNet pass; the third is ours
 
 
 class _TinyLearner(nn.Module):

@@ -169,14 +169,22 @@ class PromptedVLSM(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.vlsm.tokenize(texts)
 
+    def tokenize_batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The distinct texts tokenized, plus `text_index` (N,) giving each text's row: the text encoder then
+        runs once per distinct prompt. Found on the host, from the strings, so no device sync is needed."""
+        rows = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        return {**self.vlsm.tokenize(list(rows)), "text_index": torch.tensor([rows[t] for t in texts])}
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, 1, S, S) for images (N, 3, S, S) and tokenized prompts (N, L)."""
+                attention_mask: torch.Tensor | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, 1, S, S) for images (N, 3, S, S) and tokenized prompts (N, L), or the batch's distinct
+        prompts (T, L) with `text_index` (N,) giving each image's row (see `tokenize_batch`)."""
         prompts = None
         if self.learner is not None:
-            feats = self.vlsm.image_features(pixel_values) if self.learner.needs_image_features else None
-            prompts = self.learner(feats)
-        out = self.vlsm(pixel_values, input_ids, attention_mask, prompts)
+            # An image-conditioned learner is handed to the adapter, which calls it with the features of its
+            # own frozen image pass (one pass per batch).
+            prompts = self.learner if self.learner.needs_image_features else self.learner()
+        out = self.vlsm(pixel_values, input_ids, attention_mask, prompts, text_index=text_index)
         return out.logits if self.upsampler is None else self.upsampler(out.logits, out.tap)
 
     def train(self, mode: bool = True):

@@ -22,7 +22,9 @@ class ContextLearner(nn.Module):
     """Base class. Subclasses set the class attributes and implement `forward`."""
 
     modalities: ClassVar[frozenset[str]] = frozenset()
-    needs_image_features: ClassVar[bool] = False  # True: forward() needs adapter.image_features(x)
+    # True: forward(image_features) needs the frozen image features; the model then hands the learner itself
+    # to the adapter as a `PromptFn`, which calls it with the features of its own image pass.
+    needs_image_features: ClassVar[bool] = False
 
     def __init__(self, config, spec: VLSMSpec, embed_tokens: Callable[[str], torch.Tensor] | None = None):
         super().__init__()

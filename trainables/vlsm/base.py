@@ -4,6 +4,15 @@ One adapter per VLSM (never a VLSM subclass per learner). An adapter wraps a fro
 is the *only* place prompts enter it: it receives a `Prompts` object (per-depth tensors produced by a
 context learner) and injects them at the layers the paper describes. The trial code never branches on
 the VLSM: it calls `tokenize`, `forward` and `make_upsampler` through this interface.
+
+Two things in `forward`'s contract exist for speed, since a prompt-tuning step is mostly frozen-encoder
+arithmetic:
+- `prompts` may be a `PromptFn` (CoCoOp): a function of the frozen, un-prompted image features. The
+  adapter computes those features from its own image pass, so the frozen image encoder runs once per batch
+  rather than once for the features and again for the segmentation.
+- `text_index` (N,) maps each image to a row of `input_ids`, so a batch whose images share a prompt (a
+  one-class dataset: all of them) runs the text encoder once per distinct prompt, not once per image.
+  Prompts that differ per image (CoCoOp) are expanded to one row per image first.
 """
 
 from __future__ import annotations
@@ -56,6 +65,27 @@ class Prompts:
         return 0 if not rows else rows[0].shape[-2]
 
 
+# Image-conditioned prompts: (N, image_feature_dim) frozen, un-prompted image features -> Prompts.
+PromptFn = Callable[[torch.Tensor], Prompts]
+
+
+def per_image_text(prompts: Prompts | None) -> bool:
+    """True when the text prompts differ per image ((N, B, W) rows), so text cannot be shared."""
+    return prompts is not None and prompts.text is not None and any(r.dim() == 3 for r in prompts.text)
+
+
+def expand_text(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, text_index: torch.Tensor | None,
+                prompts: Prompts | None):
+    """The token rows to encode and the index still to apply to the encoder's output.
+
+    With shared (or no) text prompts the distinct rows are encoded and gathered afterwards; with per-image
+    prompts every image needs its own row, so the rows are gathered first."""
+    if text_index is not None and per_image_text(prompts):
+        mask = None if attention_mask is None else attention_mask[text_index]
+        return input_ids[text_index], mask, None
+    return input_ids, attention_mask, text_index
+
+
 @dataclass
 class SegmentationOutput:
     logits: torch.Tensor  # (N, 1, S, S), the frozen head's output
@@ -76,7 +106,7 @@ class VLSMAdapter(nn.Module):
         raise NotImplementedError
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen, un-prompted global image embedding (N, image_feature_dim) (CoCoOp's meta-net input)."""
+        """Frozen, un-prompted global image embedding (N, image_feature_dim): what a `PromptFn` receives."""
         raise NotImplementedError
 
     def forward(
@@ -84,8 +114,11 @@ class VLSMAdapter(nn.Module):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        prompts: Prompts | None = None,
+        prompts: Prompts | PromptFn | None = None,
+        text_index: torch.Tensor | None = None,
     ) -> SegmentationOutput:
+        """Segment images (N, 3, S, S) given tokenized texts (T, L): one per image (T = N) or, with
+        `text_index` (N,) of row numbers, the distinct texts of the batch."""
         raise NotImplementedError
 
     def make_upsampler(self) -> nn.Module:

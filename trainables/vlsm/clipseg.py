@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from trainables.config import ConfigError
-from trainables.vlsm.base import TEXT, VISION, VLSMS, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec
+from trainables.vlsm.base import (TEXT, VISION, VLSMS, PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec,
+                                  expand_text)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"  # the reference configured CIDAS/clipseg-rd64 (reference §3)
@@ -120,7 +121,7 @@ class CLIPSegAdapter(VLSMAdapter):
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # CoCoOp's meta-net input: projected, post-LayerNormed CLS of the full, un-prompted vision model.
-        return self.model.clip.get_image_features(pixel_values=pixel_values).pooler_output  # (N, P)
+        return self.encode_vision(pixel_values, None, pool=True)[1]  # (N, P)
 
     def make_upsampler(self) -> nn.Module:
         from trainables.upsampler import PatchUpsampler
@@ -132,12 +133,24 @@ class CLIPSegAdapter(VLSMAdapter):
 
     # -- forward -----------------------------------------------------------------------------------------
 
-    def forward(self, pixel_values, input_ids, attention_mask, prompts: Prompts | None = None) -> SegmentationOutput:
+    def forward(self, pixel_values, input_ids, attention_mask, prompts: Prompts | PromptFn | None = None,
+                text_index: torch.Tensor | None = None) -> SegmentationOutput:
+        # No no_grad around frozen branches: autograd records nothing for ops whose inputs need no gradient,
+        # so a frozen, un-prompted encoder costs no graph memory either way.
+        taps = None
+        if callable(prompts):
+            # The un-prompted pass that yields the features also yields the decoder's taps, unless the
+            # prompts it produces change the vision pass itself.
+            taps, features = self.encode_vision(pixel_values, None, pool=True)
+            prompts = prompts(features.detach())
+            if prompts.vision is not None:
+                taps = None
         prompts = prompts or Prompts()
-        clip = self.model.clip
-        with torch.set_grad_enabled(torch.is_grad_enabled() and (prompts.text is not None or _trains(clip.text_model, clip.text_projection))):
-            cond = self.encode_text(input_ids, attention_mask, prompts.text)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and (prompts.vision is not None or _trains(clip.vision_model))):
+        ids, mask, gather = expand_text(input_ids, attention_mask, text_index, prompts)
+        cond = self.encode_text(ids, mask, prompts.text)
+        if gather is not None:
+            cond = cond[gather]
+        if taps is None:
             taps = self.encode_vision(pixel_values, prompts.vision)
         num_vision = 0 if prompts.vision is None else prompts.vision[0].shape[-2]
         logits, grid = self.decode(taps, cond, num_vision)
@@ -179,8 +192,11 @@ class CLIPSegAdapter(VLSMAdapter):
         pooled = hidden[torch.arange(n, device=hidden.device), eos.to(hidden.device)]
         return self.model.clip.text_projection(pooled)
 
-    def encode_vision(self, pixel_values, rows: list[torch.Tensor] | None) -> list[torch.Tensor]:
-        """Hidden states of the tapped layers, (N, 1 + patches + B, Hv) each, in layer order."""
+    def encode_vision(self, pixel_values, rows: list[torch.Tensor] | None, pool: bool = False):
+        """Hidden states of the tapped layers, (N, 1 + patches + B, Hv) each, in layer order.
+
+        pool=True runs every layer (not only up to the last tap) and also returns the projected,
+        post-LayerNormed CLS (N, projection_dim): HF's `get_image_features` of the same pass."""
         vm = self.model.clip.vision_model
         hidden = vm.embeddings(pixel_values, interpolate_pos_encoding=True)  # (N, 1 + patches, Hv)
         n = hidden.shape[0]
@@ -191,13 +207,16 @@ class CLIPSegAdapter(VLSMAdapter):
             hidden = torch.cat([hidden, first], dim=1)  # before pre-LN: the original found it more stable
         hidden = vm.pre_layrnorm(hidden)
         taps = []
-        for k, layer in enumerate(vm.encoder.layers[: self.vision_layers_run], start=1):
+        layers = vm.encoder.layers if pool else vm.encoder.layers[: self.vision_layers_run]
+        for k, layer in enumerate(layers, start=1):
             hidden = layer(hidden, None)
             if rows and k < len(rows):
                 hidden = torch.cat([hidden[:, : hidden.shape[1] - num], _per_sample(rows[k], n).to(hidden.dtype)], 1)
             if k - 1 in self.extract_layers:
                 taps.append(hidden)
-        return taps
+        if not pool:
+            return taps
+        return taps, self.model.clip.visual_projection(vm.post_layernorm(hidden[:, 0]))
 
     def decode(self, taps: list[torch.Tensor], cond: torch.Tensor, num_prompts: int):
         """HF's decoder over all tokens, then CLS and prompts dropped. Returns logits (N,1,S,S), grid (N,R,g,g)."""
@@ -217,10 +236,6 @@ class CLIPSegAdapter(VLSMAdapter):
 def _per_sample(row: torch.Tensor, n: int) -> torch.Tensor:
     """(B, W) shared prompts -> (N, B, W); (N, B, W) per-sample prompts pass through."""
     return row.unsqueeze(0).expand(n, -1, -1) if row.dim() == 2 else row
-
-
-def _trains(*modules: nn.Module) -> bool:
-    return any(p.requires_grad for m in modules for p in m.parameters())
 
 
 def _load_tokenizer(weights: str):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from trainables.config import ConfigError
-from trainables.vlsm.base import TEXT, VLSMS, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec
+from trainables.vlsm.base import TEXT, VLSMS, PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
 from trainables.vlsm.cris_convert import converted_config, load_cris_weights
 from trainables.vlsm.cris_model import CRIS, CRISConfig, CRISUpsampler, causal_mask, load_cris_config
 
@@ -52,9 +52,6 @@ class CRISAdapter(VLSMAdapter):
             mean=CLIP_MEAN,
             std=CLIP_STD,
         )
-        # One-shot hand-over of the backbone output from image_features() to the forward() that follows
-        # (CoCoOp needs both), so the ResNet runs once per batch. Plain attribute: never in the state dict.
-        self._vis_cache: tuple | None = None
 
     @property
     def config(self) -> CRISConfig:
@@ -140,21 +137,15 @@ class CRISAdapter(VLSMAdapter):
 
     # -- image --------------------------------------------------------------------------------------------
 
-    def _encode_image(self, pixel_values: torch.Tensor):
-        cache, self._vis_cache = self._vis_cache, None
-        if (cache is not None and cache[0] is pixel_values and cache[1] == pixel_values._version
-                and (cache[2] or not torch.is_grad_enabled())):
-            return cache[3]
-        return self.model.backbone.encode_image(pixel_values)
+    @staticmethod
+    def _pool(vis) -> torch.Tensor:
+        return vis[-1].mean(dim=(2, 3))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Spatial mean of C5 (N, embed_dim): CoCoOp's meta-net input on CRIS."""
         self._sync_mode()
-        vis = self._encode_image(pixel_values)
-        # reusable by forward() only if no gradient to the backbone was lost (no_grad + trainable ResNet)
-        complete = torch.is_grad_enabled() or not any(p.requires_grad for p in self.model.backbone.visual.parameters())
-        self._vis_cache = (pixel_values, pixel_values._version, complete, vis)
-        return vis[-1].mean(dim=(2, 3))
+        with torch.no_grad():
+            return self._pool(self.model.backbone.encode_image(pixel_values))
 
     # -- forward ------------------------------------------------------------------------------------------
 
@@ -164,13 +155,18 @@ class CRISAdapter(VLSMAdapter):
             self.model.eval()
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                prompts: Prompts | None = None) -> SegmentationOutput:
+                prompts: Prompts | PromptFn | None = None, text_index: torch.Tensor | None = None) -> SegmentationOutput:
+        self._sync_mode()
+        vis = self.model.backbone.encode_image(pixel_values)
+        if callable(prompts):  # image-conditioned prompts read the same ResNet pass the decoder uses
+            prompts = prompts(self._pool(vis).detach())
         if prompts is not None and prompts.vision:
             raise ValueError("CRIS has no prompted vision encoder (its image encoder is a ResNet); "
                              "use a text-only learner")
-        self._sync_mode()
-        vis = self._encode_image(pixel_values)
-        word, state, pad = self.encode_text(input_ids, attention_mask, prompts.text if prompts else None)
+        ids, mask, gather = expand_text(input_ids, attention_mask, text_index, prompts)
+        word, state, pad = self.encode_text(ids, mask, prompts.text if prompts else None)
+        if gather is not None:
+            word, state, pad = word[gather], state[gather], pad[gather]
         logits, fq = self.model.decode(vis, word, state, pad, pixel_values.shape[-2:])
         return SegmentationOutput(logits=logits, tap=fq)
 
