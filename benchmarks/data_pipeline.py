@@ -1,19 +1,25 @@
-"""Augmented training samples per second per CPU core at 352 px: uncached vs the in-memory cache, side by side.
+"""Augmented training samples per second per CPU core at 352 px: uncached vs the in-memory cache vs cached
+uint8 samples, side by side.
 
     .venv/bin/python benchmarks/data_pipeline.py [--root DIR] [--seconds 5] [--workers 2] [--step-rate 1500]
 
 Data: real Kvasir-SEG JPEGs (`../shared/data/kvasir_seg_mini`, 64 images of ~620x530, when present, or
 `--root` with the kvasir layout), else synthetic 620x530 JPEGs written to a temporary folder. The train
-split is read through `trainables.data.build_dataset` with the paper's augmentation, exactly as a trial does:
+split is read through `trainables.data.build_dataset` with the paper's augmentation:
 
-    uncached   every sample is decoded (PIL) and resized (bicubic) again, then augmented
+    uncached   every sample is decoded (PIL) and resized (bicubic) again, then augmented and normalised:
+               float32 samples
     cached     decoded + resized once (`SegmentationDataset.preload`, the process-wide CACHE), then only
-               the random augmentation + normalisation run per sample
+               the random augmentation + normalisation run per sample: float32 samples
+    uint8      cached, augmentation only (`normalize=False`): uint8 samples, normalised later on the
+               device by `trainables.trial.forward_batch` — what a trial does
 
-One process with one thread (torch, OpenCV) = per-core figures. A stage breakdown (decode, resize,
-augment) shows where the time goes. `--workers N` adds DataLoader figures with N worker processes and
-batch 32 (workers inherit the preloaded cache by fork). `--step-rate R` (images/s of the GPU step, from
-benchmarks/gpu_step.py) prints how many cores keep such a step fed.
+One process with one thread (torch, OpenCV) = per-core figures, with the bytes of one sample (image +
+mask). A stage breakdown (decode, resize, augment) shows where the time goes, and the cost of the
+normalisation that uint8 batches move to the device is shown for the CPU. `--workers N` adds DataLoader
+figures with N worker processes and batch 32 (`trainables.trial.collate`; workers inherit the preloaded
+cache by fork) for uncached, cached float32 and cached uint8 batches. `--step-rate R` (images/s of the GPU
+step, from benchmarks/gpu_step.py) prints how many cores keep such a step fed.
 """
 
 from __future__ import annotations
@@ -79,15 +85,16 @@ def rate(ds, seconds: float, min_samples: int) -> float:
             return n / elapsed
 
 
-def stages(ds, count: int) -> dict[str, float]:
+def stages(ds, ds_uint8, count: int) -> dict[str, float]:
     """Milliseconds per sample of each stage, on the first `count` samples."""
+    import numpy as np
+
     from trainables.data import transforms as T
     from trainables.data.readers import decode_image, decode_mask
 
     out = {"decode image (PIL)": 0.0, "decode mask (PIL)": 0.0, "resize (cv2 bicubic/nearest)": 0.0,
-           "augment + normalise": 0.0}
+           "augment + normalise (float32)": 0.0, "augment only (uint8)": 0.0}
     card = ds.card
-    cached = [ds.load(i % len(ds)) for i in range(min(count, len(ds)))]
     for i in range(count):
         e = ds.entries[i % len(ds)]
         t0 = time.perf_counter()
@@ -97,13 +104,40 @@ def stages(ds, count: int) -> dict[str, float]:
         t2 = time.perf_counter()
         T.resize_image(img, ds.image_size), T.resize_mask(mask, ds.image_size)
         t3 = time.perf_counter()
-        image, small_mask, _ = cached[i % len(cached)]
-        o = ds._pipeline(image=image, mask=small_mask)
-        T.to_chw(o["image"], o["mask"])
-        t4 = time.perf_counter()
-        for k, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for k, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
             out[k] += dt * 1e3 / count
+    # Augmentation timed in its own loop, as a cached dataset runs it: between decodes the CPU caches are
+    # cold, which hides most of the float32/uint8 difference.
+    cached = [ds.load(i % len(ds)) for i in range(min(count, len(ds)))]
+    variants = (("augment + normalise (float32)", ds, np.float32), ("augment only (uint8)", ds_uint8, np.uint8))
+    for key, d, dtype in variants:
+        t0 = time.perf_counter()
+        for image, small_mask, _ in cached:
+            o = d._pipeline(image=image, mask=small_mask)
+            T.to_chw(o["image"], o["mask"], dtype)
+        out[key] = (time.perf_counter() - t0) * 1e3 / len(cached)
     return out
+
+
+def sample_bytes(ds) -> int:
+    s = ds[0]
+    return s["image"].nbytes + s["mask"].nbytes
+
+
+def device_normalise_ms(ds_uint8, batch: int = 32, repeats: int = 20) -> float:
+    """Milliseconds to normalise a uint8 batch with `trainables.trial.device_images` on this CPU."""
+    import torch
+
+    from trainables.data import IMAGENET_MEAN, IMAGENET_STD
+    from trainables.trial import collate, device_images
+
+    images = collate([ds_uint8[i % len(ds_uint8)] for i in range(batch)])["image"]
+    cpu = torch.device("cpu")
+    device_images(images, cpu, IMAGENET_MEAN, IMAGENET_STD)  # statistics made once, as in a trial
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        device_images(images, cpu, IMAGENET_MEAN, IMAGENET_STD)
+    return (time.perf_counter() - t0) * 1e3 / repeats
 
 
 def loader_rate(ds, workers: int, seconds: float, batch: int = 32) -> float:
@@ -145,9 +179,9 @@ def main() -> int:
             source = f"synthetic 620x530 JPEGs ({root} not found)"
             root = synthetic_kvasir(Path(tmp) / "kvasir")
 
-        def make(cache: bool):
+        def make(cache: bool, normalize: bool = True):
             return build_dataset("kvasir", root, "train", args.image_size, IMAGENET_MEAN, IMAGENET_STD,
-                                 augment=True, cache=cache)
+                                 augment=True, cache=cache, normalize=normalize)
 
         uncached = make(cache=False)
         CACHE.clear()
@@ -155,29 +189,39 @@ def main() -> int:
         t0 = time.perf_counter()
         cached.preload()
         preload_s = time.perf_counter() - t0
+        uint8 = make(cache=True, normalize=False)  # same cache keys: already filled
         n = len(cached)
         r_unc = rate(uncached, args.seconds, n)
         r_cac = rate(cached, args.seconds, n)
-        st = stages(cached, min(n, 32))
+        r_u8 = rate(uint8, args.seconds, n)
+        st = stages(cached, uint8, min(n, 32))
+        b_float, b_u8 = sample_bytes(cached), sample_bytes(uint8)
 
         print(f"{source}: train split, {n} samples, {args.image_size}px, paper augmentation; 1 process, 1 thread")
-        print(f"{'':34}{'samples/s/core':>15}{'ms/sample':>11}{'ratio':>7}")
-        print(f"{'uncached (decode+resize+augment)':34}{r_unc:>15.1f}{1e3 / r_unc:>11.2f}{1.0:>7.2f}")
-        print(f"{'cached (augment only)':34}{r_cac:>15.1f}{1e3 / r_cac:>11.2f}{r_cac / r_unc:>7.2f}")
+        print(f"{'':40}{'samples/s/core':>15}{'ms/sample':>11}{'ratio':>7}{'bytes/sample':>14}")
+        for label, r, b in (("uncached float32 (decode+resize+aug+norm)", r_unc, b_float),
+                            ("cached float32 (augment + normalise)", r_cac, b_float),
+                            ("cached uint8 (augment only)", r_u8, b_u8)):
+            print(f"{label:40}{r:>15.1f}{1e3 / r:>11.2f}{r / r_unc:>7.2f}{b:>14,}")
         print(f"cache fill (decode + resize all {n} once): {preload_s:.2f} s, {CACHE.nbytes / 2**20:.1f} MiB "
               f"({CACHE.nbytes / max(n, 1) / 2**10:.0f} KiB per sample)")
         print("stage breakdown (ms per sample):")
         for k, v in st.items():
             print(f"  {k:<32}{v:>8.2f}")
+        norm_ms = device_normalise_ms(uint8)
+        print(f"normalising a uint8 batch of 32 on the device (here this CPU, 1 thread): {norm_ms:.2f} ms "
+              f"({norm_ms / 32:.3f} ms per sample)")
         if args.workers:
-            print(f"DataLoader, batch 32 ({os.cpu_count()} cores on this machine):")
+            print(f"DataLoader, batch 32, cached unless said ({os.cpu_count()} cores on this machine):")
             for w in args.workers:
                 ru = loader_rate(uncached, w, args.seconds)
                 rc = loader_rate(cached, w, args.seconds)
-                print(f"  {w} workers: uncached {ru:8.1f} samples/s   cached {rc:8.1f} samples/s   ratio {rc / ru:.2f}")
+                r8 = loader_rate(uint8, w, args.seconds)
+                print(f"  {w} workers: uncached float32 {ru:8.1f}   float32 {rc:8.1f}   uint8 {r8:8.1f} images/s"
+                      f"   uint8 / float32 {r8 / rc:.2f}")
         rates = [args.step_rate] if args.step_rate else [500.0, 1000.0, 2000.0]
-        print("cores needed to feed a GPU step of R images/s (cached / uncached): "
-              + "; ".join(f"R={r:g}: {r / r_cac:.1f} / {r / r_unc:.1f}" for r in rates))
+        print("cores needed to feed a GPU step of R images/s (uint8 / cached float32 / uncached): "
+              + "; ".join(f"R={r:g}: {r / r_u8:.1f} / {r / r_cac:.1f} / {r / r_unc:.1f}" for r in rates))
     return 0
 
 

@@ -195,22 +195,28 @@ def test_prepare_busi_or_merges_multiple_masks(tmp_path, capsys):
     assert "normal (3).png has no 'normal (3)_mask.png'" in capsys.readouterr().err
 
 
-def test_dataloader_workers_draw_different_augmentations(tmp_path):
-    root = make_synthetic("mini_polyp", tmp_path / "p", counts=(1, 1, 1))
-    ds = build_dataset("mini_polyp", root, "train", 32, IMAGENET_MEAN, IMAGENET_STD)
-    plain = build_dataset("mini_polyp", root, "train", 32, IMAGENET_MEAN, IMAGENET_STD, augment=False)[0]["image"]
+def test_augmentation_draws_do_not_depend_on_workers_or_process(tmp_path):
+    # Draws are a function of (seed, epoch, index): persistent workers see set_epoch through shared memory,
+    # and a trial resumed in a new process at epoch e sees what an uninterrupted one saw.
+    root = make_synthetic("mini_polyp", tmp_path / "p", counts=(24, 1, 1))
 
-    class Repeat(torch.utils.data.Dataset):
-        def __len__(self):
-            return 80
+    def epochs(num_workers, first=0):
+        ds = build_dataset("mini_polyp", root, "train", 32, IMAGENET_MEAN, IMAGENET_STD, seed=5)
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=num_workers,
+                                             persistent_workers=num_workers > 0)
+        out = []
+        for epoch in range(first, 3):
+            ds.set_epoch(epoch)
+            out.append(torch.cat([b["image"] for b in loader]))
+        return out
 
-        def __getitem__(self, i):
-            return ds[0]["image"]
-
-    torch.manual_seed(0)
-    batches = list(torch.utils.data.DataLoader(Repeat(), batch_size=40, num_workers=2))
-    patterns = [[torch.equal(x, plain) for x in batch] for batch in batches]  # worker 0 -> batch 0, 1 -> 1
-    assert patterns[0] != patterns[1]
+    inline, workers, resumed = epochs(0), epochs(2), epochs(0, first=2)
+    assert all(torch.equal(a, b) for a, b in zip(inline, workers))
+    assert torch.equal(resumed[0], inline[2])
+    assert not torch.equal(inline[0], inline[1])  # a new epoch draws anew
+    plain = build_dataset("mini_polyp", root, "train", 32, IMAGENET_MEAN, IMAGENET_STD, augment=False)
+    changed = [not torch.equal(x, plain[i]["image"]) for i, x in enumerate(inline[0])]
+    assert 0 < sum(changed) < len(changed)  # each sample has its own draw (p 0.2 per transform)
 
 
 def test_camus_layout_reads_val_from_the_training_folder_and_test_from_the_testing_folder(tmp_path, capsys):

@@ -68,8 +68,13 @@ def test_multiclass_images_give_one_binary_sample_per_structure(mini):
 
 def test_list_prompts_are_sampled_at_train_and_fixed_at_eval(mini):
     train = build_dataset("mini_echo", mini["mini_echo"], "train", S, IMAGENET_MEAN, IMAGENET_STD)
-    torch.manual_seed(0)
-    seen = {train[0]["prompt"] for _ in range(40)}
+
+    def prompt(epoch):
+        train.set_epoch(epoch)
+        return train[0]["prompt"]
+
+    seen = {prompt(e) for e in range(40)}
+    assert [prompt(e) for e in range(10)] == [prompt(e) for e in range(10)]  # drawn per (seed, epoch, index)
     assert seen == {"Left ventricular cavity of the heart.", "Left ventricular cavity in the synthetic ultrasound."}
     val = build_dataset("mini_echo", mini["mini_echo"], "val", S, IMAGENET_MEAN, IMAGENET_STD)
     assert {val[0]["prompt"] for _ in range(20)} == {"Left ventricular cavity of the heart."}
@@ -82,13 +87,16 @@ def test_augmentation_is_train_only_seeded_and_keeps_masks_binary(mini):
     assert torch.equal(val[0]["image"], val[0]["image"])  # no randomness at evaluation
     plain = build_dataset("mini_polyp", root, "train", S, IMAGENET_MEAN, IMAGENET_STD, augment=False)
 
-    def draws(seed):  # a trial seeds torch, then builds and iterates its dataset
-        torch.manual_seed(seed)
-        train = build_dataset("mini_polyp", root, "train", S, IMAGENET_MEAN, IMAGENET_STD)
-        return [train[0] for _ in range(30)]
+    def draws(seed):  # sample 0 in each of 30 epochs
+        train = build_dataset("mini_polyp", root, "train", S, IMAGENET_MEAN, IMAGENET_STD, seed=seed)
+        out = []
+        for epoch in range(30):
+            train.set_epoch(epoch)
+            out.append(train[0])
+        return out
 
     a, b, c = draws(1), draws(1), draws(2)
-    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))  # same torch seed -> same draws
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))  # same seed -> same draws
     assert any(not torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
     changed = sum(not torch.equal(x["image"], plain[0]["image"]) for x in a)
     assert 3 <= changed <= 27  # Affine p 0.2 and brightness/contrast p 0.2 -> about 36 % of draws

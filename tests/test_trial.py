@@ -41,7 +41,11 @@ class TinySegmenter(nn.Module):
         ids = torch.tensor([[len(t)] for t in texts])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    def forward(self, pixel_values, input_ids, attention_mask):
+    def tokenize_batch(self, texts):
+        distinct = list(dict.fromkeys(texts))
+        return {**self.tokenize(distinct), "text_index": torch.tensor([distinct.index(t) for t in texts])}
+
+    def forward(self, pixel_values, input_ids, attention_mask, text_index=None):
         h = torch.relu(self.backbone(pixel_values) + self.context.view(1, -1, 1, 1))
         return self.head(h)
 
@@ -52,7 +56,7 @@ class TinySegmenter(nn.Module):
         return [{"params": [self.head.weight], "weight_decay": weight_decay},
                 {"params": [self.head.bias, self.context], "weight_decay": 0.0}]
 
-    def save_artifact(self, directory):
+    def save_artifact(self, directory, data=None):
         Path(directory).mkdir(parents=True, exist_ok=True)
         torch.save({n: p for n, p in self.named_trainable_parameters()}, Path(directory) / "t.pt")
 
@@ -93,7 +97,15 @@ def _data():
     return {"train": BlobData(24, 0), "val": BlobData(8, 1), "test": BlobData(8, 2)}
 
 
-def _run(cfg, resume_dir=None, stop_after=None, tmp=None):
+def _augmented(root):
+    """Real SegmentationDatasets (uint8, augmented train split), built fresh as a new trial process would."""
+    from trainables.data import build_dataset
+
+    return {split: build_dataset("mini_polyp", root, split, _Spec.image_size, _Spec.mean, _Spec.std,
+                                 normalize=False, seed=0) for split in ("train", "val", "test")}
+
+
+def _run(cfg, resume_dir=None, stop_after=None, tmp=None, data=_data):
     torch.manual_seed(0)
     model = TinySegmenter()
     reports, saved = [], []
@@ -108,7 +120,7 @@ def _run(cfg, resume_dir=None, stop_after=None, tmp=None):
             raise KeyboardInterrupt  # simulate the process dying right after the checkpoint is persisted
 
     try:
-        final = fit(cfg, report, resume_dir=resume_dir, model=model, datasets=_data())
+        final = fit(cfg, report, resume_dir=resume_dir, model=model, datasets=data())
     except KeyboardInterrupt:
         final = None
     return final, reports, saved, model
@@ -130,11 +142,18 @@ def test_training_lowers_loss_and_beats_untrained_dice():
         assert key in epochs[0]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("source", ["in_memory", "augmented_files"])
+def test_resume_equals_uninterrupted(tmp_path, source):
     cfg = _cfg()
-    full, full_reports, _, _ = _run(cfg)
-    _, _, saved, _ = _run(cfg, stop_after=2, tmp=tmp_path)
-    resumed, resumed_reports, _, _ = _run(cfg, resume_dir=str(saved[-1]))
+    data = _data
+    if source == "augmented_files":  # random augmentation must replay too
+        from trainables.data import make_synthetic
+
+        root = make_synthetic("mini_polyp", tmp_path / "mini_polyp", counts=(16, 4, 4))
+        data = lambda: _augmented(root)  # noqa: E731
+    full, full_reports, _, _ = _run(cfg, data=data)
+    _, _, saved, _ = _run(cfg, stop_after=2, tmp=tmp_path, data=data)
+    resumed, resumed_reports, _, _ = _run(cfg, resume_dir=str(saved[-1]), data=data)
     assert [r["epoch"] for r in resumed_reports if "train_loss" in r] == [3, 4, 5]
     for key in ("test_dice", "test_iou", "best_val_dice", "best_epoch", "objective"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-12), key
@@ -145,8 +164,8 @@ def test_nan_loss_stops_with_location():
     cfg = _cfg(lr=1e-3)
 
     class Exploding(TinySegmenter):
-        def forward(self, *a):
-            return super().forward(*a) * float("nan")
+        def forward(self, *a, **kw):
+            return super().forward(*a, **kw) * float("nan")
 
     with pytest.raises(TrialDiverged, match=r"diverged at epoch 0, step 0, lr 0.001"):
         fit(cfg, lambda m, d: None, model=Exploding(), datasets=_data())

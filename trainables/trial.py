@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -223,14 +224,37 @@ def collate(samples: list[dict]) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_stats(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per (device, statistics): a fresh tensor every step would be a host->device copy per step.
+    mean_255 = torch.tensor(mean, dtype=torch.float32).mul(255).view(1, -1, 1, 1).to(device)
+    inv_std_255 = torch.tensor(std, dtype=torch.float32).mul(255).reciprocal().view(1, -1, 1, 1).to(device)
+    return mean_255, inv_std_255
+
+
+def device_images(images: torch.Tensor, device: torch.device, mean, std) -> torch.Tensor:
+    """A batch of images on `device`, ready for the model: uint8 (N, 3, S, S) are normalised there as
+    albumentations' Normalize does, (x - 255 mean) / (255 std); float batches are taken as already normalised.
+    """
+    if images.dtype == torch.uint8:
+        mean_255, inv_std_255 = _pixel_stats(torch.device(device), tuple(mean), tuple(std))
+        # In place on the fresh float copy: one float32 batch allocated instead of three (on CPU, 20 ms
+        # instead of 56 ms for 32 x 352 px).
+        return images.to(device, non_blocking=True).float().sub_(mean_255).mul_(inv_std_255)
+    if not images.is_floating_point():
+        raise TypeError(f"batch images must be uint8 (to be normalised) or float (normalised), got {images.dtype}")
+    return images.to(device, non_blocking=True)
+
+
 def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = model.tokenize(batch["prompt"])
+    """(logits, float mask) of a collated batch; uint8 images are normalised on the device, and the text
+    encoder runs once per distinct prompt of the batch (`text_index` maps images to them)."""
+    tokens = model.tokenize_batch(batch["prompt"])
     logits = model(
-        batch["image"].to(device, non_blocking=True),
-        tokens["input_ids"].to(device, non_blocking=True),
-        tokens["attention_mask"].to(device, non_blocking=True),
+        device_images(batch["image"], device, model.spec.mean, model.spec.std),
+        **{k: v.to(device, non_blocking=True) for k, v in tokens.items()},
     )
-    return logits, batch["mask"].to(device, non_blocking=True)
+    return logits, batch["mask"].to(device, non_blocking=True).float()
 
 
 @torch.no_grad()
@@ -270,9 +294,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     from trainables.data import build_dataset
 
+    # uint8 samples: a quarter of the bytes through the DataLoader and the host->device copy, and no
+    # per-sample Normalize on the CPU; `forward_batch` normalises on the device with the same spec.mean/std.
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
-                             augment=(split == "train"), cache=cfg.data.cache)
+                             augment=(split == "train"), cache=cfg.data.cache, normalize=False, seed=cfg.train.seed)
         for split in ("train", "val", "test")
     }
 

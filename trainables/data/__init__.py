@@ -3,6 +3,7 @@
     from trainables.data import build_dataset, IMAGENET_MEAN, IMAGENET_STD
     ds = build_dataset("kvasir", "/data/kvasir_polyp", "train", 352, IMAGENET_MEAN, IMAGENET_STD)
     ds[0]  # {"image": (3,352,352) float32, "mask": (1,352,352) {0,1}, "prompt": "polyp.", ...}
+    # build_dataset(..., normalize=False): uint8 image and mask, normalised by the consumer (trials: on the device)
 
 Names are imported lazily so that torch-free users (`tunevlseg data list`, the cards) start fast.
 """

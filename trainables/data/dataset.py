@@ -19,18 +19,26 @@ from trainables.data.readers import (CACHE, CHECK_HINT, AnnotationSource, DataEr
 class SegmentationDataset(Dataset):
     """Samples are dicts: image (3, S, S) float32 normalised, mask (1, S, S) float32 in {0, 1}, prompt str,
     original_size (H, W), name str, and index int (for `original_mask(index)` at evaluation). Decoded and
-    resized arrays come from the process-wide CACHE."""
+    resized arrays come from the process-wide CACHE.
+
+    With `normalize=False`, image is (3, S, S) uint8 (after the random augmentation: the pixels Normalize
+    would have received) and mask (1, S, S) uint8 in {0, 1}; the consumer normalises, as
+    `trainables.trial.forward_batch` does on the device. Everything else, random draws included, is the same.
+    """
 
     def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,
-                 mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = ""):
+                 mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = "",
+                 normalize: bool = True):
         self.card, self.root, self.split, self.entries = card, root, split, entries
         self.image_size, self.augment, self.cache, self.seed, self.source = image_size, augment, cache, seed, source
+        self.normalize = normalize
         # List-valued prompts (CAMUS) are drawn at random for training only; evaluation uses the first one
         # so that val/test scores are deterministic (the original re-drew them at val/test too).
         self.random_prompts = split == "train"
-        self._pipeline = T.augmentation(mean, std, train=augment)
-        self._rng_owner: tuple | None = None
-        self._rng = random.Random(0)
+        self._pipeline = T.augmentation(mean, std, train=augment, normalize=normalize)
+        # The epoch lives in shared memory so that persistent DataLoader workers (forked once) see
+        # `set_epoch` from the trial's process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -92,38 +100,44 @@ class SegmentationDataset(Dataset):
         return self
 
     # --- sampling ----------------------------------------------------------------------------------------
-    def _reseed(self) -> None:
-        # Forked DataLoader workers inherit the same generator state; torch gives each worker its own
-        # initial seed (and a new one each epoch), so derive ours from it whenever it changes.
-        owner = (os.getpid(), torch.initial_seed())
-        if owner != self._rng_owner:
-            self._rng_owner = owner
-            seed = (torch.initial_seed() + 1_000_003 * (self.seed or 0)) % 2**32
-            self._pipeline.set_random_seed(seed)
-            self._rng = random.Random(seed)
+    def set_epoch(self, epoch: int) -> None:
+        """Random draws (augmentation, list-valued prompts) are a function of (seed, epoch, sample index)
+        alone: the same whichever worker loads a sample and however many there are, and the same when a
+        trial resumes at this epoch in a new process."""
+        self._epoch[0] = int(epoch)
+
+    def _draw_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([(self.seed or 0) % 2**32, int(self._epoch[0]), index]).generate_state(1)[0])
 
     def __getitem__(self, index: int) -> dict:
         image, mask, hw = self.load(index)
-        self._reseed()
         prompts = self.entries[index].prompts
-        prompt = self._rng.choice(prompts) if self.random_prompts and len(prompts) > 1 else prompts[0]
+        prompt = prompts[0]
+        random_prompt = self.random_prompts and len(prompts) > 1
+        if self.augment or random_prompt:
+            seed = self._draw_seed(index)
+            self._pipeline.set_random_seed(seed)
+            if random_prompt:
+                prompt = random.Random(seed).choice(prompts)
         out = self._pipeline(image=image, mask=mask)
-        image_chw, mask_chw = T.to_chw(out["image"], out["mask"])
+        image_chw, mask_chw = T.to_chw(out["image"], out["mask"], np.float32 if self.normalize else np.uint8)
         return {"image": torch.from_numpy(image_chw), "mask": torch.from_numpy(mask_chw), "prompt": prompt,
                 "original_size": hw, "name": self.entries[index].name, "index": index}
 
     def __repr__(self) -> str:
         return (f"SegmentationDataset({self.card.name}, {self.split}, n={len(self)}, size={self.image_size}, "
-                f"augment={self.augment}, source={self.source})")
+                f"augment={self.augment}, normalize={self.normalize}, source={self.source})")
 
 
 def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, split: str, image_size: int,
                   mean, std, augment: bool | None = None, cache: bool = True,
-                  annotations: AnnotationSource = "auto", seed: int | None = None) -> SegmentationDataset:
+                  annotations: AnnotationSource = "auto", seed: int | None = None,
+                  normalize: bool = True) -> SegmentationDataset:
     """One split of a dataset on disk, checked for structure and missing files before any decoding.
 
     `card`: a card name (`kvasir`) or a path to a card YAML. `augment` defaults to True for train only.
     `annotations`: "auto" uses `<root>/anns/<split>.json` when present, else the card's shipped split.
+    `normalize=False`: uint8 image and mask samples, normalised later by the consumer (see the class).
     """
     card = load_card(card)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
@@ -137,4 +151,5 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
                         + CHECK_HINT.format(name=card.name, root=root))
     if augment is None:
         augment = split == "train"
-    return SegmentationDataset(card, root, split, entries, image_size, mean, std, augment, cache, seed, source)
+    return SegmentationDataset(card, root, split, entries, image_size, mean, std, augment, cache, seed, source,
+                               normalize)

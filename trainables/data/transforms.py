@@ -5,6 +5,8 @@ the random part runs on the cached S x S arrays, in the order of the original pi
   train: Affine(scale ±2 %, translate ±2 %, rotate ±5°, replicate border, p 0.2)
          -> RandomBrightnessContrast(±0.1, by max value, p 0.2) -> Normalize
   val / test: Normalize
+With `normalize=False` the Normalize step is left out and samples stay uint8: a trial sends those across
+the DataLoader (a quarter of the bytes) and normalises on the device (`trainables.trial.device_images`).
 The original's PadIfNeeded(S, S) and CropNonEmptyMaskIfExists(S, S) are no-ops after an S x S resize and
 are left out; its flip was commented out.
 """
@@ -34,8 +36,11 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def augmentation(mean, std, train: bool, seed: int | None = None) -> A.Compose:
-    """The random (train) or deterministic (eval) part of the pipeline, applied after `resize`."""
+def augmentation(mean, std, train: bool, seed: int | None = None, normalize: bool = True) -> A.Compose:
+    """The random (train) or deterministic (eval) part of the pipeline, applied after `resize`.
+
+    `normalize=False` leaves out the final Normalize: the output is the uint8 image Normalize would have
+    received (Normalize draws no random numbers, so the augmentation draws are the same either way)."""
     steps = []
     if train:
         steps += [
@@ -44,11 +49,16 @@ def augmentation(mean, std, train: bool, seed: int | None = None) -> A.Compose:
                      border_mode=cv2.BORDER_REPLICATE, p=0.2),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, brightness_by_max=True, p=0.2),
         ]
-    steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    if normalize:
+        steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return A.Compose(steps, seed=seed)
 
 
-def to_chw(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ToTensorV2(transpose_mask=True) without the tensor: (3, S, S) float32 and (1, S, S) float32."""
-    return (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32),
-            np.ascontiguousarray(mask[None], dtype=np.float32))
+def to_chw(image: np.ndarray, mask: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """ToTensorV2(transpose_mask=True) without the tensor: (3, S, S) and (1, S, S) arrays of `dtype`
+    (float32 after Normalize, uint8 without it)."""
+    if np.dtype(dtype) == np.uint8 and image.dtype != np.uint8:
+        # a cast would wrap normalised floats around silently
+        raise ValueError(f"to_chw(dtype=uint8) needs a uint8 image (no Normalize), got {image.dtype}")
+    return (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=dtype),
+            np.ascontiguousarray(mask[None], dtype=dtype))
