@@ -47,6 +47,13 @@ def test_build_from_artifact_reproduces_logits(saved):
         assert torch.equal(rebuilt(x, **tok), model(x, **tok))
 
 
+def test_artifact_records_its_dataset_prompt_for_predict(tmp_path):
+    tiny().save_artifact(tmp_path / "with", data={"dataset": "kvasir", "prompt": "polyp."})
+    assert build_from_artifact(tmp_path / "with").default_prompt == "polyp."
+    tiny().save_artifact(tmp_path / "without")  # older artifacts and hand-made ones: predict needs --prompt
+    assert build_from_artifact(tmp_path / "without").default_prompt is None
+
+
 def test_refuses_another_learner(saved):
     _, path = saved
     with pytest.raises(ConfigError, match="learner is 'coop' but this model's is 'vpt'; build the model with "

@@ -79,9 +79,10 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
     images = mini_data / "mini_polyp" / "images"
     masks_out = tmp_path / "pred"
     proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", "--artifact", str(trial_dirs[0]),
-                           "--images", str(images), "--out", str(masks_out), "--prompt", "polyp."],
+                           "--images", str(images), "--out", str(masks_out)],  # the artifact's own prompt
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert len(list(masks_out.glob("*.png"))) == len(list(images.glob("*.png")))
     meta = json.loads((trial_dirs[0] / "tunevlseg.json").read_text())
     assert meta["model"]["vlsm"] in ("clipseg", "cris")
+    assert meta["data"] == {"dataset": "mini_polyp", "prompt": "polyp."}

@@ -243,6 +243,9 @@ class PromptedVLSM(nn.Module):
 
     # -- artifacts -------------------------------------------------------------------------------------------
 
+    # The prompt `tunevlseg predict` uses when given none: the artifact's recorded dataset prompt, if any.
+    default_prompt: str | None = None
+
     def _artifact_meta(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self.spec)
         spec["modalities"] = sorted(spec["modalities"])
@@ -256,15 +259,19 @@ class PromptedVLSM(nn.Module):
             "versions": {"torch": torch.__version__},
         }
 
-    def save_artifact(self, directory: str | Path) -> Path:
-        """Write `trainable.safetensors` (trainable tensors only) and `tunevlseg.json` (the config)."""
+    def save_artifact(self, directory: str | Path, data: Mapping[str, Any] | None = None) -> Path:
+        """Write `trainable.safetensors` (trainable tensors only) and `tunevlseg.json` (the config). `data`
+        records what the prompt was tuned on, e.g. {"dataset": "kvasir", "prompt": "polyp."}."""
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in self.named_state_tensors()}
         save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={"format": ARTIFACT_FORMAT})
-        (out / ARTIFACT_CONFIG).write_text(json.dumps(self._artifact_meta(), indent=2, sort_keys=True) + "\n")
+        meta = self._artifact_meta()
+        if data:
+            meta["data"] = dict(data)
+        (out / ARTIFACT_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return out
 
     def load_artifact(self, directory: str | Path) -> "PromptedVLSM":
@@ -329,5 +336,6 @@ def build_from_artifact(directory: str | Path, **overrides) -> PromptedVLSM:
     """Rebuild the model an artifact came from and load its tensors. `overrides` replace ModelConfig
     fields, typically `weights=` when the frozen checkpoint lives elsewhere on this machine."""
     meta = read_artifact_config(directory)
-    data = {**meta["model"], **overrides}
-    return build_model(data).load_artifact(directory)
+    model = build_model({**meta["model"], **overrides}).load_artifact(directory)
+    model.default_prompt = (meta.get("data") or {}).get("prompt")
+    return model

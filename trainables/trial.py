@@ -426,7 +426,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
                     original_size=tc.eval_original_size)
     if artifact_dir is not None and tc.save_artifact:
-        model.save_artifact(artifact_dir)
+        model.save_artifact(artifact_dir, data=_artifact_data(cfg, datasets["test"]))
     final = {
         "epoch": state["epoch"],
         "objective": _objective(tc, state),
@@ -443,6 +443,13 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     }
     report(final, None)
     return final
+
+
+def _artifact_data(cfg: TrialConfig, test_set) -> dict:
+    """What the artifact records of its data: `tunevlseg predict` uses the prompt when none is given."""
+    prompts = list(getattr(test_set, "prompts", None) or [])
+    common = max(set(prompts), key=prompts.count) if prompts else None  # one-class datasets: the only one
+    return {"dataset": str(cfg.data.dataset), "prompt": common}
 
 
 def _diverged(epoch: int, step: int, optimizer, loss: torch.Tensor):

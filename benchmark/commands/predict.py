@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from trainables.config import ConfigError
+    from trainables.data.transforms import resize_image
     from trainables.model import build_from_artifact
+    from trainables.trial import device_images
 
     src = Path(args.images)
     if not src.exists():
@@ -54,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     model.to(device).eval()
     spec = model.spec
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -65,19 +65,20 @@ def run(args: argparse.Namespace) -> int:
             img.load()
         except (UnidentifiedImageError, OSError) as e:
             raise ConfigError(f"cannot read image {path}: {e}; is it a complete image file?") from None
-        rgb = np.asarray(img.convert("RGB"))  # greyscale, RGBA and palette images become RGB
-        x = torch.from_numpy(rgb).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-        x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="bicubic", align_corners=False)
-        return rgb, ((x[0].clamp(0, 1) - mean) / std)
+        rgb = np.ascontiguousarray(img.convert("RGB"))  # greyscale, RGBA and palette images become RGB
+        # The training pipeline's own resize (OpenCV bicubic), so a tuned prompt sees the pixels it was
+        # tuned on; normalisation happens on the device, as in training.
+        small = resize_image(rgb, spec.image_size)
+        return rgb, torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))
 
     written = 0
     for i in range(0, len(files), args.batch_size):
         chunk = files[i : i + args.batch_size]
         loaded = [load(f) for f in chunk]
-        x = torch.stack([t for _, t in loaded]).to(device)
-        tokens = model.tokenize([prompt] * len(chunk))
+        x = device_images(torch.stack([t for _, t in loaded]), device, spec.mean, spec.std)
+        tokens = {k: v.to(device) for k, v in model.tokenize_batch([prompt] * len(chunk)).items()}
         with torch.no_grad():
-            probs = torch.sigmoid(model(x, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float())
+            probs = torch.sigmoid(model(x, **tokens).float())
         for f, (rgb, _), p in zip(chunk, loaded, probs):
             h, w = rgb.shape[:2]
             p = F.interpolate(p[None], size=(h, w), mode="bicubic", align_corners=False)[0, 0].cpu()
