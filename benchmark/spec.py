@@ -110,7 +110,10 @@ class Resources:
 class Execution:
     max_failures: int = 1  # retries of a trial whose worker died (node loss); the trial resumes from its checkpoint
     max_concurrent_trials: int | None = None  # None: as many as resources allow
-    reuse_actors: bool = False  # a fresh process per trial keeps CUDA state clean
+    # A reused worker keeps the frozen VLSM and the decoded datasets from one trial to the next: the fixed
+    # cost of a trial drops from ~30% to a few % of a Kvasir-sized GPU trial (BENCHMARKS.md). false: a
+    # fresh process per trial (clean CUDA state, every trial pays imports, weights and decoding).
+    reuse_actors: bool = True
     checkpoints_to_keep: int = 2
     # Early stopping across a cell's trials (benchmark/scheduler.py): "asha" stops a trial whose val_loss
     # at a rung (grace_period, x reduction_factor, ... epochs) is worse than the best 1/reduction_factor of

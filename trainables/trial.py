@@ -496,6 +496,11 @@ def tune_trainable(config: dict) -> None:
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised so Tune marks the trial ERROR
             tune.report({"objective": float("inf"), "status": "error", "error": _explain(e)})
             raise
+        finally:
+            if torch.cuda.is_available():
+                # A reused worker waits for its next trial holding the allocator's cached blocks; trials
+                # packed on the same GPU (fractional resources) need them in the meantime.
+                torch.cuda.empty_cache()
 
 
 def _explain(e: BaseException) -> str:
