@@ -46,18 +46,22 @@ def main() -> None:
 
     # Bare loop: the same model, forward + loss + backward + AdamW, nothing else.
     opt = torch.optim.AdamW(model.param_groups(1e-4), lr=1e-4)
-    tokens = model.tokenize(["polyp."] * args.batch)
-    ids, am = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-    x = torch.stack([it["image"] for it in items[: args.batch]]).to(device)
-    y = torch.stack([it["mask"] for it in items[: args.batch]]).to(device)
+    # The forward `fit` runs: the batch's one distinct prompt encoded once (text_index).
+    tokens = {k: v.to(device) for k, v in model.tokenize_batch(["polyp."] * args.batch).items()}
+    # The same distinct batches `fit` sees, stacked beforehand: reusing one batch would be cache-hot on a CPU
+    # and flatter the bare loop.
+    batches = [(torch.stack([it["image"] for it in items[i : i + args.batch]]).to(device),
+                torch.stack([it["mask"] for it in items[i : i + args.batch]]).to(device))
+               for i in range(0, n, args.batch)]
     model.train()
     for i in range(args.steps + 2):
         if i == 2:  # two warm-up steps
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
+        x, y = batches[i % len(batches)]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = dice_bce_loss(model(x, ids, am), y)
+            loss = dice_bce_loss(model(x, **tokens), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
