@@ -25,7 +25,6 @@ from benchmark.spec import Rule, Spec
 from trainables.config import ConfigError
 from trainables.registry import UnknownNameError
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Facts from the paper, used only for names the registries do not (yet) know.
 KNOWN_VLSM_MODALITIES: dict[str, frozenset[str]] = {
@@ -137,10 +136,15 @@ def vlsm_modalities(name: str) -> frozenset[str]:
 
 
 def dataset_names() -> list[str]:
-    """Paper datasets plus every data card in `datasets/` (e.g. the mini sets)."""
-    cards = REPO / "datasets"
-    names = set(PAPER_DATASETS) | ({p.stem for p in cards.glob("*.yaml")} if cards.is_dir() else set())
-    return sorted(names)
+    """Paper datasets plus every data card in the folder the trials read cards from (`datasets/`, or
+    $TUNEVLSEG_CARDS), e.g. the mini sets or a user's own."""
+    from trainables.data.cards import cards_dir
+
+    try:
+        cards = sorted(p.stem for p in cards_dir().glob("*.yaml"))
+    except FileNotFoundError:
+        cards = []
+    return sorted(set(PAPER_DATASETS) | set(cards))
 
 
 def learner_config_class(name: str) -> type | None:

@@ -139,6 +139,21 @@ def test_unknown_names_and_non_viable_pairs(axes, error, match):
         build_plan(_spec(axes=axes))
 
 
+def test_a_users_own_card_folder_is_what_plans_and_trials_read(tmp_path, monkeypatch):
+    from trainables.data.cards import load_card
+
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    card = yaml.safe_load((Path(__file__).resolve().parents[1] / "datasets/mini_polyp.yaml").read_text())
+    (cards / "my_polyps.yaml").write_text(yaml.safe_dump({**card, "name": "my_polyps"}))
+    with pytest.raises(ConfigError, match="unknown dataset 'my_polyps'"):
+        build_plan(_spec(axes={"learner": ["coop"], "dataset": ["my_polyps"]}))
+    monkeypatch.setenv("TUNEVLSEG_CARDS", str(cards))
+    plan = build_plan(_spec(axes={"learner": ["coop"], "dataset": ["my_polyps"]}))
+    assert "clipseg_coop_my-polyps" in [c.id for c in plan.cells]
+    assert load_card("my_polyps").display == card["display"]  # the trial side reads the same folder
+
+
 def test_viable_product_skips_silently_but_explicit_pairs_must_be_viable():
     plan = build_plan(_spec(axes={"vlsm": ["clipseg", "cris"], "learner": ["vpt", "coop"], "dataset": ["isic"]}))
     assert [c.id for c in plan.cells] == ["clipseg_vpt_isic", "clipseg_coop_isic", "cris_coop_isic"]
