@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import selection as sel
+from benchmark.search_space import PROMPT_LEARNERS
 from trainables.config import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,7 +59,6 @@ LEARNER_DISPLAY = {
     "coop": "CoOp", "cocoop": "CoCoOp", "vpt": "VPT", "maple": "Maple",
     "shared_attention": "Shared Attention", "shared_separate": "Shared Separate", "e2e": "E2E finetune",
 }
-PROMPT_LEARNERS = ("coop", "cocoop", "vpt", "maple", "shared_attention", "shared_separate")
 
 # Paper Table 3 row order: E2E baselines first, then CLIPSeg's six learners, then CRIS's two.
 TABLE3_ROWS = (
