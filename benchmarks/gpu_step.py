@@ -21,7 +21,8 @@ variants, each adding one change to the previous one:
     +no-host-sync   no per-step host sync (a non-finite loss is checked once at the end)
     +one-image-pass image-conditioned learners (CoCoOp) read their features from the adapter's own frozen
                     image pass instead of a separate one (the `PromptFn` contract); the same step for others
-    +dedup-text     the text encoder runs once per distinct prompt and its output is gathered per image
+    +dedup-text     the text encoder runs once per distinct prompt and its output is gathered per image; the
+                    tokens are made once and copied from pinned memory (`trainables.trial.device_tokens`)
     +channels-last  images and the patch-embedding conv in channels-last layout
     +compile        torch.compile of the text and vision encoders, on top of +dedup-text (only with --compile)
 
@@ -187,9 +188,12 @@ class Step:
         if self.v.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = b["mask"].to(dev, non_blocking=True)
-        # With dedup the distinct prompts are found on the host (strings), so no device sync is needed.
-        tok = (self.model.tokenize_batch if self.v.dedup_text else self.model.tokenize)(b["prompt"])
-        tok = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
+        if self.v.dedup_text:  # what fit does: distinct prompts, tokenized once per trial, copied from pinned memory
+            from trainables.trial import device_tokens
+
+            tok = device_tokens(self.model, b["prompt"], dev)
+        else:  # tokenized every step and copied from pageable memory (a hidden wait for the queued GPU work)
+            tok = {k: v.to(dev, non_blocking=True) for k, v in self.model.tokenize(b["prompt"]).items()}
         return x, y, tok
 
     def __call__(self):
