@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 NAME = "data"
-HELP = "list data cards, check a dataset on disk, prepare Cityscapes/VOC/BUSI, write the synthetic sets"
+HELP = "list data cards, check a dataset on disk, lay out a download (prepare), write the synthetic sets"
 DESCRIPTION = HELP + ". See docs/data.md for where to get each dataset."
+# Downloads `prepare` converts (trainables.data.prepare and prepare_medical); listed here so that --help
+# needs no imports.
+PREPARE_NAMES = ("cityscapes", "voc", "busi", "bkai", "clinicdb", "isic", "dfu", "chexlocalize")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--no-decode", action="store_true", help="only check that files exist (fast)")
 
     prep = sub.add_parser("prepare", help="convert a download to the layout the card expects (idempotent)")
-    prep.add_argument("name", choices=("cityscapes", "voc", "busi"))
+    prep.add_argument("name", choices=PREPARE_NAMES)
     prep.add_argument("--src", required=True, help="the unpacked download")
     prep.add_argument("--dst", required=True, help="the dataset folder to write (then pass it as --root)")
 
@@ -78,9 +81,9 @@ def _check(args) -> int:
 
 
 def _prepare(args) -> int:
-    from trainables.data.prepare import PREPARERS
+    from trainables.data import prepare, prepare_medical
 
-    counts = PREPARERS[args.name](args.src, args.dst)
+    counts = {**prepare.PREPARERS, **prepare_medical.PREPARERS}[args.name](args.src, args.dst)
     print(f"{args.name}: {counts} written under {Path(args.dst).expanduser()}")
     print(f"next: tunevlseg data check {args.name} --root {args.dst}")
     return 0
