@@ -269,11 +269,13 @@ class MLflowCallback(Callback):
 
 
 def _artifact_dir(trial) -> str | None:
-    for attr in ("local_path", "path"):
-        try:
-            base = getattr(trial, attr)
-        except Exception:  # noqa: BLE001 - storage not set up (never started)
-            base = None
-        if base and os.path.isdir(os.path.join(base, "artifact")):
-            return os.path.join(base, "artifact")
+    """The tuned-prompt artifact of a finished trial: `artifact/` in its last checkpoint (where
+    `trainables.trial.fit` puts it), on a filesystem this driver can read."""
+    try:
+        checkpoint = trial.checkpoint
+        path = checkpoint.path if checkpoint is not None else None
+    except Exception:  # noqa: BLE001 - never started, or storage not set up
+        path = None
+    if path and os.path.isdir(os.path.join(path, "artifact")):
+        return os.path.join(path, "artifact")
     return None

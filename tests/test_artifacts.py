@@ -54,6 +54,23 @@ def test_artifact_records_its_dataset_prompt_for_predict(tmp_path):
     assert build_from_artifact(tmp_path / "without").default_prompt is None
 
 
+def test_found_from_a_checkpoint_or_a_trial_directory(saved, tmp_path_factory):
+    import shutil
+
+    from trainables.model import find_artifact
+
+    _, path = saved
+    trial = tmp_path_factory.mktemp("tune") / "trial"
+    for n in (3, 12):  # the newest checkpoint holding an artifact wins (numbers are zero-padded by Ray)
+        shutil.copytree(path, trial / f"checkpoint_{n:06d}" / "artifact")
+    (trial / "checkpoint_000013").mkdir()  # a later checkpoint without one (an epoch checkpoint)
+    assert find_artifact(trial) == trial / "checkpoint_000012" / "artifact"
+    assert find_artifact(trial / "checkpoint_000003") == trial / "checkpoint_000003" / "artifact"
+    assert find_artifact(path) == path
+    with pytest.raises(FileNotFoundError, match="no tuned-prompt artifact in"):
+        find_artifact(trial / "checkpoint_000013")
+
+
 def test_refuses_another_learner(saved):
     _, path = saved
     with pytest.raises(ConfigError, match="learner is 'coop' but this model's is 'vpt'; build the model with "

@@ -319,6 +319,23 @@ class PromptedVLSM(nn.Module):
         return self
 
 
+def find_artifact(path: str | Path) -> Path:
+    """The artifact directory for `path`: an artifact itself, a trial checkpoint holding `artifact/`, or a
+    Ray Tune trial directory (its newest checkpoint with an artifact)."""
+    path = Path(path).expanduser()
+    if (path / ARTIFACT_CONFIG).is_file():
+        return path
+    if (path / "artifact" / ARTIFACT_CONFIG).is_file():
+        return path / "artifact"
+    found = sorted(path.glob(f"checkpoint_*/artifact/{ARTIFACT_CONFIG}"))
+    if found:
+        return found[-1].parent  # checkpoint_000007 sorts after checkpoint_000006
+    if not path.exists():
+        raise FileNotFoundError(f"artifact {path} does not exist")
+    raise FileNotFoundError(f"no tuned-prompt artifact in {path}: pass an artifact directory (holding "
+                            f"{ARTIFACT_CONFIG}), a trial checkpoint or a trial directory of a finished trial")
+
+
 def read_artifact_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     for name in (ARTIFACT_CONFIG, ARTIFACT_TENSORS):
@@ -333,8 +350,10 @@ def read_artifact_config(directory: str | Path) -> dict[str, Any]:
 
 
 def build_from_artifact(directory: str | Path, **overrides) -> PromptedVLSM:
-    """Rebuild the model an artifact came from and load its tensors. `overrides` replace ModelConfig
-    fields, typically `weights=` when the frozen checkpoint lives elsewhere on this machine."""
+    """Rebuild the model an artifact came from and load its tensors. `directory`: see `find_artifact`.
+    `overrides` replace ModelConfig fields, typically `weights=` when the frozen checkpoint lives elsewhere
+    on this machine."""
+    directory = find_artifact(directory)
     meta = read_artifact_config(directory)
     model = build_model({**meta["model"], **overrides}).load_artifact(directory)
     model.default_prompt = (meta.get("data") or {}).get("prompt")

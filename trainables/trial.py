@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import random
 import tempfile
 import time
@@ -36,6 +35,7 @@ from trainables.metrics import SegMetrics
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
+ARTIFACT_DIR = "artifact"  # inside a trial's last checkpoint: the tuned-prompt artifact
 
 
 @dataclass(frozen=True)
@@ -344,6 +344,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     `report(metrics, ckpt_dir)` is called once per epoch with a directory holding the resumable state
     (copy it before returning: the directory is deleted afterwards) and once at the end without one.
     `model`/`datasets` may be injected (tests, benchmarks); by default they are built from `cfg`.
+    With `train.save_artifact`, the final report's directory holds the tuned-prompt artifact in
+    `artifact/`; `artifact_dir` writes another copy there (for callers outside Ray Tune).
     """
     t_start = time.time()
     tc = cfg.train
@@ -378,6 +380,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         scaler.load_state_dict(ck["scaler"])
         state = ck["loop"]
         set_rng_state(ck["rng"])
+
+    def save_state(directory: str) -> None:
+        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "loop": state, "rng": rng_state()}, Path(directory) / CHECKPOINT_FILE)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -443,9 +450,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "objective": _objective(tc, state),
         }
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "loop": state, "rng": rng_state()}, Path(d) / CHECKPOINT_FILE)
+            save_state(d)
             report(metrics, d)
 
     # Test the best-val-Dice state, as the original's trainer.test(ckpt_path="best").
@@ -453,8 +458,9 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         load_trainable_state(model, state["best_state"])
     test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
                     original_size=tc.eval_original_size)
+    data = _artifact_data(cfg, datasets["test"])
     if artifact_dir is not None and tc.save_artifact:
-        model.save_artifact(artifact_dir, data=_artifact_data(cfg, datasets["test"]))
+        model.save_artifact(artifact_dir, data=data)
     final = {
         "epoch": state["epoch"],
         "objective": _objective(tc, state),
@@ -469,7 +475,17 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "trial_seconds": time.time() - t_start,
         "status": "ok", "error": "",
     }
-    report(final, None)
+    if not tc.save_artifact:
+        report(final, None)
+        return final
+    # The tuned prompt travels as the trial's last checkpoint, `<checkpoint>/artifact`: Ray persists
+    # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
+    # when its worker is reused. The loop state goes along, so a trial restarted from this checkpoint
+    # goes straight to the test again.
+    with tempfile.TemporaryDirectory() as d:
+        save_state(d)
+        model.save_artifact(Path(d) / ARTIFACT_DIR, data=data)
+        report(final, d)
     return final
 
 
@@ -508,8 +524,6 @@ def tune_trainable(config: dict) -> None:
     from ray import tune
 
     cfg = TrialConfig.from_dict(config["trial"])
-    trial_dir = tune.get_context().get_trial_dir()
-    artifact_dir = os.path.join(trial_dir, "artifact") if trial_dir else None
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
@@ -517,7 +531,7 @@ def tune_trainable(config: dict) -> None:
     ckpt = tune.get_checkpoint()
     with ckpt.as_directory() if ckpt else contextlib.nullcontext() as resume_dir:
         try:
-            fit(cfg, report, resume_dir=resume_dir, artifact_dir=artifact_dir)
+            fit(cfg, report, resume_dir=resume_dir)
         except TrialDiverged as e:
             # A diverged trial is a result, not a crash: TPE learns that this region is bad.
             tune.report({"objective": float("inf"), "status": "diverged", "error": str(e)})

@@ -14,7 +14,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artifact", required=True, help="artifact directory (e.g. <trial dir>/artifact)")
+    p.add_argument("--artifact", required=True,
+                   help="a trial directory of a finished run (<run>/tune/<cell>_<index>_<id>), one of its "
+                        "checkpoints, or an artifact directory")
     p.add_argument("--images", required=True, help="a directory of images or a single image file")
     p.add_argument("--out", required=True, help="output directory for <stem>.png masks")
     p.add_argument("--prompt", default=None,
