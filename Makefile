@@ -13,7 +13,7 @@ MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-cluster benchmark plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
+.PHONY: help install test test-slow test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,16 @@ benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded m
 	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(MLFLOW),--mlflow $(MLFLOW))
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000)"
+
+bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~6 min)
+	$(PY) benchmarks/data_pipeline.py --workers 2
+	$(PY) benchmarks/trial_loop.py --weights models/clipseg-mini --learner vpt --batch 16 --steps 20
+	$(PY) benchmarks/trial_loop.py --weights models/clipseg-mini --learner coop --batch 16 --steps 20
+	$(PY) benchmarks/fixed_cost.py --gpu-images-per-s 1500
+
+bench-gpu: install ## the GPU figures (H100/H200; `make install` there gets CUDA torch): step ladder, MFU, packing, loop
+	$(PY) benchmarks/gpu_step.py --compile --pack 1 2 4
+	$(PY) benchmarks/trial_loop.py --config clipseg-rd64 --learner vpt --batch 32 --steps 50
 
 mini-data: install ## generate the three synthetic mini datasets in data/mini (seconds; idempotent)
 	$(PY) -m benchmark data make-synthetic --dst $(MINI_DATA)
