@@ -13,7 +13,7 @@ MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
+.PHONY: help install test test-slow test-gpu test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: install ## run the default test suite (CPU, < 10 min on 2 cores)
 
 test-slow: install ## run the slow tests too (end-to-end sweeps, resume after SIGKILL)
 	$(PY) -m pytest -q -m "slow and not gpu and not cluster"
+
+test-gpu: install ## the CUDA tests (mixed precision, device normalisation, no host sync in a step); needs a GPU
+	$(PY) -m pytest -q -m gpu
 
 test-cluster: install ## start a real two-node Ray cluster on loopback and run the cluster tests
 	$(PY) -m pytest -q -m cluster

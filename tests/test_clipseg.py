@@ -37,6 +37,26 @@ def test_zero_shot_equals_hf_forward(config):
     assert torch.allclose(ours[:, 0], hf, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_own_text_mask_equals_hfs_for_each_attention_implementation(impl):
+    # The adapter builds the causal + padding mask itself (HF's reads the padding mask on the host, a
+    # device sync per step); with either attention kernel it must give HF's forward on a padded batch.
+    from transformers.models.clipseg.modeling_clipseg import CLIPSegAttention
+
+    adapter = build_clipseg(config="tiny")
+    for module in adapter.model.modules():
+        if isinstance(module, CLIPSegAttention):
+            module.config._attn_implementation = impl
+    adapter.model.config._attn_implementation = impl
+    x, tok = _inputs(adapter)
+    assert tok["attention_mask"].sum(1).unique().numel() == 3
+    with torch.no_grad():
+        ours = adapter(x, tok["input_ids"], tok["attention_mask"]).logits
+        hf = adapter.model(input_ids=tok["input_ids"], pixel_values=x, attention_mask=tok["attention_mask"]).logits
+    assert adapter.model.clip.text_model.config._attn_implementation == impl
+    assert torch.allclose(ours[:, 0], hf, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("config", list(EOS_VARIANTS.values()), ids=list(EOS_VARIANTS))
 def test_text_prompts_enter_after_sos_with_shifted_positions_mask_and_eos(config):
     # Prompts equal to the token embeddings of "a photo of a" must give exactly what the plain text

@@ -158,8 +158,6 @@ class CLIPSegAdapter(VLSMAdapter):
 
     def encode_text(self, input_ids, attention_mask, rows: list[torch.Tensor] | None) -> torch.Tensor:
         """Conditional embedding (N, projection_dim); `rows[k]` are the prompts entering layer k+1."""
-        from transformers.masking_utils import create_causal_mask
-
         tm = self.model.clip.text_model
         max_len = tm.config.max_position_embeddings
         n, length = input_ids.shape
@@ -179,8 +177,7 @@ class CLIPSegAdapter(VLSMAdapter):
             attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, idx]], dim=1)
         positions = torch.arange(embeds.shape[1], device=embeds.device)
         hidden = embeds + tm.embeddings.position_embedding(positions)[None]
-        mask = create_causal_mask(config=tm.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  past_key_values=None)
+        mask = self._text_mask(attention_mask, hidden)
         for k, layer in enumerate(tm.encoder.layers, start=1):
             hidden = layer(hidden, mask, is_causal=True)
             if rows and k < len(rows):  # fresh prompts for layer k+1 replace this layer's prompt outputs
@@ -191,6 +188,29 @@ class CLIPSegAdapter(VLSMAdapter):
         eos = (eos + num).clamp(max=hidden.shape[1] - 1)  # HF's pooling rule (legacy eos id 2: max id) shifted by B
         pooled = hidden[torch.arange(n, device=hidden.device), eos.to(hidden.device)]
         return self.model.clip.text_projection(pooled)
+
+    def _text_mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor):
+        """The causal + padding mask of the text layers, (N, 1, L, L), made with tensor ops only.
+
+        HF's `create_causal_mask` first asks whether any token is padded (`padding_mask.all()` read on the
+        host) so that SDPA may drop the mask: on a GPU that is a sync in every step. The mask here is what it
+        builds otherwise: boolean for SDPA (True = attend), additive for eager attention; other attention
+        implementations keep HF's own mask. (Padding is on the right and attention causal, so no kept
+        position ever sees a pad; the padding part only keeps pad positions' own rows as HF has them.)"""
+        config = self.model.clip.text_model.config
+        impl = getattr(config, "_attn_implementation", None) or "eager"
+        if impl not in ("sdpa", "eager"):
+            from transformers.masking_utils import create_causal_mask
+
+            return create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                      past_key_values=None)
+        length = hidden.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+        keep = causal[None, None] & attention_mask.to(torch.bool)[:, None, None, :]
+        if impl == "sdpa":
+            return keep
+        return torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(
+            ~keep, torch.finfo(hidden.dtype).min)
 
     def encode_vision(self, pixel_values, rows: list[torch.Tensor] | None, pool: bool = False):
         """Hidden states of the tapped layers, (N, 1 + patches + B, Hv) each, in layer order.
