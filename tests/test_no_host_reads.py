@@ -37,12 +37,14 @@ def test_the_guard_catches_a_read(monkeypatch):
 
 @pytest.mark.parametrize("vlsm, learner", [("clipseg", "coop"), ("clipseg", "cocoop"), ("clipseg", "vpt"),
                                            ("clipseg", "maple"), ("clipseg", "shared_attention"),
-                                           ("clipseg", "shared_separate"), ("cris", "coop"), ("cris", "cocoop")])
+                                           ("clipseg", "shared_separate"), ("clipseg", "e2e"), ("cris", "coop"),
+                                           ("cris", "cocoop"), ("cris", "e2e")])
 @pytest.mark.parametrize("prompts", [["polyp."] * 4, ["polyp.", "a large tumour in the image.", "polyp.", "x"]])
 def test_forward_and_backward_read_nothing_back(monkeypatch, vlsm, learner, prompts):
     extra = {"shared_attention": {"nhead": 4, "dim_feedforward": 48}}.get(learner, {})
+    config = {} if learner == "e2e" else {"context_init": None, "prompt_depth": 2, **extra}
     model = build_model({"vlsm": vlsm, "vlsm_config": "tiny", "learner": learner,
-                         "learner_config": {"context_init": None, "prompt_depth": 2, **extra}}).train()
+                         "learner_config": config}).train()
     s = model.spec.image_size
     cpu = torch.device("cpu")
     images = torch.randint(0, 256, (4, 3, s, s), dtype=torch.uint8)
