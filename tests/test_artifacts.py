@@ -150,8 +150,10 @@ def test_frozen_vlsm_is_reused_across_builds_but_never_for_e2e(monkeypatch):
     # load them again, and must see them unchanged; E2E trains the VLSM, so it always gets a fresh copy.
     import torch
 
+    from trainables import model as model_module
     from trainables.model import build_model
 
+    monkeypatch.setattr(model_module, "_FROZEN", {})  # this test's own cache: it leaves garbage in it
     a = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "coop"})
     before = {k: v.clone() for k, v in a.vlsm.state_dict().items()}
     tokens = a.tokenize(["polyp."])
@@ -161,6 +163,13 @@ def test_frozen_vlsm_is_reused_across_builds_but_never_for_e2e(monkeypatch):
     assert b.vlsm is a.vlsm
     assert all(torch.equal(before[k], v) for k, v in b.vlsm.state_dict().items())
     assert not any(p.requires_grad for p in b.vlsm.parameters()) and not b.vlsm.training
+    # A kept VLSM stays on the device the last trial moved it to ("meta" stands in for a GPU here): the next
+    # model is built around it on that device, and the earlier model's VLSM is not pulled back.
+    b.to("meta")
+    c = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "coop",
+                     "learner_config": {"context_init": None}})
+    assert c.vlsm is a.vlsm and {p.device.type for p in c.parameters()} == {"meta"}
+    assert {p.device.type for p in a.vlsm.parameters()} == {"meta"}
     e2e = build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "e2e"})
     assert e2e.vlsm is not a.vlsm
     monkeypatch.setenv("TUNEVLSEG_VLSM_CACHE", "0")

@@ -104,9 +104,10 @@ def _frozen_vlsm(cfg: ModelConfig) -> VLSMAdapter:
     if vlsm is None:
         _FROZEN.clear()  # keep one: a GPU worker should not hold several frozen backbones
         vlsm = _FROZEN[key] = _build_vlsm(cfg)
-    # Back on the CPU like a freshly loaded one, so the learner is built exactly as in a fresh process;
-    # the trial moves the whole model to its device afterwards.
-    return vlsm.to("cpu").requires_grad_(False).eval()
+    # Left where the previous trial put it (its GPU): moving ~600 MB down and up again at every trial
+    # start would be most of what is left of a reused worker's fixed cost. The learner does not depend on
+    # where the VLSM is (it is made on the CPU from the CPU RNG), and `build_model` moves it alongside.
+    return vlsm.requires_grad_(False).eval()
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
@@ -120,7 +121,11 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
         viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
         raise ConfigError(f"learner {cfg.learner!r} prompts the {'/'.join(sorted(missing))} encoder, which "
                           f"{cfg.vlsm} does not have; viable learners for {cfg.vlsm}: {', '.join(viable)}")
-    return PromptedVLSM(cfg, vlsm, entry, learner_cfg)
+    model = PromptedVLSM(cfg, vlsm, entry, learner_cfg)
+    device = next(vlsm.parameters()).device
+    # A kept VLSM may already be on a GPU: the model is put on one device, and an earlier model sharing
+    # that VLSM is not disturbed (moving the shared VLSM back to the CPU would move it under that model too).
+    return model if device.type == "cpu" else model.to(device)
 
 
 @contextlib.contextmanager
