@@ -194,6 +194,26 @@ def read_trials(run_dir: str | Path):
     return to_pandas(table)
 
 
+def selected_trial_dir(run_dir: str | Path, cell_id: str) -> Path:
+    """The Ray Tune directory of the trial `selected.parquet` reports for `cell_id` (its artifact is there)."""
+    run_dir = Path(run_dir)
+    path = selected_file(run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory with finished cells")
+    table = pq.read_table(path)
+    rows = [r for r in table.to_pylist() if r["cell_id"] == cell_id]
+    if not rows:
+        cells = sorted({r["cell_id"] for r in table.to_pylist()})
+        from trainables.config import ConfigError
+
+        raise ConfigError(f"--cell {cell_id!r} has no selected trial in {path}; cells: {', '.join(cells)}")
+    found = sorted((run_dir / "tune").glob(f"{cell_id}_*_{rows[0]['trial_id']}"))
+    if not found:
+        raise FileNotFoundError(f"the selected trial {rows[0]['trial_id']} of {cell_id} has no directory under "
+                                f"{run_dir / 'tune'}")
+    return found[0]
+
+
 def to_pandas(table: pa.Table):
     """Nullable integer/boolean columns stay integer/boolean (hp_prompt_depth is never a float)."""
     import pandas as pd

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -84,12 +85,15 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
         assert meta["trainable_params"] == row.trainable_params
     assert len(list((run_dir / "mlartifacts").rglob("artifact/tunevlseg.json"))) == 4  # MLflow has each one too
 
-    # A trial's tuned prompt segments new images, given its trial directory.
+    # A cell's selected tuned prompt segments new images, given the run and the cell.
     images = mini_data / "mini_polyp" / "images"
     masks_out = tmp_path / "pred"
-    proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", "--artifact", str(trial_dirs[df.trial_id.iloc[0]]),
-                           "--images", str(images), "--out", str(masks_out)],  # the artifact's own prompt
-                          capture_output=True, text=True, cwd=REPO)
+    selected = records.selected_trial_dir(run_dir, "cris_coop_mini-polyp")
+    assert selected == trial_dirs[pd.read_parquet(run_dir / "selected.parquet").set_index("cell_id")
+                                  .loc["cris_coop_mini-polyp", "trial_id"]]
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", "--artifact", str(run_dir),
+                           "--cell", "cris_coop_mini-polyp", "--images", str(images), "--out", str(masks_out)],
+                          capture_output=True, text=True, cwd=REPO)  # the artifact's own prompt
     assert proc.returncode == 0, proc.stderr
     assert len(list(masks_out.glob("*.png"))) == len(list(images.glob("*.png")))
     assert all(meta["data"] == {"dataset": "mini_polyp", "prompt": "polyp."} for meta in metas.values())

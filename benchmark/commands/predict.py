@@ -15,8 +15,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", required=True,
-                   help="a trial directory of a finished run (<run>/tune/<cell>_<index>_<id>), one of its "
-                        "checkpoints, or an artifact directory")
+                   help="a run directory with --cell (that cell's selected trial), a trial directory of a run "
+                        "(<run>/tune/<cell>_<index>_<id>), one of its checkpoints, or an artifact directory")
+    p.add_argument("--cell", default=None,
+                   help="with a run directory as --artifact: use the trial the run selected for this cell, "
+                        "e.g. clipseg_maple_kvasir")
     p.add_argument("--images", required=True, help="a directory of images or a single image file")
     p.add_argument("--out", required=True, help="output directory for <stem>.png masks")
     p.add_argument("--prompt", default=None,
@@ -50,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
 
-    model = build_from_artifact(args.artifact, **({'weights': args.weights} if args.weights else {}))
+    artifact = args.artifact
+    if args.cell:
+        from benchmark.records import selected_trial_dir
+
+        artifact = selected_trial_dir(args.artifact, args.cell)
+    model = build_from_artifact(artifact, **({'weights': args.weights} if args.weights else {}))
     prompt = args.prompt or getattr(model, "default_prompt", None)
     if not prompt:
         raise ConfigError("--prompt is required: this artifact records no default prompt")
