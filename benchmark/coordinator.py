@@ -497,7 +497,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
                                          n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
                                          constant_liar=s.constant_liar,
-                                         max_concurrent_per_cell=s.max_concurrent_per_cell)
+                                         max_concurrent_per_cell=s.max_concurrent_per_cell, run_dir=str(run_dir))
             ex = spec.execution
             scheduler = None
             if ex.scheduler == "asha":

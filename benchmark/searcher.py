@@ -47,8 +47,10 @@ class MultiCellSearcher(Searcher):
 
     def __init__(self, cells, metric: str = "objective", mode: str = "min", sampler: str = "tpe",
                  n_startup_trials: int = 10, multivariate: bool = True, constant_liar: bool = True,
-                 max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss"):
+                 max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss",
+                 run_dir: str | None = None):
         super().__init__(metric=None, mode=None)
+        self.run_dir = run_dir  # whose Parquet rows settle trials a restored snapshot still has open
         self.prune_metric = prune_metric  # told with a PRUNED trial that reported no per-epoch objective
         self.objective_metric = metric
         self.objective_mode = mode
@@ -158,6 +160,24 @@ class MultiCellSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self._settle_from_records()
+
+    def _settle_from_records(self) -> None:
+        """Tell the studies about trials that finished after this snapshot was taken.
+
+        Tune writes the experiment state and then the searcher's snapshot. A driver killed between the two
+        restores trials that Tune knows are finished (it never reruns or reports them again) into a
+        searcher that still has them open: their Optuna trials would stay RUNNING for good. The Parquet
+        rows, written when each trial finishes, say how they ended."""
+        open_trials = {tid: cid for tid, cid in self.owner.items() if tid not in self.finished.get(cid, ())}
+        if not open_trials or not getattr(self, "run_dir", None):
+            return
+        from benchmark import records
+
+        rows = records.read_trials(self.run_dir)
+        for row in rows[rows["trial_id"].isin(list(open_trials))].to_dict("records"):
+            result = {k: v for k, v in row.items() if k in (self.objective_metric, "status")}
+            self.on_trial_complete(row["trial_id"], result, error=row["status"] == "error")
 
 
 PRUNED = "pruned"  # the `status` of a trial the scheduler stopped (set by benchmark.coordinator.PrunedMarker)
@@ -178,7 +198,9 @@ def load_studies(experiment_dir: str) -> dict[str, Any]:
     (`<run dir>/tune`): `{cell_id: optuna.Study}`. For inspection and tests."""
     from pathlib import Path
 
-    files = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # By the session timestamp in the name: a resumed run re-syncs the older sessions' snapshots too, so
+    # their modification times tie with the newest one's.
+    files = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"), key=lambda p: p.name)
     if not files:
         raise FileNotFoundError(f"no searcher snapshot in {experiment_dir}")
     searcher = MultiCellSearcher.__new__(MultiCellSearcher)

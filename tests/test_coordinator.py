@@ -61,7 +61,7 @@ def _check_complete_sweep(run_dir: Path) -> None:
     assert sorted(studies) == ["clipseg_coop_kvasir", "clipseg_maple_kvasir"]
     for cid, study in studies.items():
         assert len(study.trials) == 4, cid
-        assert all(t.state.name == "COMPLETE" for t in study.trials)
+        assert all(t.state.name == "COMPLETE" for t in study.trials), [(t.number, t.state.name, t.params) for t in study.trials]
         # The study saw exactly the parameters recorded in Parquet.
         recorded = sorted(df[df.cell_id == cid]["hp_lr"].tolist())
         assert sorted(t.params["lr"] for t in study.trials) == pytest.approx(recorded)

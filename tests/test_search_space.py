@@ -156,3 +156,30 @@ def test_multicell_searcher_failures_and_concurrency():
     searcher.on_trial_complete("b", {"objective": float("inf"), "status": "diverged"})
     states = [t.state.name for t in searcher.study(a["cell_id"]).trials]
     assert states == ["FAIL", "COMPLETE"] and searcher.study(a["cell_id"]).trials[1].value == math.inf
+
+
+def test_restore_settles_trials_that_finished_after_the_snapshot(tmp_path):
+    # Tune writes its experiment state, then the searcher snapshot: a driver killed in between restores
+    # trials Tune knows are finished into a snapshot that still has them open. The Parquet rows settle them.
+    from benchmark import records
+    from benchmark.searcher import MultiCellSearcher
+
+    cells = _cells()[1:2]  # the MaPLe cell
+    cid = cells[0].id
+    searcher = MultiCellSearcher(cells, metric="objective", mode="min", run_dir=str(tmp_path))
+    configs = {t: searcher.suggest(t) for t in ("a", "b", "c", "d")}
+    searcher.on_trial_complete("a", {"objective": 0.5, "status": "ok"})
+    searcher.save(str(tmp_path / "state.pkl"))  # b, c, d still running in this snapshot
+    cell = {k: getattr(cells[0], k) for k in ("vlsm", "learner", "dataset", "variant")}
+    rows = [records.trial_row(spec="s", cell=cell, cell_id=cid, trial_index=configs[t]["trial_index"], trial_id=t,
+                              hp=configs[t]["hp"], result=result, error=error, prov={}, started_at=None,
+                              finished_at=None)
+            for t, result, error in (("a", {"objective": 0.5}, None), ("b", {"objective": 0.25}, None),
+                                     ("c", {"objective": float("inf")}, "worker died"))]
+    records.write_rows(rows, records.cell_file(tmp_path, cid))
+
+    restored = MultiCellSearcher.__new__(MultiCellSearcher)
+    restored.restore(str(tmp_path / "state.pkl"))
+    states = {t.number: (t.state.name, t.value) for t in restored.study(cid).trials}
+    assert states == {0: ("COMPLETE", 0.5), 1: ("COMPLETE", 0.25), 2: ("FAIL", None), 3: ("RUNNING", None)}
+    assert restored.live[cid] == {"d"}  # d has no row: Tune reruns it and reports it as usual
