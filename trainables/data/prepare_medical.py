@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -95,30 +96,37 @@ def _write_image(src: Path, dst: Path) -> None:
     _atomic_write(dst, lambda tmp: Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[dst.suffix.lower()]))
 
 
-def _prepare_pairs(card: str, src: str | os.PathLike, dst: str | os.PathLike, is_mask: Callable[[Path], bool],
-                   read_mask: Callable[[Path], np.ndarray], hint: str, stream=None) -> dict:
-    src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    pairs = split_names(card)
-    index = SourceIndex(src, is_mask)
-    todo, missing = [], []
-    for img_name, mask_name in pairs:
-        image, mask = index.find(img_name, mask=False), index.find(mask_name, mask=True)
-        missing += [n for n, p in ((img_name, image), (mask_name, mask)) if p is None]
-        todo.append((image, dst / "images" / img_name, mask, dst / "masks" / mask_name))
-    if missing:
-        raise _missing_error(card, src, sorted(set(missing)), hint)
+def _write_layout(card: str, dst: Path, todo: list[tuple[Path, str, str, Callable[[], np.ndarray]]],
+                  stream=None) -> dict:
+    """Write `images/<img_name>` (from an image file) and `masks/<mask_name>` (from a mask maker) for each
+    entry of `todo`, skipping files already there."""
     counts: Counter = Counter()
     progress = Progress(card, len(todo), stream)
-    for i, (image, image_dst, mask, mask_dst) in enumerate(todo, 1):
+    for i, (image, img_name, mask_name, make_mask) in enumerate(todo, 1):
+        image_dst, mask_dst = dst / "images" / img_name, dst / "masks" / mask_name
         if not image_dst.exists():
             _write_image(image, image_dst)
             counts["images written"] += 1
         if not mask_dst.exists():
-            write_mask(mask_dst, read_mask(mask))
+            write_mask(mask_dst, make_mask())
             counts["masks written"] += 1
         progress(i)
     counts["samples"] = len(todo)
     return dict(counts)
+
+
+def _prepare_pairs(card: str, src: str | os.PathLike, dst: str | os.PathLike, is_mask: Callable[[Path], bool],
+                   read_mask: Callable[[Path], np.ndarray], hint: str, stream=None) -> dict:
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    index = SourceIndex(src, is_mask)
+    todo, missing = [], []
+    for img_name, mask_name in split_names(card):
+        image, mask = index.find(img_name, mask=False), index.find(mask_name, mask=True)
+        missing += [n for n, p in ((img_name, image), (mask_name, mask)) if p is None]
+        todo.append((image, img_name, mask_name, partial(read_mask, mask)))
+    if missing:
+        raise _missing_error(card, src, sorted(set(missing)), hint)
+    return _write_layout(card, dst, todo, stream)
 
 
 def _binary_mask(path: Path) -> np.ndarray:
@@ -220,24 +228,13 @@ def prepare_chexlocalize(src, dst, stream=None) -> dict:
     for cxr_id, by_pathology in segmentations.items():
         for pathology in by_pathology:
             masks[f"{cxr_id}_{pathology_file_part(pathology)}.png"] = (cxr_id, pathology)
-    missing = sorted({n for img, _ in pairs for n in [img] if n not in images}
-                     | {m for _, m in pairs if m not in masks})
+    missing = sorted({img for img, _ in pairs if img not in images} | {m for _, m in pairs if m not in masks})
     if missing:
         raise _missing_error("chexlocalize", src, missing,
                              "unpack the CheXpert valid/ and test/ images and the CheXlocalize JSON files under --src")
-    counts: Counter = Counter()
-    progress = Progress("chexlocalize", len(pairs), stream)
-    for i, (img_name, mask_name) in enumerate(pairs, 1):
-        if not (dst / "images" / img_name).exists():
-            copy_file(images[img_name], dst / "images" / img_name)
-            counts["images written"] += 1
-        if not (dst / "masks" / mask_name).exists():
-            cxr_id, pathology = masks[mask_name]
-            write_mask(dst / "masks" / mask_name, rle_decode(segmentations[cxr_id][pathology]))
-            counts["masks written"] += 1
-        progress(i)
-    counts["samples"] = len(pairs)
-    return dict(counts)
+    todo = [(images[img], img, mask, partial(rle_decode, segmentations[masks[mask][0]][masks[mask][1]]))
+            for img, mask in pairs]
+    return _write_layout("chexlocalize", dst, todo, stream)
 
 
 PREPARERS: dict[str, Callable] = {"bkai": prepare_bkai, "clinicdb": prepare_clinicdb, "isic": prepare_isic,
