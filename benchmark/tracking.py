@@ -276,6 +276,7 @@ def _artifact_dir(trial) -> str | None:
         path = checkpoint.path if checkpoint is not None else None
     except Exception:  # noqa: BLE001 - never started, or storage not set up
         path = None
+    # "artifact" is trainables.model.CHECKPOINT_ARTIFACT (not imported: the driver side stays torch-free)
     if path and os.path.isdir(os.path.join(path, "artifact")):
         return os.path.join(path, "artifact")
     return None

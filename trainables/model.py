@@ -33,6 +33,7 @@ from trainables.vlsm.base import VLSMS, VLSMAdapter, VLSMSpec
 
 ARTIFACT_CONFIG = "tunevlseg.json"
 ARTIFACT_TENSORS = "trainable.safetensors"
+CHECKPOINT_ARTIFACT = "artifact"  # the artifact's folder inside a trial's last checkpoint (trainables.trial.fit)
 ARTIFACT_FORMAT = "tunevlseg-prompt-artifact"
 ARTIFACT_VERSION = 1
 
@@ -330,9 +331,9 @@ def find_artifact(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if (path / ARTIFACT_CONFIG).is_file():
         return path
-    if (path / "artifact" / ARTIFACT_CONFIG).is_file():
-        return path / "artifact"
-    found = sorted(path.glob(f"checkpoint_*/artifact/{ARTIFACT_CONFIG}"))
+    if (path / CHECKPOINT_ARTIFACT / ARTIFACT_CONFIG).is_file():
+        return path / CHECKPOINT_ARTIFACT
+    found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_ARTIFACT}/{ARTIFACT_CONFIG}"))
     if found:
         return found[-1].parent  # checkpoint_000007 sorts after checkpoint_000006
     if not path.exists():

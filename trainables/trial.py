@@ -35,7 +35,6 @@ from trainables.metrics import SegMetrics
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
-ARTIFACT_DIR = "artifact"  # inside a trial's last checkpoint: the tuned-prompt artifact
 
 
 @dataclass(frozen=True)
@@ -482,9 +481,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
     # when its worker is reused. The loop state goes along, so a trial restarted from this checkpoint
     # goes straight to the test again.
+    from trainables.model import CHECKPOINT_ARTIFACT
+
     with tempfile.TemporaryDirectory() as d:
         save_state(d)
-        model.save_artifact(Path(d) / ARTIFACT_DIR, data=data)
+        model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
         report(final, d)
     return final
 

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError
     from trainables.data.transforms import resize_image
     from trainables.model import build_from_artifact
-    from trainables.trial import device_images
+    from trainables.trial import device_images, device_tokens
 
     src = Path(args.images)
     if not src.exists():
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         chunk = files[i : i + args.batch_size]
         loaded = [load(f) for f in chunk]
         x = device_images(torch.stack([t for _, t in loaded]), device, spec.mean, spec.std)
-        tokens = {k: v.to(device) for k, v in model.tokenize_batch([prompt] * len(chunk)).items()}
+        tokens = device_tokens(model, [prompt] * len(chunk), device)
         with torch.no_grad():
             probs = torch.sigmoid(model(x, **tokens).float())
         for f, (rgb, _), p in zip(chunk, loaded, probs):
