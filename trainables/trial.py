@@ -492,9 +492,10 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
 
 def _artifact_data(cfg: TrialConfig, test_set) -> dict:
     """What the artifact records of its data: `tunevlseg predict` uses the prompt when none is given."""
-    prompts = list(getattr(test_set, "prompts", None) or [])
-    common = max(set(prompts), key=prompts.count) if prompts else None  # one-class datasets: the only one
-    return {"dataset": str(cfg.data.dataset), "prompt": common}
+    # The most frequent (one-class datasets: the only one); ties go to the first in split order, so the
+    # choice does not depend on string hashing.
+    counts = collections.Counter(getattr(test_set, "prompts", None) or [])
+    return {"dataset": str(cfg.data.dataset), "prompt": counts.most_common(1)[0][0] if counts else None}
 
 
 def _diverged(epoch: int, step: int, optimizer, loss: torch.Tensor):
