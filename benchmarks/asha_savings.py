@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_spec(args, scheduler: str):
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.spec import spec_from_dict
 
     raw = yaml.safe_load((REPO / "experiments" / "mini.yaml").read_text())
     raw["name"] = f"asha-savings-{scheduler}"
@@ -47,7 +47,7 @@ def make_spec(args, scheduler: str):
 
 
 def summarise(run_dir: Path) -> dict:
-    from benchmark import records
+    from benchmark.results import records
 
     rows = records.read_trials(run_dir)
     best = {}
@@ -74,7 +74,7 @@ def main() -> int:
 
     import ray
 
-    from benchmark.coordinator import run_sweep
+    from benchmark.sweep.coordinator import run_sweep
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     out = {}

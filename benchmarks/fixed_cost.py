@@ -180,7 +180,7 @@ def main() -> int:
         if not args.no_full_size:
             from transformers import CLIPSegForImageSegmentation
 
-            from trainables.vlsm.clipseg import _hf_config, load_config_dict
+            from trainables.vlsm.clipseg.adapter import _hf_config, load_config_dict
 
             full = Path(tmp) / "clipseg-rd64"
             CLIPSegForImageSegmentation(_hf_config(load_config_dict("clipseg-rd64"))).save_pretrained(full)

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from benchmark import cli, records
-from benchmark.coordinator import run_sweep
-from benchmark.spec import load_spec
+from benchmark import cli
+from benchmark.results import records
+from benchmark.sweep.coordinator import run_sweep
+from benchmark.plan.spec import load_spec
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def _mlflow_runs(run_dir: Path, spec: str = "smoke"):
 
 def _check_complete_sweep(run_dir: Path) -> None:
     """2 cells x 4 trials: 8 rows, each cell's study 4 trials, 8 MLflow trial runs, none RUNNING."""
-    from benchmark.searcher import load_studies
+    from benchmark.sweep.searcher import load_studies
 
     df = records.read_trials(run_dir)
     assert len(df) == 8
@@ -127,7 +128,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, local_ray, ca
     assert list(failed["cell_id"]) == ["clipseg_maple_kvasir"] and list(failed["trial_index"]) == [1]
     assert "synthetic failure in clipseg_maple_kvasir trial 1 at epoch 1" in failed["error"].iloc[0]
     assert (df[df.status == "ok"]["error"].fillna("") == "").all()
-    from benchmark.searcher import load_studies
+    from benchmark.sweep.searcher import load_studies
 
     states = sorted(t.state.name for t in load_studies(str(run_dir / "tune"))["clipseg_maple_kvasir"].trials)
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
@@ -167,8 +168,8 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
 
 
 def test_changed_plan_is_refused_on_resume(tmp_path):
-    from benchmark.coordinator import _plan_state
-    from benchmark.matrix import build_plan
+    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.plan.matrix import build_plan
 
     run_dir = tmp_path / "smoke"
     first = _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)

@@ -14,11 +14,12 @@ from torch import nn
 
 from benchmark.cli import main as cli
 from trainables.config import ConfigError
-from trainables.vlsm.base import VLSMS, Prompts
-from trainables.vlsm.cris import CRISAdapter, cris_factory
-from trainables.vlsm.cris_convert import (
+from trainables.catalog import VLSMS
+from trainables.vlsm.base import Prompts
+from trainables.vlsm.cris.adapter import CRISAdapter, cris_factory
+from trainables.vlsm.cris.convert import (
     CheckpointError, load_clip_rn50, load_cris_weights, read_tensors)
-from trainables.vlsm.cris_model import CRIS, CLIPBackbone, load_cris_config
+from trainables.vlsm.cris.model import CRIS, CLIPBackbone, load_cris_config
 
 TINY = load_cris_config("tiny")
 
@@ -118,8 +119,7 @@ def test_full_spec_and_upsampler_size(rn50_meta):
 
 
 def test_vision_learners_are_not_viable_from_modalities(tiny):
-    pytest.importorskip("trainables.learners")  # registers the learners (another part of the project)
-    from trainables.learners.base import LEARNERS, is_viable
+    from trainables.catalog import LEARNERS, is_viable
 
     viable = {n for n in LEARNERS.names() if is_viable(n, tiny.spec.modalities)}
     assert {"coop", "cocoop", "e2e"} <= viable
@@ -127,7 +127,7 @@ def test_vision_learners_are_not_viable_from_modalities(tiny):
 
 
 def test_registered_and_options_checked():
-    assert VLSMS.get("cris") is cris_factory
+    assert VLSMS.get("cris").factory == "trainables.vlsm.cris.adapter:cris_factory"
     with pytest.raises(ConfigError, match="compat_extra_first_row"):
         cris_factory(config="tiny", compat_first_row=True)
     with pytest.raises(ConfigError, match="true/false"):

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmark import records
-from benchmark.coordinator import run_sweep
-from benchmark.spec import load_spec
+from benchmark.results import records
+from benchmark.sweep.coordinator import run_sweep
+from benchmark.plan.spec import load_spec
 from trainables.model import find_artifact
 
 REPO = Path(__file__).resolve().parents[1]

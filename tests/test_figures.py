@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import figures as F
-from benchmark import tables as T
+from benchmark.results import figures as F
+from benchmark.results import tables as T
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark import cli, estimate as E, matrix, records
+from benchmark import cli
+from benchmark.plan import estimate as E
+from benchmark.plan import matrix
+from benchmark.results import records
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on kvasir) x 4 trials, 3 epochs

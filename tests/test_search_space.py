@@ -7,8 +7,9 @@ import math
 
 import optuna
 
-from benchmark import cli, search_space
-from benchmark.search_space import LEARNER_SEEDS, PAPER, params_for
+from benchmark import cli
+from benchmark.plan import search_space
+from benchmark.plan.search_space import LEARNER_SEEDS, PAPER, params_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -101,8 +102,8 @@ def test_space_command(capsys):
 
 
 def _cells(trials=4):
-    from benchmark.matrix import build_plan
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import spec_from_dict
 
     spec = spec_from_dict({"axes": {"vlsm": ["clipseg"], "learner": ["coop", "maple", "e2e"], "dataset": ["kvasir"]},
                            "search": {"trials": trials, "n_startup_trials": 2}})
@@ -112,7 +113,7 @@ def _cells(trials=4):
 def test_multicell_searcher_gives_each_cell_exactly_its_trials(tmp_path):
     from ray.tune.search import Searcher
 
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     cells = _cells()
     searcher = MultiCellSearcher(cells, metric="objective", mode="min")
@@ -146,7 +147,7 @@ def test_multicell_searcher_gives_each_cell_exactly_its_trials(tmp_path):
 
 
 def test_multicell_searcher_failures_and_concurrency():
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     searcher = MultiCellSearcher(_cells(trials=3)[:1], metric="objective", mode="min", max_concurrent_per_cell=2)
     a, b = searcher.suggest("a"), searcher.suggest("b")
@@ -161,8 +162,8 @@ def test_multicell_searcher_failures_and_concurrency():
 def test_restore_settles_trials_that_finished_after_the_snapshot(tmp_path):
     # Tune writes its experiment state, then the searcher snapshot: a driver killed in between restores
     # trials Tune knows are finished into a snapshot that still has them open. The Parquet rows settle them.
-    from benchmark import records
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.results import records
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     cells = _cells()[1:2]  # the MaPLe cell
     cid = cells[0].id

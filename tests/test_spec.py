@@ -1,4 +1,4 @@
-"""Experiment specs and their expansion into cells (`benchmark.spec`, `benchmark.matrix`, `tunevlseg plan`)."""
+"""Experiment specs and their expansion into cells (`benchmark.plan.spec`, `benchmark.plan.matrix`, `tunevlseg plan`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import cli, matrix
-from benchmark.matrix import build_plan, cell_id, check_paths
-from benchmark.spec import load_spec, spec_from_dict
+from benchmark import cli
+from benchmark.plan import matrix
+from benchmark.plan.matrix import build_plan, cell_id, check_paths
+from benchmark.plan.spec import load_spec, spec_from_dict
 from trainables.config import ConfigError
 from trainables.registry import UnknownNameError
 
@@ -179,7 +180,7 @@ def test_rules_typos_and_learner_config_typos_fail_early():
 
 
 def test_plan_and_spec_modules_do_not_import_torch():
-    code = ("import sys; from benchmark import spec, search_space, records; import benchmark.matrix; "
+    code = ("import sys; from benchmark import spec, search_space, records; import benchmark.plan.matrix; "
             "s = spec.load_spec('experiments/table3.yaml'); assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import selection as S
-from benchmark import tables as T
+from benchmark.results import selection as S
+from benchmark.results import tables as T
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ def test_read_trials_dir_of_cell_files_specs_and_duplicates(tmp_path):
 def test_reads_the_run_layout_written_by_records(tmp_path):
     """The writer's layout: <run>/trials/<cell_id>.parquet with the pinned schema and its version in the
     Parquet metadata; selected.parquet is not mistaken for trials."""
-    R = pytest.importorskip("benchmark.records")
+    R = pytest.importorskip("benchmark.results.records")
     from datetime import datetime, timezone
 
     t0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -305,7 +305,7 @@ def test_table2_from_duck_typed_params():
 
 
 def test_table2_from_search_space_module_matches_paper():
-    pytest.importorskip("benchmark.search_space")
+    pytest.importorskip("benchmark.plan.search_space")
     f = T.table2().frame()
     assert len(f) == 10 and f.iloc[0].tolist() == ["Learning rate", "[1e-5, 5e-3]", "ALL", "Log"]
     assert f.iloc[3].tolist() == ["Intermediate dimension", "{32, 64, 96, 128}", "CoCoOp, Maple", "Choice"]

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     artifact = args.artifact
     if args.cell:
-        from benchmark.records import selected_trial_dir
+        from benchmark.results.records import selected_trial_dir
 
         artifact = selected_trial_dir(args.artifact, args.cell)
     model = build_from_artifact(artifact, **({'weights': args.weights} if args.weights else {}))

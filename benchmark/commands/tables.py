@@ -59,7 +59,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmark import tables as T
+    from benchmark.results import tables as T
 
     trials = T.read_trials(args.run, spec=args.spec, selection=args.selection)
     skipped: list[str] = []
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
         return 0
 
-    from benchmark import report
+    from benchmark.results import report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 write(f"table{n}_vs_paper.{fmt}", T.render(comparisons[n], fmt))
     figures = []
     if not args.no_figures:
-        from benchmark import figures as F
+        from benchmark.results import figures as F
 
         figures = F.write_figures(trials, out, tables[3])
         written += figures

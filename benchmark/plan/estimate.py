@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-# train.max_epochs when a spec does not set it: trainables.trial.TrainConfig's default (not imported here:
-# that module imports torch).
-DEFAULT_MAX_EPOCHS = 20
+from trainables.protocol import DEFAULT_MAX_EPOCHS, STATUS_ERROR
 
 # Whole-GPU seconds per training image on an H100/H200-class GPU, from the analytic training FLOPs per
 # image at 352 px (CLIPSeg) / 416 px (CRIS) divided by 35% of 989 TFLOPS (bf16 dense): an ASSUMPTION until
@@ -130,7 +128,7 @@ def rates_from_rows(rows: Iterable[dict[str, Any]],
     count: dict[tuple[str, str], int] = {}
     for r in rows:
         s, e = r.get("seconds"), r.get("epochs_run")
-        if r.get("status") == "error" or not _positive(s) or not _positive(e):
+        if r.get("status") == STATUS_ERROR or not _positive(s) or not _positive(e):
             continue
         try:
             train, val = sizes(r["dataset"])
@@ -207,7 +205,7 @@ def format_estimate(est: Estimate, spec_name: str, gpus: int | None = None) -> s
 
 
 def read_run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    from benchmark import records
+    from benchmark.results import records
 
     run_dir = Path(run_dir).expanduser()
     files = sorted(records.trials_dir(run_dir).glob("*.parquet"))

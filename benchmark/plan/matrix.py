@@ -1,45 +1,28 @@
 """Spec -> cells: the (VLSM x learner x dataset x variant) matrix, each cell with its trial config.
 
 A (VLSM, learner) pair is viable when every encoder the learner prompts exists on the VLSM
-(`trainables.learners.base.is_viable`); there is no hand-written list of pairs. Cell ids follow
+(`trainables.catalog.is_viable`); there is no hand-written list of pairs. Cell ids follow
 mmsegmentation's rule, `_` between fields and `-` inside a field: `clipseg_shared-attention_kvasir`, with
 the variant appended when it is not `default` (`clipseg_maple_kvasir_gaussian-init`).
 
-Registry look-ups go through the small functions `learner_modalities`, `vlsm_modalities` and
-`dataset_names` so that tests can replace them. They import the registries lazily (which imports torch);
-this module itself stays torch-free. While a registry does not know a name yet, the paper's facts in
-`KNOWN_*` are used, so `plan` works before every learner and VLSM module is written.
+Learners and VLSMs are read from the torch-free catalog (`trainables.catalog`): a learner or VLSM registered
+there, by its folder or by a test, is on the matrix; no name list lives here, and no torch is imported.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmark import search_space
-from benchmark.search_space import Param
-from benchmark.spec import Rule, Spec
-from trainables.config import ConfigError
-from trainables.registry import UnknownNameError
+from benchmark.plan import search_space
+from benchmark.plan.search_space import Param
+from benchmark.plan.spec import Rule, Spec
+from trainables.catalog import LEARNERS, VLSMS
+from trainables.config import ConfigError, from_dict
 
 
-# Facts from the paper, used only for names the registries do not (yet) know.
-KNOWN_VLSM_MODALITIES: dict[str, frozenset[str]] = {
-    "clipseg": frozenset({"text", "vision"}),
-    "cris": frozenset({"text"}),  # ResNet image encoder: no vision prompts
-}
-KNOWN_LEARNER_MODALITIES: dict[str, frozenset[str]] = {
-    "coop": frozenset({"text"}),
-    "cocoop": frozenset({"text"}),
-    "vpt": frozenset({"vision"}),
-    "maple": frozenset({"text", "vision"}),
-    "shared_attention": frozenset({"text", "vision"}),
-    "shared_separate": frozenset({"text", "vision"}),
-    "e2e": frozenset(),
-}
 PAPER_DATASETS = ("kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus", "chexlocalize", "cityscapes", "voc")
 
 
@@ -97,42 +80,15 @@ def cell_id(vlsm: str, learner: str, dataset: str, variant: str = "default") -> 
     return "_".join(f.replace("_", "-") for f in fields)
 
 
-# --- registry look-ups (replaceable in tests) -----------------------------------------------------------
-
-
-def _import_quietly(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        pass
+# --- catalog look-ups ----------------------------------------------------------------------------------
 
 
 def learner_modalities(name: str) -> frozenset[str]:
-    _import_quietly("trainables.learners")  # its __init__ registers every learner once written
-    from trainables.learners.base import LEARNERS
-
-    if name in LEARNERS:
-        return LEARNERS.get(name).modalities
-    if name in KNOWN_LEARNER_MODALITIES:
-        return KNOWN_LEARNER_MODALITIES[name]
-    allowed = sorted(set(LEARNERS.names()) | set(KNOWN_LEARNER_MODALITIES))
-    raise UnknownNameError(f"unknown learner {name!r}; allowed: {', '.join(allowed)}")
+    return LEARNERS.get(name).modalities  # unknown name -> one line listing the registered learners
 
 
 def vlsm_modalities(name: str) -> frozenset[str]:
-    _import_quietly("trainables.vlsm")
-    from trainables.vlsm.base import VLSMS
-
-    if name in VLSMS:
-        factory = VLSMS.get(name)
-        spec = getattr(factory, "spec", None)
-        mods = getattr(spec, "modalities", None) or getattr(factory, "modalities", None)
-        if mods is not None:
-            return frozenset(mods)
-    if name in KNOWN_VLSM_MODALITIES:
-        return KNOWN_VLSM_MODALITIES[name]
-    allowed = sorted(set(VLSMS.names()) | set(KNOWN_VLSM_MODALITIES))
-    raise UnknownNameError(f"unknown VLSM {name!r}; allowed: {', '.join(allowed)}")
+    return VLSMS.get(name).modalities
 
 
 def dataset_names() -> list[str]:
@@ -145,15 +101,6 @@ def dataset_names() -> list[str]:
     except FileNotFoundError:
         cards = []
     return sorted(set(PAPER_DATASETS) | set(cards))
-
-
-def learner_config_class(name: str) -> type | None:
-    """The learner's config dataclass when registered (for checking fixed learner settings early)."""
-    try:
-        from trainables.learners.base import LEARNERS
-    except ImportError:
-        return None
-    return LEARNERS.get(name).config_cls if name in LEARNERS else None
 
 
 # --- expansion ----------------------------------------------------------------------------------------
@@ -265,14 +212,10 @@ def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) 
 
 
 def _check_learner_configs(plan: Plan) -> None:
-    """Fixed learner settings with a typo fail here, not in every trial, when the learner is registered."""
-    from trainables.config import from_dict
-
+    """Fixed learner settings with a typo fail here, not in every trial."""
     seen = set()
     for cell in plan.cells:
-        cls = learner_config_class(cell.learner)
-        if cls is None:
-            continue
+        cls = LEARNERS.get(cell.learner).config_cls
         lc = dict(cell.config["model"].get("learner_config", {}))
         for p in cell.params:  # a representative value of each searched parameter
             if p.target.startswith("model.learner_config."):

@@ -18,15 +18,15 @@ No torch here: the tables path imports this module on machines without it.
 from __future__ import annotations
 
 import dataclasses
-
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from trainables.catalog import LEARNERS, prompt_learners
 from trainables.config import ConfigError
 
-# Every prompt-tuning learner of the paper. `e2e` is deliberately absent: the E2E baseline is not swept.
-PROMPT_LEARNERS = ("coop", "cocoop", "vpt", "maple", "shared_attention", "shared_separate")
+# `applies_to` of the parameters every prompt learner is searched over: each learner of the catalog that
+# prompts an encoder, including one registered later. E2E prompts nothing and is not swept.
+EVERY_PROMPT_LEARNER = ("*",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Param:
 
     `target` is the dotted path the sampled value is written to in the nested trial config, e.g.
     `train.lr` or `model.learner_config.prompt_depth`; `name` is the Optuna / Parquet (`hp_<name>`) name.
+    `applies_to` names learners, or is EVERY_PROMPT_LEARNER.
     """
 
     name: str
@@ -46,6 +47,10 @@ class Param:
     log: bool = False
     choices: tuple[Any, ...] | None = None
     label: str = ""  # as printed in paper Table 2
+
+    def learners(self) -> tuple[str, ...]:
+        """The learners searched over this parameter (EVERY_PROMPT_LEARNER resolved through the catalog)."""
+        return prompt_learners() if self.applies_to == EVERY_PROMPT_LEARNER else self.applies_to
 
     def domain(self) -> str:
         """Human-readable domain, as in Table 2."""
@@ -78,7 +83,7 @@ class Param:
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "label": self.label, "kind": self.kind, "target": self.target,
-                             "applies_to": list(self.applies_to)}
+                             "applies_to": list(self.learners())}
         if self.kind == "categorical":
             d["choices"] = list(self.choices or ())
         else:
@@ -96,7 +101,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_ALL = PROMPT_LEARNERS
+_ALL = EVERY_PROMPT_LEARNER
 _PROJ = ("cocoop", "maple")
 _LC = "model.learner_config."
 
@@ -162,28 +167,13 @@ ORIGINAL_TPE = TPESettings()
 ORIGINAL_TRIALS_PER_CELL = 20
 ORIGINAL_OBJECTIVE = ("val_loss", "min")  # last-epoch validation loss, minimised
 
-# Per-learner TPE seeds of the original (reference spec §7).
-LEARNER_SEEDS: dict[str, int] = {
-    "coop": 12345,
-    "cocoop": 1234,
-    "vpt": 1234,
-    "maple": 12345,
-    "shared_attention": 123456,
-    "shared_separate": 4322,
-}
-
-
-def space_names() -> list[str]:
-    return list(SPACES)
-
-
 def params_for(learner: str, space: str = "paper") -> tuple[Param, ...]:
     """The searched parameters of one learner; empty for learners that are not swept (E2E)."""
     try:
         params = SPACES[space]
     except KeyError:
         raise ConfigError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}") from None
-    return tuple(p for p in params if learner in p.applies_to)
+    return tuple(p for p in params if learner in p.learners())
 
 
 def narrow(params: Sequence[Param], bounds: dict[str, Any] | None) -> tuple[Param, ...]:
@@ -200,8 +190,9 @@ def narrow(params: Sequence[Param], bounds: dict[str, Any] | None) -> tuple[Para
     return tuple(out)
 
 
-def seed_for(learner: str, default: int = 0) -> int:
-    return LEARNER_SEEDS.get(learner, default)
+def seed_for(learner: str) -> int:
+    """The TPE seed of a learner's study: its catalog entry's (the original's per-learner seed)."""
+    return LEARNERS.get(learner).seed
 
 
 def define_by_run(trial: Any, params: Sequence[Param]) -> None:
@@ -236,11 +227,3 @@ def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"cannot set {dotted!r}: {key!r} is {child!r}, not a mapping")
         node = child
     node[leaf] = value
-
-
-def describe(learner: str, space: str = "paper") -> list[dict[str, Any]]:
-    return [p.as_dict() for p in params_for(learner, space)]
-
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

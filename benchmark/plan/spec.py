@@ -4,7 +4,7 @@ A spec names registry keys (`learner: maple`), never import paths, and states on
 defaults of the dataclasses below and of the trial code. Everything a sweep needs is here: the axes of the
 matrix, the variants, the fixed training settings (a nested trial config), per-cell rules, the search
 settings, resources per trial, the selection rule and the tables to regenerate. Names are checked against
-the registries later, in `benchmark.matrix` (this module stays free of torch and registries).
+the registries later, in `benchmark.plan.matrix` (this module stays free of torch and registries).
 
 Relative paths in a spec (data roots, local weights) resolve against the project root when the spec lives
 in an `experiments/` folder, else against the spec's own folder, and are made absolute at load time: a
@@ -84,7 +84,7 @@ class Rule:
 @dataclass(frozen=True)
 class SearchSettings:
     trials: int = 20  # per prompt-tuning cell; cells without searched parameters (E2E) run once
-    space: str = "paper"  # or "reference" (benchmark.search_space)
+    space: str = "paper"  # or "reference" (benchmark.plan.search_space)
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int | None = None  # None: the original's per-learner seeds
     n_startup_trials: int = 10
@@ -115,7 +115,7 @@ class Execution:
     # fresh process per trial (clean CUDA state, every trial pays imports, weights and decoding).
     reuse_actors: bool = True
     checkpoints_to_keep: int = 2
-    # Early stopping across a cell's trials (benchmark/scheduler.py): "asha" stops a trial whose val_loss
+    # Early stopping across a cell's trials (benchmark/sweep/scheduler.py): "asha" stops a trial whose val_loss
     # at a rung (grace_period, x reduction_factor, ... epochs) is worse than the best 1/reduction_factor of
     # its cell's trials there; Optuna records it PRUNED. "none": every trial runs its epochs (the paper).
     scheduler: Literal["none", "asha"] = "none"
@@ -352,7 +352,7 @@ def _validate(spec: Spec) -> None:
         if key in spec.fixed.get("data", {}):
             raise ConfigError(f"fixed.data.{key}: set by the matrix (axes.dataset / data.root), remove it here")
     s = spec.search
-    from benchmark.search_space import HP_NAMES, PAPER
+    from benchmark.plan.search_space import HP_NAMES, PAPER
 
     kinds = {p.name: p.kind for p in PAPER}
     for name, value in _as_mapping(s.bounds, "search.bounds").items():
@@ -371,7 +371,7 @@ def _validate(spec: Spec) -> None:
         raise ConfigError(f"search.n_startup_trials: must be >= 0, got {s.n_startup_trials}")
     if s.max_concurrent_per_cell is not None and s.max_concurrent_per_cell < 1:
         raise ConfigError("search.max_concurrent_per_cell: must be at least 1 (or null for no limit)")
-    from benchmark.search_space import SPACES
+    from benchmark.plan.search_space import SPACES
 
     if s.space not in SPACES:
         raise ConfigError(f"search.space: unknown space {s.space!r}; allowed: {', '.join(SPACES)}")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from benchmark import tables as T
+from benchmark.results import tables as T
 
 DPI = 130
 # Paper Fig. 6 panel order (a)–(h); pairs beyond these follow in name order.

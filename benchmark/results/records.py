@@ -28,11 +28,11 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmark.search_space import HP_NAMES, PAPER
+from benchmark.plan.search_space import HP_NAMES, PAPER
+
+from trainables.protocol import STATUS_ERROR, STATUS_OK, TRIAL_STATUSES
 
 SCHEMA_VERSION = 1
-# "pruned": stopped early by the sweep's scheduler (execution.scheduler: asha); no test metrics.
-TRIAL_STATUSES = ("ok", "diverged", "error", "pruned")
 
 _HP_TYPES = {p.name: (pa.bool_() if p.choices and all(isinstance(c, bool) for c in p.choices)
                       else pa.int64() if p.kind in ("int", "categorical") else pa.float64()) for p in PAPER}
@@ -106,9 +106,9 @@ def trial_row(*, spec: str, cell: dict[str, str], cell_id: str, trial_index: int
     """One Parquet row from a trial's config and last result. `error` (a Tune-level failure) wins over a
     reported status."""
     result = dict(result or {})
-    status = "error" if error else str(result.get("status") or "ok")
+    status = STATUS_ERROR if error else str(result.get("status") or STATUS_OK)
     if status not in TRIAL_STATUSES:
-        status = "error"
+        status = STATUS_ERROR
     err = error or (result.get("error") or None)
     row: dict[str, Any] = {"spec": spec, "cell_id": cell_id, **{k: cell[k] for k in ("vlsm", "learner", "dataset",
                            "variant")}, "trial_index": int(trial_index), "trial_id": trial_id, "status": status,

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from benchmark import tables as T
+from benchmark.results import tables as T
 
 
 def _unique(values: Iterable[Any]) -> list[str]:

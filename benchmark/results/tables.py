@@ -24,8 +24,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark import selection as sel
-from benchmark.search_space import PROMPT_LEARNERS
+from benchmark.results import selection as sel
+from benchmark.plan import search_space
+from benchmark.results.records import SCHEMA_VERSION
+from trainables.catalog import VLSMS, learner_display, prompt_learners, vlsm_display
 from trainables.config import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,12 +55,6 @@ DATASETS = (
     Dataset("voc", "PascalVOC", "Open Domain"),
 )
 OTHER_GROUP = "Other"  # datasets a spec adds beyond the paper's ten (e.g. a mini data set)
-
-VLSM_DISPLAY = {"clipseg": "CLIPSeg", "cris": "CRIS"}
-LEARNER_DISPLAY = {
-    "coop": "CoOp", "cocoop": "CoCoOp", "vpt": "VPT", "maple": "Maple",
-    "shared_attention": "Shared Attention", "shared_separate": "Shared Separate", "e2e": "E2E finetune",
-}
 
 # Paper Table 3 row order: E2E baselines first, then CLIPSeg's six learners, then CRIS's two.
 TABLE3_ROWS = (
@@ -95,11 +91,12 @@ class SchemaError(ConfigError):
 
 
 def vlsm_name(key: str) -> str:
-    return VLSM_DISPLAY.get(key, key)
+    """The display name of the VLSM's catalog entry (the key itself for a name the catalog does not know)."""
+    return vlsm_display(key)
 
 
 def learner_name(key: str) -> str:
-    return LEARNER_DISPLAY.get(key, key)
+    return learner_display(key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,11 +104,7 @@ def learner_name(key: str) -> str:
 
 
 def supported_schema_versions() -> set[int]:
-    """The schema versions this reader understands: the writer's current one (`benchmark.records`)."""
-    try:
-        from benchmark.records import SCHEMA_VERSION  # the writer side; torch-free by contract
-    except ImportError:
-        return {1}
+    """The schema versions this reader understands: the writer's current one (`benchmark.results.records`)."""
     return {int(SCHEMA_VERSION)}
 
 
@@ -152,7 +145,7 @@ def check_trials(df: pd.DataFrame, source: str = "trials", selection: str = "val
 
 def _trial_files(path: Path) -> list[Path]:
     """The Parquet files of a run directory: trials.parquet, else trials/*.parquet (one per cell, as
-    `benchmark.records` writes them), else *.parquet; never selected.parquet (one row per cell, not trials)."""
+    `benchmark.results.records` writes them), else *.parquet; never selected.parquet (one row per cell, not trials)."""
     if (path / "trials.parquet").is_file():
         return [path / "trials.parquet"]
     for folder in (path / "trials", path):
@@ -291,7 +284,8 @@ def _datasets_for(trials: pd.DataFrame) -> list[Dataset]:
 def _extra_pairs(trials: pd.DataFrame, known: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     known = set(known)
     pairs = {(v, l) for v, l in zip(trials["vlsm"], trials["learner"])} - known
-    return sorted(pairs, key=lambda p: (list(VLSM_DISPLAY).index(p[0]) if p[0] in VLSM_DISPLAY else 99, p))
+    vlsms = VLSMS.names()
+    return sorted(pairs, key=lambda p: (vlsms.index(p[0]) if p[0] in vlsms else len(vlsms), p))
 
 
 def _build(number: int, trials: pd.DataFrame, rows: list[RowSpec], stub: tuple[str, ...], selection: str,
@@ -363,7 +357,7 @@ def has_trials(trials: pd.DataFrame, number: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Table 2: the search space, from `benchmark.search_space` (duck-typed Param records)
+# Table 2: the search space, from `benchmark.plan.search_space` (duck-typed Param records)
 
 
 @dataclass
@@ -396,27 +390,12 @@ PARAM_DISPLAY = {
 }
 
 
-def _learners(p: Any) -> Any:
-    """The learners a Param applies to (`learners` or `applies_to`, whichever the record has)."""
-    return getattr(p, "learners", getattr(p, "applies_to", None))
-
-
-def _is_param(p: Any) -> bool:
-    return all(hasattr(p, a) for a in ("name", "kind")) and (hasattr(p, "learners") or hasattr(p, "applies_to"))
-
-
-def search_space_params(module: Any = None, space: str = "paper") -> tuple:
-    """The tuple of Param records of `benchmark.search_space` for `space` (found by shape, not by type)."""
-    if module is None:
-        import benchmark.search_space as module
-    spaces = getattr(module, "SPACES", None)
-    if isinstance(spaces, dict) and space in spaces:
-        return tuple(spaces[space])
-    for name in (space.upper(), "PARAMS", "SEARCH_SPACE", "TABLE2", "SPACE"):
-        value = getattr(module, name, None)
-        if isinstance(value, (tuple, list)) and value and all(_is_param(p) for p in value):
-            return tuple(value)
-    raise ImportError(f"{module.__name__}: no tuple of Param records (name, kind, learners) for space {space!r}")
+def search_space_params(space: str = "paper") -> tuple:
+    """The Param records of `space` (`benchmark.plan.search_space.SPACES`)."""
+    try:
+        return tuple(search_space.SPACES[space])
+    except KeyError:
+        raise ConfigError(f"unknown search space {space!r}; allowed: {', '.join(search_space.SPACES)}") from None
 
 
 def _num(x: Any, tex: bool = False) -> str:
@@ -444,18 +423,14 @@ def _space_type(p: Any) -> str:
 
 
 def _applies(p: Any) -> str:
-    learners = _learners(p)
-    if not learners or (isinstance(learners, str) and learners.lower() == "all"):
+    learners = set(p.learners())
+    if set(prompt_learners()) <= learners:
         return "ALL"
-    learners = [learners] if isinstance(learners, str) else list(learners)
-    if set(PROMPT_LEARNERS) <= set(learners):
-        return "ALL"
-    return ", ".join(learner_name(l) for l in sorted(learners, key=lambda l: (
-        list(LEARNER_DISPLAY).index(l) if l in LEARNER_DISPLAY else 99, l)))
+    return ", ".join(learner_name(name) for name in sorted(learners))
 
 
 def table2(params: Sequence[Any] | None = None, space: str = "paper") -> Table2:
-    """Paper Table 2 from the search space (`params`, else `benchmark.search_space`'s `space`), in its order."""
+    """Paper Table 2 from the search space (`params`, else `benchmark.plan.search_space`'s `space`), in its order."""
     return Table2(2, TITLES[2], tuple(search_space_params(space=space) if params is None else params))
 
 

@@ -14,7 +14,7 @@ Design (orchestration.md §3-§5, measured on Ray 2.60):
   rows of trials the restored experiment no longer knows (started after its last snapshot, then re-run
   under a new id with the same parameters) are dropped, so a resumed sweep never holds duplicates.
 - Optional early stopping (`execution.scheduler: asha`): per-cell ASHA on the per-epoch val_loss
-  (benchmark/scheduler.py); a stopped trial's row has status `pruned` and its study records PRUNED.
+  (benchmark/sweep/scheduler.py); a stopped trial's row has status `pruned` and its study records PRUNED.
 - The terminal shows one line per finished trial (cells done, trials done, best so far in the cell)
   instead of Ray's status table.
 Everything is addressed by absolute paths: trials run in temporary working directories.
@@ -38,10 +38,11 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from benchmark import records
-from benchmark.matrix import Plan, build_plan, check_paths
-from benchmark.spec import Spec
+from benchmark.results import records
+from benchmark.plan.matrix import Plan, build_plan, check_paths
+from benchmark.plan.spec import Spec
 from trainables.config import ConfigError
+from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
 
 TUNE_DIR = "tune"
 PLAN_FILE = "plan.json"
@@ -128,7 +129,7 @@ class PrunedMarker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("done") and "status" not in result:
-            result["status"] = "pruned"
+            result["status"] = STATUS_PRUNED
             result.setdefault("error", "")
             if isinstance(result.get("epoch"), int):
                 result.setdefault("epochs_run", result["epoch"] + 1)
@@ -230,9 +231,9 @@ class RecordsCallback(Callback):
         by = self.select["by"]
         value = row.get(by)
         what = f"{by}={value:.4g}" if isinstance(value, (int, float)) and value is not None else ""
-        if row["status"] == "pruned":
+        if row["status"] == STATUS_PRUNED:
             what = f"PRUNED after {row.get('epochs_run')} epochs (val_loss={_fmt(row.get('val_loss'))})"
-        elif row["status"] != "ok":
+        elif row["status"] != STATUS_OK:
             what = f"{row['status'].upper()}: {(row.get('error') or '')[:120]}"
         best = records.select(list(self._rows[cid].values()), by, self.select["mode"])
         best_txt = f"best #{best['trial_index']} {by}={best[by]:.4g}" if best else "no ok trial yet"
@@ -295,7 +296,7 @@ def _read_existing(run_dir: Path, plan: Plan) -> dict[str, dict[str, dict]]:
 
 
 def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
-    return all(len(rows.get(c.id, {})) >= c.trials and all(r["status"] != "error" for r in rows[c.id].values())
+    return all(len(rows.get(c.id, {})) >= c.trials and all(r["status"] != STATUS_ERROR for r in rows[c.id].values())
                for c in plan.cells)
 
 
@@ -420,7 +421,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     fn = load_trainable(trainable_path)
     validate = trial_config_validator(trainable_path)
     if validate is not None:
-        from benchmark import search_space
+        from benchmark.plan import search_space
 
         for c in plan.cells:
             sample = {p.name: p.example() for p in c.params}
@@ -428,7 +429,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     run_dir = storage / spec.name
     uri = None
     if spec.tracking.mlflow:
-        from benchmark.tracking import check_uri, default_uri
+        from benchmark.sweep.tracking import check_uri, default_uri
 
         uri = mlflow_uri or spec.tracking.uri or default_uri(run_dir)
         check_uri(uri)
@@ -446,8 +447,8 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     _quiet_libraries(verbose)
     if address:
         # On a cluster, check every node before any trial starts: shared storage, the dataset roots, MLflow
-        # reachable from the workers, the same package version (benchmark/preflight.py).
-        from benchmark.preflight import require_preflight
+        # reachable from the workers, the same package version (benchmark/sweep/preflight.py).
+        from benchmark.sweep.preflight import require_preflight
 
         roots = {c.dataset: c.config["data"]["root"] for c in plan.cells if c.config["data"].get("root")}
         http = uri if uri and uri.startswith(("http://", "https://")) else None
@@ -470,7 +471,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         _say(f"--force: previous results moved to {moved}")
     state = _plan_state(run_dir, plan, force)
 
-    from benchmark.tracking import MLflowCallback, MLflowMirror
+    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
 
     callbacks: list = [PrunedMarker(),
                        RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
@@ -484,7 +485,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
 
     from ray import tune
 
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     try:
         wrapped = tune.with_resources(fn, trial_resources)
@@ -501,7 +502,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
             ex = spec.execution
             scheduler = None
             if ex.scheduler == "asha":
-                from benchmark.scheduler import CellASHA
+                from benchmark.sweep.scheduler import CellASHA
 
                 scheduler = CellASHA(grace_period=ex.grace_period, reduction_factor=ex.reduction_factor)
             tuner = tune.Tuner(
@@ -553,7 +554,7 @@ def _summarise(result: SweepResult, plan: Plan, rows: dict[str, dict[str, dict]]
     result.done = result.failed = 0
     for c in plan.cells:
         cell_rows = list(rows.get(c.id, {}).values())
-        failed = sum(r["status"] == "error" for r in cell_rows)
+        failed = sum(r["status"] == STATUS_ERROR for r in cell_rows)
         best = records.select(cell_rows, spec.select.by, spec.select.mode)
         result.cells[c.id] = {"planned": c.trials, "done": len(cell_rows), "failed": failed, "best": best}
         result.done += len(cell_rows)

@@ -5,7 +5,7 @@
     if problems:
         raise PreflightError(problems)
 
-    python -m benchmark.preflight --storage DIR [--data ROOT ...] [--mlflow URI] [--address HOST:PORT]
+    python -m benchmark.sweep.preflight --storage DIR [--data ROOT ...] [--mlflow URI] [--address HOST:PORT]
 
 What is checked, and why (orchestration.md §6-§7, measured on Ray 2.60):
 - The Ray head answers and accepts this driver's auth token. Ray 2.60 turns token auth on for clusters
@@ -401,7 +401,7 @@ def _remove_markers(marker_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.preflight", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.sweep.preflight", description=__doc__.splitlines()[0])
     p.add_argument("--storage", required=True, help="the sweep's storage path (shared on a cluster)")
     p.add_argument("--data", action="append", default=[], help="a dataset root that every node needs (repeatable)")
     p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI"), help="MLflow tracking URI")

@@ -10,7 +10,7 @@ Scheduling: a free slot goes to the cell with the fewest trials in flight (ties:
 cells that means each study sees its trials almost one after another, as in the original's sequential
 sweeps, which is what TPE learns best from.
 
-Early stopping (`execution.scheduler: asha`, benchmark/scheduler.py): a trial the scheduler stops ends
+Early stopping (`execution.scheduler: asha`, benchmark/sweep/scheduler.py): a trial the scheduler stops ends
 without its final report, and its last result is marked `status: pruned` by the coordinator. Ray's own
 OptunaSearch would tell Optuna COMPLETE with that truncated value (orchestration.md section 2), so TPE would
 treat a loss after 2 epochs like a finished trial's; here such a trial is told PRUNED, with its last
@@ -30,11 +30,12 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from benchmark import search_space
+from benchmark.plan import search_space
+from trainables.protocol import STATUS_ERROR, STATUS_PRUNED
 
 
 class MultiCellSearcher(Searcher):
-    """`cells`: a sequence of `benchmark.matrix.Cell`.
+    """`cells`: a sequence of `benchmark.plan.matrix.Cell`.
 
     Every suggested config is `{"cell_id", "trial_index", "hp": {name: value}, "trial": nested trial
     config, "resources": {"cpu", "gpu"}}`. The trainable reads `config["trial"]`; `hp` is the flat view
@@ -117,11 +118,11 @@ class MultiCellSearcher(Searcher):
         study = self.studies[cid]
         if study is None or trial_id in study._completed_trials:
             return
-        if not error and (result or {}).get("status") == PRUNED:
+        if not error and (result or {}).get("status") == STATUS_PRUNED:
             self._tell_pruned(study, trial_id, result)
             return
         value = (result or {}).get(self.objective_metric)
-        failed = error or (result or {}).get("status") == "error" or not _is_number(value) or math.isnan(value)
+        failed = error or (result or {}).get("status") == STATUS_ERROR or not _is_number(value) or math.isnan(value)
         # An errored trial (even one that reported objective=inf before raising) is FAIL, never a value
         # TPE would learn from; a diverged trial keeps its +inf objective: TPE learns that region is bad.
         study.on_trial_complete(trial_id, result=None if failed else result, error=failed)
@@ -172,15 +173,14 @@ class MultiCellSearcher(Searcher):
         open_trials = {tid: cid for tid, cid in self.owner.items() if tid not in self.finished.get(cid, ())}
         if not open_trials or not getattr(self, "run_dir", None):
             return
-        from benchmark import records
+        from benchmark.results import records
 
         rows = records.read_trials(self.run_dir)
         for row in rows[rows["trial_id"].isin(list(open_trials))].to_dict("records"):
             result = {k: v for k, v in row.items() if k in (self.objective_metric, "status")}
-            self.on_trial_complete(row["trial_id"], result, error=row["status"] == "error")
+            self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 
 
-PRUNED = "pruned"  # the `status` of a trial the scheduler stopped (set by benchmark.coordinator.PrunedMarker)
 
 
 def _is_number(v: Any) -> bool:

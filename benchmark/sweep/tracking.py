@@ -29,6 +29,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from trainables.protocol import CHECKPOINT_ARTIFACT, STATUS_ERROR, STATUS_OK
+
 logger = logging.getLogger("tunevlseg.tracking")
 
 # Tune's bookkeeping keys: not metrics worth plotting.
@@ -183,8 +185,8 @@ class MLflowMirror:
             self.client.set_tag(run_id, "error", error[:_MAX_TAG])
             self.client.log_text(run_id, error, "error.txt")
         if artifact_dir and os.path.isdir(artifact_dir):
-            self.client.log_artifacts(run_id, artifact_dir, "artifact")
-        self.client.set_terminated(run_id, "FAILED" if status == "error" else "FINISHED")
+            self.client.log_artifacts(run_id, artifact_dir, CHECKPOINT_ARTIFACT)
+        self.client.set_terminated(run_id, "FAILED" if status == STATUS_ERROR else "FINISHED")
 
     def delete_orphans(self, known_trial_ids: set[str]) -> int:
         """Runs of trials the (restored) experiment does not know: re-run under new ids, so duplicates."""
@@ -258,14 +260,14 @@ class MLflowCallback(Callback):
     @_quiet
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        status = str(result.get("status") or "ok")
+        status = str(result.get("status") or STATUS_OK)
         self.mirror.end_trial(self._run_for(trial), status, result.get("error") or None, _artifact_dir(trial))
 
     @_quiet
     def on_trial_error(self, iteration, trials, trial, **info):
-        from benchmark.coordinator import trial_error_text
+        from benchmark.sweep.coordinator import trial_error_text
 
-        self.mirror.end_trial(self._run_for(trial), "error", trial_error_text(trial), _artifact_dir(trial))
+        self.mirror.end_trial(self._run_for(trial), STATUS_ERROR, trial_error_text(trial), _artifact_dir(trial))
 
 
 def _artifact_dir(trial) -> str | None:
@@ -276,7 +278,6 @@ def _artifact_dir(trial) -> str | None:
         path = checkpoint.path if checkpoint is not None else None
     except Exception:  # noqa: BLE001 - never started, or storage not set up
         path = None
-    # "artifact" is trainables.model.CHECKPOINT_ARTIFACT (not imported: the driver side stays torch-free)
-    if path and os.path.isdir(os.path.join(path, "artifact")):
-        return os.path.join(path, "artifact")
+    if path and os.path.isdir(os.path.join(path, CHECKPOINT_ARTIFACT)):
+        return os.path.join(path, CHECKPOINT_ARTIFACT)
     return None

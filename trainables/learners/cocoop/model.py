@@ -11,23 +11,15 @@ Linear(D→r, no bias) → Linear(r→Hl, no bias) → LayerNorm(Hl, no bias). f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 
-from trainables.learners.base import ContextLearner, check_depth, init_context, register_learner
-from trainables.learners.projection import ProjectionConfig, per_depth, projection
-from trainables.vlsm.base import TEXT, Prompts
-
-
-@dataclass(frozen=True)
-class CoCoOpConfig(ProjectionConfig):
-    learner_name: ClassVar[str] = "cocoop"
+from trainables.learners.base import ContextLearner, check_depth, init_context
+from trainables.learners.cocoop import CoCoOpConfig
+from trainables.learners.projection import per_depth, projection
+from trainables.vlsm.base import Prompts
 
 
 class CoCoOp(ContextLearner):
-    modalities = frozenset({TEXT})
     needs_image_features = True
 
     def __init__(self, config: CoCoOpConfig, spec, embed_tokens=None):
@@ -46,6 +38,3 @@ class CoCoOp(ContextLearner):
         rows = [ctx[None] + net(feats)[:, None]  # (1, B, Hl) + (N, 1, Hl) -> (N, B, Hl)
                 for ctx, net in zip(self.context_vectors, self.meta_nets)]
         return Prompts(text=rows)
-
-
-register_learner("cocoop", CoCoOpConfig, CoCoOp, "CoCoOp")

@@ -6,23 +6,14 @@ Output: text prompts, row k (B, Hl) enters text layer k+1; the vision encoder is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 
-from trainables.learners.base import ContextLearner, PromptConfig, check_depth, init_context, register_learner
-from trainables.vlsm.base import TEXT, Prompts
-
-
-@dataclass(frozen=True)
-class CoOpConfig(PromptConfig):
-    learner_name: ClassVar[str] = "coop"
+from trainables.learners.base import ContextLearner, check_depth, init_context
+from trainables.learners.coop import CoOpConfig
+from trainables.vlsm.base import Prompts
 
 
 class CoOp(ContextLearner):
-    modalities = frozenset({TEXT})
-
     def __init__(self, config: CoOpConfig, spec, embed_tokens=None):
         super().__init__(config, spec, embed_tokens)
         check_depth(config, spec)
@@ -30,6 +21,3 @@ class CoOp(ContextLearner):
 
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         return Prompts(text=list(self.context_vectors.unbind(0)))
-
-
-register_learner("coop", CoOpConfig, CoOp, "CoOp")

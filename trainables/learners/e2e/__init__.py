@@ -1,7 +1,7 @@
 """E2E fine-tuning baseline: no learner, no prompts, nothing frozen (reference §3, paper Table 3).
 
 Registered as a learner so that it sits in the same matrix as the prompt learners; with no modalities it is
-viable on every VLSM. `trainables.model.build_model` sees `module_cls is None`, unfreezes the VLSM and
+viable on every VLSM and not swept. `trainables.model.build_model` sees `module_cls is None`, unfreezes the VLSM and
 builds no upsampler (the original's E2E was the plain HF model).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.learners.base import register_learner
+from trainables.catalog import register_learner
 
 
 @dataclass(frozen=True)
@@ -20,4 +20,4 @@ class E2EConfig:
     train_encoders: bool = True
 
 
-register_learner("e2e", E2EConfig, None, "E2E finetune", modalities=frozenset())
+register_learner("e2e", "E2E finetune", E2EConfig, modalities=set(), model=None)

@@ -12,24 +12,15 @@ TuneVLSeg's bottleneck + LayerNorm is what its numbers come from.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 
-from trainables.learners.base import ContextLearner, check_depth, init_context, register_learner
-from trainables.learners.projection import ProjectionConfig, per_depth, projection
-from trainables.vlsm.base import TEXT, VISION, Prompts
-
-
-@dataclass(frozen=True)
-class MapleConfig(ProjectionConfig):
-    learner_name: ClassVar[str] = "maple"
+from trainables.learners.base import ContextLearner, check_depth, init_context
+from trainables.learners.maple import MapleConfig
+from trainables.learners.projection import per_depth, projection
+from trainables.vlsm.base import Prompts
 
 
 class Maple(ContextLearner):
-    modalities = frozenset({TEXT, VISION})
-
     def __init__(self, config: MapleConfig, spec, embed_tokens=None):
         super().__init__(config, spec, embed_tokens)
         check_depth(config, spec)
@@ -42,6 +33,3 @@ class Maple(ContextLearner):
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         text = list(self.context_vectors.unbind(0))
         return Prompts(text=text, vision=[proj(ctx) for proj, ctx in zip(self.projections, text)])
-
-
-register_learner("maple", MapleConfig, Maple, "Maple")

@@ -14,43 +14,16 @@ true` makes the J layers deep copies of one layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from trainables.learners.base import ContextLearner, PromptConfig, check_depth, init_context, register_learner
+from trainables.learners.base import ContextLearner, check_depth, init_context
 from trainables.learners.projection import per_depth
-from trainables.vlsm.base import TEXT, VISION, Prompts
-
-
-@dataclass(frozen=True)
-class SharedAttentionConfig(PromptConfig):
-    learner_name: ClassVar[str] = "shared_attention"
-    text_space_init: ClassVar[bool] = False
-
-    context_init: str | None = None
-    nhead: int = 16
-    dim_feedforward: int = 1280  # searched {1280, 1420}; the original's config default was 1536
-    dropout: float = 0.25
-    norm_first: bool = True
-    attend_across_prompts: bool = True  # false: the original (sequence length 1 per token)
-    identical_init_across_depths: bool = False  # true: the original (deep copies of one layer)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.nhead < 1:
-            self.fail("nhead", f"{self.nhead} must be >= 1")
-        if self.dim_feedforward < 1:
-            self.fail("dim_feedforward", f"{self.dim_feedforward} must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            self.fail("dropout", f"{self.dropout} must be in [0, 1)")
+from trainables.learners.shared_attention import SharedAttentionConfig
+from trainables.vlsm.base import Prompts
 
 
 class SharedAttention(ContextLearner):
-    modalities = frozenset({TEXT, VISION})
-
     def __init__(self, config: SharedAttentionConfig, spec, embed_tokens=None):
         super().__init__(config, spec, embed_tokens)
         check_depth(config, spec)
@@ -73,6 +46,3 @@ class SharedAttention(ContextLearner):
             text.append(z[:, :hl])
             vision.append(z[:, hl:])
         return Prompts(text=text, vision=vision)
-
-
-register_learner("shared_attention", SharedAttentionConfig, SharedAttention, "Shared Attention")

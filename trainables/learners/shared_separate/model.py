@@ -13,35 +13,15 @@ no LayerNorm) and `identical_init_across_depths: true` (deep copies of one Linea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 
-from trainables.learners.base import ContextLearner, PromptConfig, check_depth, init_context, register_learner
+from trainables.learners.base import ContextLearner, check_depth, init_context
 from trainables.learners.projection import mlp_projection, per_depth
-from trainables.vlsm.base import TEXT, VISION, Prompts
-
-
-@dataclass(frozen=True)
-class SharedSeparateConfig(PromptConfig):
-    learner_name: ClassVar[str] = "shared_separate"
-    text_space_init: ClassVar[bool] = False
-
-    context_init: str | None = None
-    shared_dim: int = 64  # d, searched {32, 64}
-    projection_norm: bool = True  # false: the original (no LayerNorm)
-    identical_init_across_depths: bool = False  # true: the original (deep copies)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.shared_dim < 1:
-            self.fail("shared_dim", f"{self.shared_dim} must be >= 1")
+from trainables.learners.shared_separate import SharedSeparateConfig
+from trainables.vlsm.base import Prompts
 
 
 class SharedSeparate(ContextLearner):
-    modalities = frozenset({TEXT, VISION})
-
     def __init__(self, config: SharedSeparateConfig, spec, embed_tokens=None):
         super().__init__(config, spec, embed_tokens)
         check_depth(config, spec)
@@ -56,6 +36,3 @@ class SharedSeparate(ContextLearner):
         rows = list(self.context_vectors.unbind(0))
         return Prompts(text=[p(c) for p, c in zip(self.text_projections, rows)],
                        vision=[p(c) for p, c in zip(self.vision_projections, rows)])
-
-
-register_learner("shared_separate", SharedSeparateConfig, SharedSeparate, "Shared Separate")

@@ -6,26 +6,14 @@ tokens at the input of vision layer k+1; the text encoder is untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 
-from trainables.learners.base import ContextLearner, PromptConfig, check_depth, init_context, register_learner
-from trainables.vlsm.base import VISION, Prompts
-
-
-@dataclass(frozen=True)
-class VPTConfig(PromptConfig):
-    learner_name: ClassVar[str] = "vpt"
-    text_space_init: ClassVar[bool] = False
-
-    context_init: str | None = None
+from trainables.learners.base import ContextLearner, check_depth, init_context
+from trainables.learners.vpt import VPTConfig
+from trainables.vlsm.base import Prompts
 
 
 class VPT(ContextLearner):
-    modalities = frozenset({VISION})
-
     def __init__(self, config: VPTConfig, spec, embed_tokens=None):
         super().__init__(config, spec, embed_tokens)
         check_depth(config, spec)
@@ -33,6 +21,3 @@ class VPT(ContextLearner):
 
     def forward(self, image_features: torch.Tensor | None = None) -> Prompts:
         return Prompts(vision=list(self.context_vectors.unbind(0)))
-
-
-register_learner("vpt", VPTConfig, VPT, "VPT")

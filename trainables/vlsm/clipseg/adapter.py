@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.catalog import TEXT, VISION
 from trainables.config import ConfigError
-from trainables.vlsm.base import (TEXT, VISION, VLSMS, PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec,
-                                  expand_text)
+from trainables.vlsm.base import PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"  # the reference configured CIDAS/clipseg-rd64 (reference §3)
@@ -315,6 +315,4 @@ def build_clipseg(weights: str | None = None, config: str | dict | None = None, 
     image_size = int(options.get("image_size") or default_size)
     return CLIPSegAdapter(model, tokenizer, image_size=image_size)
 
-
-VLSMS.register("clipseg", build_clipseg)
 

@@ -1,7 +1,7 @@
-"""The CRIS adapter: text prompts into CRIS's CLIP text transformer; registered in `VLSMS` as "cris".
+"""The CRIS adapter: text prompts into CRIS's CLIP text transformer (catalog entry "cris" in `cris/__init__.py`).
 
 CRIS's image encoder is a ResNet, so the spec declares `modalities = {"text"}`; learners that prompt the vision
-encoder are then not viable on CRIS by the generic rule in `trainables.learners.base.is_viable`.
+encoder are then not viable on CRIS by the generic rule in `trainables.catalog.is_viable`.
 
 Prompt injection (reference §1.0 "Text injection, CRIS"):
 - the sequence becomes [SOS, p_1..p_B, text tokens..., last token], capped at 77 tokens; CLIP's learned
@@ -24,10 +24,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from trainables.catalog import TEXT
 from trainables.config import ConfigError
-from trainables.vlsm.base import TEXT, VLSMS, PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
-from trainables.vlsm.cris_convert import converted_config, load_cris_weights
-from trainables.vlsm.cris_model import CRIS, CRISConfig, CRISUpsampler, causal_mask, load_cris_config
+from trainables.vlsm.base import PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
+from trainables.vlsm.cris.convert import converted_config, load_cris_weights
+from trainables.vlsm.cris.model import CRIS, CRISConfig, CRISUpsampler, causal_mask, load_cris_config
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -216,5 +217,3 @@ def cris_factory(weights: str | os.PathLike | None = None, config: str | Mapping
     model.eval()
     return CRISAdapter(model, compat_extra_first_row=compat)
 
-
-VLSMS.register("cris", cris_factory)
