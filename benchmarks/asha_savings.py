@@ -47,12 +47,13 @@ def make_spec(args, scheduler: str):
 
 
 def summarise(run_dir: Path) -> dict:
-    from benchmark.results import records
+    from benchmark.plan.spec import Selection
+    from benchmark.results.run_dir import RunDir, select
 
-    rows = records.read_trials(run_dir)
+    rows = RunDir(run_dir).frame()
     best = {}
     for cid, cell in rows.groupby("cell_id"):
-        sel = records.select(cell.to_dict("records"), "objective", "min")
+        sel = select(cell.to_dict("records"), Selection())
         best[cid] = None if sel is None else sel.get("test_dice")
     return {"trials": len(rows), "pruned": int((rows["status"] == "pruned").sum()),
             "epochs": int(rows["epochs_run"].fillna(0).sum()), "seconds": float(rows["seconds"].fillna(0).sum()),

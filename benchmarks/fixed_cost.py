@@ -35,7 +35,7 @@ MINI_WEIGHTS = {"clipseg": REPO / "models" / "clipseg-mini", "cris": REPO / "mod
 def child(cfg: dict) -> None:
     """Runs in the fresh process; prints one JSON line of stage timestamps (time.time())."""
     marks = {"started": time.time()}
-    import torch  # noqa: F401
+    import torch
 
     marks["import torch"] = time.time()
     import ray  # noqa: F401  (a Ray worker imports it before the trainable runs)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.results import records
-from benchmark.sweep.scheduler import CellASHA, milestones
 from benchmark.plan.spec import spec_from_dict
+from benchmark.results.run_dir import RunDir
+from benchmark.sweep.scheduler import CellASHA, milestones
 from trainables.config import ConfigError
 
 CONTINUE, STOP = "CONTINUE", "STOP"
@@ -76,7 +76,7 @@ def test_asha_sweep_prunes_trials_tells_optuna_and_records_every_trial(tmp_path,
     result = run_sweep(spec, tmp_path / "runs")
     assert result.done == result.planned == 16 and result.failed == 0
 
-    rows = records.read_trials(tmp_path / "runs" / "asha")
+    rows = RunDir(tmp_path / "runs" / "asha").frame()
     assert len(rows) == 16 and set(rows["status"]) <= {"ok", "pruned"}
     pruned, ok = rows[rows["status"] == "pruned"], rows[rows["status"] == "ok"]
     assert len(pruned) >= 2, "ASHA stopped no trial"

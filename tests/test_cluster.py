@@ -270,7 +270,7 @@ def test_two_node_sweep_survives_losing_the_worker_node():
     raylet is SIGKILLed mid-trial. Every planned trial must finish, the interrupted one resumed from its
     checkpoint on the head, and neither Parquet nor MLflow may hold duplicates."""
     state = Path(tempfile.mkdtemp(prefix="tvc", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    log = lambda msg: print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
     driver = None
     sessions: dict[str, int] = {}
     try:
@@ -337,8 +337,9 @@ def test_two_node_sweep_survives_losing_the_worker_node():
 
         # Every planned trial, once, all ok (Parquet).
         from benchmark.results import records
+        from benchmark.results.run_dir import RunDir
 
-        rows = records.read_rows(records.cell_file(run_dir, "clipseg_coop_kvasir"))
+        rows = records.read_rows(RunDir(run_dir).cell_file("clipseg_coop_kvasir"))
         assert sorted(r["trial_index"] for r in rows) == [0, 1, 2]
         assert len({r["trial_id"] for r in rows}) == 3
         assert all(r["status"] == "ok" and r["epochs_run"] == 8 for r in rows), rows

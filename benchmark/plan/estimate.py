@@ -205,17 +205,13 @@ def format_estimate(est: Estimate, spec_name: str, gpus: int | None = None) -> s
 
 
 def read_run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    from benchmark.results import records
+    from benchmark.results.run_dir import RunDir
 
-    run_dir = Path(run_dir).expanduser()
-    files = sorted(records.trials_dir(run_dir).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"--from {run_dir}: no trial Parquet files under {records.trials_dir(run_dir)} "
+    run = RunDir(run_dir)
+    if not run.has_trials():
+        raise FileNotFoundError(f"--from {run.path}: no trial Parquet files under {run.trials_dir} "
                                 "(expected the directory a `tunevlseg run` wrote: <storage>/<spec name>)")
-    rows: list[dict[str, Any]] = []
-    for f in files:
-        rows.extend(records.read_rows(f))
-    return rows
+    return run.all_rows()
 
 
 def _positive(v: Any) -> bool:

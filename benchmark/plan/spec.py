@@ -3,8 +3,8 @@
 A spec names registry keys (`learner: maple`), never import paths, and states only what differs from the
 defaults of the dataclasses below and of the trial code. Everything a sweep needs is here: the axes of the
 matrix, the variants, the fixed training settings (a nested trial config), per-cell rules, the search
-settings, resources per trial, the selection rule and the tables to regenerate. Names are checked against
-the registries later, in `benchmark.plan.matrix` (this module stays free of torch and registries).
+settings, resources per trial and the selection rule. Names are checked against the catalog later, in
+`benchmark.plan.matrix` (this module stays free of torch and of the catalog).
 
 Relative paths in a spec (data roots, local weights) resolve against the project root when the spec lives
 in an `experiments/` folder, else against the spec's own folder, and are made absolute at load time: a
@@ -26,7 +26,6 @@ DEFAULT_TRAINABLE = "trainables.trial.tune_trainable"
 CELL_FIELDS = ("vlsm", "learner", "dataset", "variant")
 # Sections of the nested trial config a spec may set (`fake` is read by trainables.fake only).
 TRIAL_SECTIONS = ("model", "data", "train", "fake")
-TABLES = ("table2", "table3", "table4", "table5")
 
 # Variants shipped with the project (contract names); a spec may define more under `variants:`.
 BUILTIN_VARIANTS: dict[str, dict[str, Any]] = {
@@ -163,7 +162,6 @@ class Spec:
     resources: Resources = field(default_factory=Resources)
     execution: Execution = field(default_factory=Execution)
     select: Selection = field(default_factory=Selection)
-    tables: tuple[str, ...] = ()
     data: DataSettings = field(default_factory=DataSettings)
     tracking: Tracking = field(default_factory=Tracking)
     path: str | None = None  # the YAML file (set by the loader)
@@ -308,8 +306,7 @@ def _normalise(spec: Spec, base: Path) -> Spec:
         if weights is not None and _looks_local(weights, base):
             weights = _resolve_path(weights, base)
         vlsms[name] = VLSMSettings(weights=weights, config=v.config, options=dict(v.options or {}))
-    return dataclasses.replace(spec, axes=axes, data=data, vlsms=vlsms,
-                               tables=_tuple_of_names(list(spec.tables), "tables") if spec.tables else ())
+    return dataclasses.replace(spec, axes=axes, data=data, vlsms=vlsms)
 
 
 def _validate(spec: Spec) -> None:
@@ -382,9 +379,6 @@ def _validate(spec: Spec) -> None:
     if spec.execution.grace_period < 1 or not spec.execution.reduction_factor > 1:
         raise ConfigError("execution: grace_period must be >= 1 (epochs) and reduction_factor > 1, got "
                           f"{spec.execution.grace_period} and {spec.execution.reduction_factor}")
-    for t in spec.tables:
-        if t not in TABLES:
-            raise ConfigError(f"tables: unknown table {t!r}; allowed: {', '.join(TABLES)}")
     for name in spec.vlsms:
         if name not in spec.axes.vlsm and not any(p[0] == name for p in spec.axes.pairs or ()):
             raise ConfigError(f"vlsms.{name}: {name!r} is not on axes.vlsm {list(spec.axes.vlsm)}")

@@ -1,14 +1,6 @@
 """Trial records: the pinned Parquet schema, provenance, atomic writes. Parquet is the source of truth.
 
-Layout of a run directory `<storage>/<spec name>/`:
-
-    trials/<cell_id>.parquet   one row per finished trial of the cell (TRIAL_SCHEMA)
-    selected.parquet           one row per cell: its selected trial (SELECTED_SCHEMA)
-    plan.json                  the plan the sweep was started with (resuming checks it has not changed)
-    mlflow.db, mlartifacts/    the MLflow mirror (default local tracking)
-    tune/                      Ray Tune's experiment (restored on rerun)
-
-Files are written to a temporary name and renamed over the old one, so a crash never leaves a torn file.
+Where the files live in a run directory is `benchmark.results.run_dir.RunDir`'s business. Files are written to a temporary name and renamed over the old one, so a crash never leaves a torn file.
 No torch here (the tables path reads these files on machines without it).
 """
 
@@ -170,63 +162,9 @@ def check_schema(schema: pa.Schema, path: str | Path = "") -> None:
                          f"{SCHEMA_VERSION}; re-run the sweep or migrate the file")
 
 
-def trials_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "trials"
-
-
-def cell_file(run_dir: str | Path, cell_id: str) -> Path:
-    return trials_dir(run_dir) / f"{cell_id}.parquet"
-
-
-def selected_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "selected.parquet"
-
-
-def read_trials(run_dir: str | Path):
-    """All trial rows of a run as a pandas DataFrame with the pinned dtypes (empty if none yet)."""
-    files = sorted(trials_dir(run_dir).glob("*.parquet"))
-    tables = []
-    for f in files:
-        t = pq.read_table(f)
-        check_schema(t.schema, f)
-        tables.append(t)
-    table = pa.concat_tables(tables) if tables else TRIAL_SCHEMA.empty_table()
-    return to_pandas(table)
-
-
-def selected_trial_dir(run_dir: str | Path, cell_id: str) -> Path:
-    """The Ray Tune directory of the trial `selected.parquet` reports for `cell_id` (its artifact is there)."""
-    run_dir = Path(run_dir)
-    path = selected_file(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory with finished cells")
-    table = pq.read_table(path)
-    rows = [r for r in table.to_pylist() if r["cell_id"] == cell_id]
-    if not rows:
-        cells = sorted({r["cell_id"] for r in table.to_pylist()})
-        from trainables.config import ConfigError
-
-        raise ConfigError(f"--cell {cell_id!r} has no selected trial in {path}; cells: {', '.join(cells)}")
-    found = sorted((run_dir / "tune").glob(f"{cell_id}_*_{rows[0]['trial_id']}"))
-    if not found:
-        raise FileNotFoundError(f"the selected trial {rows[0]['trial_id']} of {cell_id} has no directory under "
-                                f"{run_dir / 'tune'}")
-    return found[0]
-
-
 def to_pandas(table: pa.Table):
     """Nullable integer/boolean columns stay integer/boolean (hp_prompt_depth is never a float)."""
     import pandas as pd
 
     mapping = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
     return table.to_pandas(types_mapper=mapping.get)
-
-
-def select(rows: list[dict[str, Any]], by: str = "objective", mode: str = "min") -> dict[str, Any] | None:
-    """The selected trial of one cell: best `by` among trials with status ok (ties: lowest index)."""
-    ok = [r for r in rows if r["status"] == "ok" and isinstance(r.get(by), (int, float))
-          and math.isfinite(r[by])]
-    if not ok:
-        return None
-    sign = 1 if mode == "min" else -1
-    return min(ok, key=lambda r: (sign * r[by], r["trial_index"]))

@@ -26,8 +26,10 @@ import pandas as pd
 
 from benchmark.results import selection as sel
 from benchmark.plan import search_space
+from benchmark.plan.spec import Selection
 from benchmark.results.records import SCHEMA_VERSION
-from trainables.catalog import VLSMS, learner_display, prompt_learners, vlsm_display
+from benchmark.results.run_dir import RunDir
+from trainables.catalog import LEARNERS, VLSMS, learner_display, prompt_learners, vlsm_display
 from trainables.config import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,6 +101,11 @@ def learner_name(key: str) -> str:
     return learner_display(key)
 
 
+def _in_average(learner: str) -> bool:
+    """Prompt learners count towards "Average across Methods"; a learner that prompts nothing (E2E) does not."""
+    return learner not in LEARNERS or LEARNERS.get(learner).prompted
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading and checking trial rows
 
@@ -117,42 +124,31 @@ def _check_version(found: set, source: str) -> None:
             "wrote the run, or re-export its Parquet with this one")
 
 
-def check_trials(df: pd.DataFrame, source: str = "trials", selection: str = "val") -> pd.DataFrame:
-    """Validate a trial frame and return a cleaned copy (numeric metrics, string keys, no duplicate trials)."""
-    needed = list(REQUIRED_COLUMNS) + (["objective"] if selection == "val" else [])
+def check_trials(df: pd.DataFrame, source: str = "trials", by: str = "objective") -> pd.DataFrame:
+    """Validate a trial frame and return a cleaned copy (numeric metrics, string keys, no duplicate trials);
+    `by` is the column the selection rule ranks trials by."""
+    needed = list(dict.fromkeys(list(REQUIRED_COLUMNS) + [by]))
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise SchemaError(
             f"{source}: not a tunevlseg trial table: missing column(s) {', '.join(missing)} "
             f"(has: {', '.join(map(str, df.columns[:12]))}{', ...' if len(df.columns) > 12 else ''}); "
-            "pass the trials.parquet written by `tunevlseg run`")
+            "pass the run directory written by `tunevlseg run` (its trials/*.parquet)")
     if "schema_version" in df.columns:
         _check_version(set(pd.to_numeric(df["schema_version"], errors="coerce").dropna().unique()), source)
     df = df.copy()
     for col in ("vlsm", "learner", "dataset", "variant", "status"):
         df[col] = df[col].astype("string").fillna("").astype(object)
-    for col in ["test_dice", "objective"] + [c for c in df.columns if c.startswith("hp_")]:
+    for col in list(dict.fromkeys(["test_dice", "objective", by])) + [c for c in df.columns if c.startswith("hp_")]:
         if col in df.columns and not pd.api.types.is_bool_dtype(df[col]):
             converted = pd.to_numeric(df[col], errors="coerce")
             # keep categorical hyperparameters (e.g. a string choice) as they are
-            if col in ("test_dice", "objective") or converted.notna().sum() == df[col].notna().sum():
+            if col in ("test_dice", "objective", by) or converted.notna().sum() == df[col].notna().sum():
                 df[col] = converted.astype(float)
     # A resumed run may append a trial twice; the last write wins.
     if "trial_id" in df.columns and df["trial_id"].notna().any():
         df = df.drop_duplicates(subset=list(sel.CELL_KEYS) + ["trial_id"], keep="last")
     return df.reset_index(drop=True)
-
-
-def _trial_files(path: Path) -> list[Path]:
-    """The Parquet files of a run directory: trials.parquet, else trials/*.parquet (one per cell, as
-    `benchmark.results.records` writes them), else *.parquet; never selected.parquet (one row per cell, not trials)."""
-    if (path / "trials.parquet").is_file():
-        return [path / "trials.parquet"]
-    for folder in (path / "trials", path):
-        files = [f for f in sorted(folder.glob("*.parquet")) if f.name != "selected.parquet"]
-        if files:
-            return files
-    return []
 
 
 def _read_parquet(f: Path) -> pd.DataFrame:
@@ -174,14 +170,14 @@ def _read_parquet(f: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def read_trials(path: str | Path, spec: str | None = None, selection: str = "val") -> pd.DataFrame:
-    """Trial rows of a run directory (see `_trial_files`) or of one Parquet file, checked."""
+def read_trials(path: str | Path, spec: str | None = None, by: str = "objective") -> pd.DataFrame:
+    """Trial rows of a run directory (its trials/*.parquet) or of one Parquet file, checked."""
     path = Path(path)
     if path.is_dir():
-        files = _trial_files(path)
+        files = RunDir(path).trial_files()
         if not files:
-            raise FileNotFoundError(f"{path}: no trials.parquet (nor trials/*.parquet, *.parquet) in this run "
-                                    "directory; pass the run directory written by `tunevlseg run` or a Parquet file")
+            raise FileNotFoundError(f"{path}: no trials/*.parquet in this run directory; pass the run directory "
+                                    "written by `tunevlseg run` or a trial Parquet file")
     elif path.is_file():
         files = [path]
     else:
@@ -198,7 +194,7 @@ def read_trials(path: str | Path, spec: str | None = None, selection: str = "val
         elif len(specs) > 1:
             raise ConfigError(f"{source}: trials of several specs ({', '.join(specs)}) would be mixed in one "
                               "table; choose one with --spec NAME")
-    return check_trials(df, source, selection)
+    return check_trials(df, source, by)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,10 +252,11 @@ class Table:
     n_mean: pd.Series  # how many datasets the mean covers
     average: tuple[float, float, int] | None  # (mean, std, rows); None = the table has no such row
     chosen: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)  # the selected trial per cell
+    rule: Selection = field(default_factory=Selection)  # the spec's `select` ("val")
 
     @property
     def header(self) -> str:
-        return sel.rule(self.selection).header
+        return sel.header(self.selection, self.rule)
 
     def frame(self) -> pd.DataFrame:
         """The table as one labelled DataFrame: (group, dataset) columns, then Overall Mean / Std."""
@@ -289,9 +286,10 @@ def _extra_pairs(trials: pd.DataFrame, known: Iterable[tuple[str, str]]) -> list
 
 
 def _build(number: int, trials: pd.DataFrame, rows: list[RowSpec], stub: tuple[str, ...], selection: str,
-           mode: str, with_average: bool) -> Table:
+           rule: Selection | None, with_average: bool) -> Table:
     datasets = _datasets_for(trials)
-    chosen = sel.select(trials, selection, mode)
+    rule = rule or Selection()
+    chosen = sel.select(trials, sel.rule_for(selection, rule))
     cell = {tuple(k): r for k, r in zip(chosen[sel.CELL_KEYS].itertuples(index=False, name=None),
                                         chosen.to_dict("records"))}
     keys = [d.key for d in datasets]
@@ -317,18 +315,18 @@ def _build(number: int, trials: pd.DataFrame, rows: list[RowSpec], stub: tuple[s
         average = (float(means.mean()), float(means.std(ddof=0)), len(means)) if len(means) else \
             (math.nan, math.nan, 0)
     return Table(number, TITLES[number], selection, stub, rows, datasets, dice, n_trials, n_ok, mean, std,
-                 n_mean, average, chosen)
+                 n_mean, average, chosen, rule)
 
 
-def table3(trials: pd.DataFrame, selection: str = "val", mode: str = "min") -> Table:
+def table3(trials: pd.DataFrame, selection: str = "val", rule: Selection | None = None) -> Table:
     """Paper Table 3: every (VLSM, learner) row of the paper, in its order, plus any other pair the run has."""
     t = trials[trials["variant"] == VARIANTS[3]]
     pairs = list(TABLE3_ROWS) + _extra_pairs(t, TABLE3_ROWS)
-    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[3], l != "e2e") for v, l in pairs]
-    return _build(3, t, rows, ("Model", "Context Learner"), selection, mode, with_average=True)
+    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[3], _in_average(l)) for v, l in pairs]
+    return _build(3, t, rows, ("Model", "Context Learner"), selection, rule, with_average=True)
 
 
-def table4(trials: pd.DataFrame, selection: str = "val", mode: str = "min") -> Table:
+def table4(trials: pd.DataFrame, selection: str = "val", rule: Selection | None = None) -> Table:
     """Paper Table 4: MaPLe (and any other learner run with `gaussian_init`), Gaussian vs 'a photo of a'."""
     t = trials[trials["variant"].isin(["gaussian_init", "default"])]
     pairs = [("clipseg", "maple")] + _extra_pairs(t[t["variant"] == "gaussian_init"], [("clipseg", "maple")])
@@ -337,15 +335,15 @@ def table4(trials: pd.DataFrame, selection: str = "val", mode: str = "min") -> T
     # Columns beyond the paper's ten only for datasets the ablation itself ran.
     ablated = set(t.loc[t["variant"] == "gaussian_init", "dataset"])
     t = t[t["dataset"].isin(ablated | {d.key for d in DATASETS})]
-    return _build(4, t, rows, ("Model", "Context Learner", "Init"), selection, mode, with_average=False)
+    return _build(4, t, rows, ("Model", "Context Learner", "Init"), selection, rule, with_average=False)
 
 
-def table5(trials: pd.DataFrame, selection: str = "val", mode: str = "min") -> Table:
+def table5(trials: pd.DataFrame, selection: str = "val", rule: Selection | None = None) -> Table:
     """Paper Table 5: the prompt-tuning rows trained without the new last upsampling layer."""
     t = trials[trials["variant"] == VARIANTS[5]]
     pairs = list(TABLE5_ROWS) + _extra_pairs(t, TABLE5_ROWS)
-    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[5], l != "e2e") for v, l in pairs]
-    return _build(5, t, rows, ("Model", "Context Learner"), selection, mode, with_average=True)
+    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[5], _in_average(l)) for v, l in pairs]
+    return _build(5, t, rows, ("Model", "Context Learner"), selection, rule, with_average=True)
 
 
 TABLE_BUILDERS = {3: table3, 4: table4, 5: table5}

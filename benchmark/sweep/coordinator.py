@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 import uuid
@@ -40,12 +39,13 @@ from ray.tune import Callback
 
 from benchmark.results import records
 from benchmark.plan.matrix import Plan, build_plan, check_paths
-from benchmark.plan.spec import Spec
+from benchmark.plan.spec import Selection, Spec
+from benchmark.sweep.failures import trial_error_text
+from benchmark.sweep.storage import check_storage, check_uri, default_uri
+from benchmark.results.run_dir import PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
 
-TUNE_DIR = "tune"
-PLAN_FILE = "plan.json"
 
 
 @dataclass
@@ -78,24 +78,6 @@ def trial_name(trial) -> str:
 
 def trial_dirname(trial) -> str:
     return f"{trial.config.get('cell_id', 'trial')}_{int(trial.config.get('trial_index', 0)):03d}_{trial.trial_id}"
-
-
-_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
-
-
-def trial_error_text(trial) -> str:
-    """A one-line reason for a failed trial: the message the trial reported, else the last exception
-    line of Tune's error file."""
-    reported = (trial.last_result or {}).get("error")
-    if reported:
-        return str(reported)
-    text = ""
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # noqa: BLE001 - storage gone; fall through
-        pass
-    lines = [m.group(1) for line in text.splitlines() if (m := _ERROR_LINE.match(line))]
-    return lines[-1] if lines else (text.strip().splitlines()[-1] if text.strip() else "trial failed (no error text)")
 
 
 def load_trainable(path: str) -> Callable:
@@ -167,10 +149,8 @@ class RecordsCallback(Callback):
     def setup(self, **info):
         self._reset()
         self._prov = records.provenance()
-        for cid in self.cells:
-            path = records.cell_file(self.run_dir, cid)
-            if path.exists():
-                self._rows[cid] = {r["trial_id"]: r for r in records.read_rows(path)}
+        existing = RunDir(self.run_dir).rows()
+        self._rows = {cid: existing[cid] for cid in self.cells if cid in existing}
         done, total = self._counts()
         _say(f"sweep {self.spec_name}: {len(self.cells)} cells, {total} trials planned, {done} already recorded")
 
@@ -183,20 +163,14 @@ class RecordsCallback(Callback):
 
     def _prune(self, trials) -> None:
         """Drop rows of trials this experiment does not know (see the module docstring)."""
-        known = {t.trial_id for t in trials}
-        for cid, rows in self._rows.items():
-            orphans = [tid for tid in rows if tid not in known]
-            if orphans:
-                for tid in orphans:
-                    del rows[tid]
-                self._write_cell(cid)
+        self._rows = RunDir(self.run_dir).drop_orphans(self._rows, {t.trial_id for t in trials})
         self._pruned = True
 
     def _write_cell(self, cid: str) -> None:
-        records.write_rows(self._rows.get(cid, {}).values(), records.cell_file(self.run_dir, cid))
+        RunDir(self.run_dir).write_cell(cid, self._rows.get(cid, {}).values())
 
     def _write_selected(self) -> None:
-        write_selected(self.run_dir, self.cells, self._rows, self.select)
+        RunDir(self.run_dir).write_selected(self.cells, self._rows, Selection(**self.select))
 
     def on_step_end(self, iteration, trials, **info):
         if not self._pruned:
@@ -235,7 +209,7 @@ class RecordsCallback(Callback):
             what = f"PRUNED after {row.get('epochs_run')} epochs (val_loss={_fmt(row.get('val_loss'))})"
         elif row["status"] != STATUS_OK:
             what = f"{row['status'].upper()}: {(row.get('error') or '')[:120]}"
-        best = records.select(list(self._rows[cid].values()), by, self.select["mode"])
+        best = select(list(self._rows[cid].values()), Selection(**self.select))
         best_txt = f"best #{best['trial_index']} {by}={best[by]:.4g}" if best else "no ok trial yet"
         n_cell = len(self._rows[cid])
         elapsed = time.time() - self._t0
@@ -254,32 +228,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def write_selected(run_dir, cells: dict[str, dict[str, Any]], rows: dict[str, dict[str, dict]],
-                   select: dict[str, str]) -> None:
-    out = []
-    for cid, cell in cells.items():
-        cell_rows = list(rows.get(cid, {}).values())
-        best = records.select(cell_rows, select["by"], select["mode"])
-        if best is None:
-            continue
-        out.append({**best, "selected_by": f"{select['mode']} {select['by']} (reporting {select['report']})",
-                    "trials_done": len(cell_rows), "trials_planned": cell["planned"]})
-    records.write_rows(out, records.selected_file(run_dir), schema=records.SELECTED_SCHEMA)
-
-
 # ---- the sweep -------------------------------------------------------------------------------------------
-
-
-def check_storage(storage: str | os.PathLike) -> Path:
-    s = str(storage)
-    if "://" in s:
-        raise ConfigError(f"storage {s!r}: only a filesystem path is supported (on a cluster: a shared mount "
-                          "such as /mnt/nfs/tunevlseg, the same path on every node)")
-    p = Path(s).expanduser()
-    if not p.is_absolute():
-        raise ConfigError(f"storage {s!r} is not absolute; trials run in temporary directories, so give an "
-                          f"absolute path (e.g. --storage {Path.cwd() / s})")
-    return p
 
 
 def _cells_info(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -287,12 +236,8 @@ def _cells_info(plan: Plan) -> dict[str, dict[str, Any]]:
 
 
 def _read_existing(run_dir: Path, plan: Plan) -> dict[str, dict[str, dict]]:
-    rows = {}
-    for c in plan.cells:
-        path = records.cell_file(run_dir, c.id)
-        if path.exists():
-            rows[c.id] = {r["trial_id"]: r for r in records.read_rows(path)}
-    return rows
+    rows = RunDir(run_dir).rows()
+    return {c.id: rows[c.id] for c in plan.cells if c.id in rows}
 
 
 def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
@@ -303,7 +248,7 @@ def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
 def _archive(run_dir: Path) -> Path:
     dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True)
-    for name in (TUNE_DIR, "trials", "selected.parquet", PLAN_FILE):
+    for name in (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE):
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
     return dest
@@ -313,7 +258,7 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
     """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed."""
     path = run_dir / PLAN_FILE
     fingerprint = plan.fingerprint()
-    started = (run_dir / TUNE_DIR).exists() or any(records.trials_dir(run_dir).glob("*.parquet"))
+    started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
         state = json.loads(path.read_text())
         if state.get("fingerprint") != fingerprint and started:
@@ -429,7 +374,6 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     run_dir = storage / spec.name
     uri = None
     if spec.tracking.mlflow:
-        from benchmark.sweep.tracking import check_uri, default_uri
 
         uri = mlflow_uri or spec.tracking.uri or default_uri(run_dir)
         check_uri(uri)
@@ -528,10 +472,8 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
 
     rows = _read_existing(run_dir, plan)
     if known is not None:  # the same orphan rule as the callback, in case no step ran after a restore
-        rows = {cid: {tid: r for tid, r in rs.items() if tid in known} for cid, rs in rows.items()}
-        for cid, rs in rows.items():
-            records.write_rows(rs.values(), records.cell_file(run_dir, cid))
-    write_selected(run_dir, _cells_info(plan), rows, dataclasses.asdict(spec.select))
+        rows = RunDir(run_dir).drop_orphans(rows, known)
+    RunDir(run_dir).write_selected(_cells_info(plan), rows, spec.select)
     _summarise(result, plan, rows, spec)
     result.interrupted = result.done < result.planned
     if mirror is not None and known is not None:
@@ -555,7 +497,7 @@ def _summarise(result: SweepResult, plan: Plan, rows: dict[str, dict[str, dict]]
     for c in plan.cells:
         cell_rows = list(rows.get(c.id, {}).values())
         failed = sum(r["status"] == STATUS_ERROR for r in cell_rows)
-        best = records.select(cell_rows, spec.select.by, spec.select.mode)
+        best = select(cell_rows, spec.select)
         result.cells[c.id] = {"planned": c.trials, "done": len(cell_rows), "failed": failed, "best": best}
         result.done += len(cell_rows)
         result.failed += failed

@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from benchmark.sweep.storage import mlflow_problem, storage_problem
+
 PREFLIGHT_DIR = ".preflight"
 PACKAGES = ("benchmark", "trainables")  # whose sources must be identical on every node
 DISTRIBUTION = "tunevlseg"
@@ -58,23 +60,6 @@ def require_preflight(*args, **kwargs) -> None:
 # ---- checks that need no cluster -------------------------------------------------------------------------
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def storage_problem(storage: str) -> str | None:
-    if is_uri(storage):
-        scheme = storage.split("://", 1)[0]
-        if scheme not in ("s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
-            return (f"storage {storage!r}: unsupported scheme {scheme!r}; use a shared filesystem path "
-                    "(/mnt/nfs/tunevlseg/runs) or s3://bucket/prefix")
-        return None
-    if not Path(storage).expanduser().is_absolute():
-        return (f"storage {storage!r} is not absolute; trials run in temporary directories on other nodes, so "
-                f"give an absolute path on the shared filesystem (e.g. {Path.cwd() / storage})")
-    return None
-
-
 def _named_roots(data_roots: Mapping[str, str] | Iterable[str] | str | None) -> list[tuple[str, str]]:
     if data_roots is None:
         return []
@@ -85,20 +70,9 @@ def _named_roots(data_roots: Mapping[str, str] | Iterable[str] | str | None) -> 
     return [(str(p), str(p)) for p in data_roots]
 
 
-def mlflow_problem(uri: str | None) -> str | None:
-    if not uri:
-        return None
-    if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
-        return (f"MLflow URI {uri!r} is relative; use sqlite:////absolute/path/mlflow.db or, on a cluster, the "
-                "server's http://<head>:5000 (cluster/mlflow-server.sh)")
-    if uri.startswith("file:") or "://" not in uri:
-        return f"MLflow URI {uri!r}: use http://<head>:5000 (cluster/mlflow-server.sh) or sqlite:////abs/mlflow.db"
-    return None
-
-
 def parse_address(address: str) -> tuple[str, int] | None:
     """host:port of a Ray GCS, or None for forms that are not a plain address (auto, ray://)."""
-    if address in ("auto", "local") or is_uri(address):
+    if address in ("auto", "local") or "://" in address:
         return None
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -196,30 +170,21 @@ def _make_probe():
         out: dict = {"host": socket.gethostname(), "storage": None, "missing": [], "mlflow": None}
         # Storage: the driver's marker must be visible here, and ours must be writable.
         try:
-            if "://" in storage:
-                import pyarrow.fs
-
-                fs, base = pyarrow.fs.FileSystem.from_uri(marker_dir)
-                with fs.open_input_stream(base + "/driver") as f:
-                    seen = f.read().decode()
-                with fs.open_output_stream(f"{base}/{node_key}") as f:
-                    f.write(token.encode())
-            else:
-                if not os.path.isdir(storage):
-                    raise FileNotFoundError(f"{storage} does not exist on this node")
-                driver = os.path.join(marker_dir, "driver")
-                seen = None
-                if os.path.exists(driver):
-                    with open(driver) as f:
-                        seen = f.read()
-                if seen is not None:
-                    with open(os.path.join(marker_dir, node_key), "w") as f:
-                        f.write(token)
-                else:  # prove at least that the path is writable here
-                    probe_file = os.path.join(storage, f".preflight-{node_key}")
-                    with open(probe_file, "w") as f:
-                        f.write(token)
-                    os.remove(probe_file)
+            if not os.path.isdir(storage):
+                raise FileNotFoundError(f"{storage} does not exist on this node")
+            driver = os.path.join(marker_dir, "driver")
+            seen = None
+            if os.path.exists(driver):
+                with open(driver) as f:
+                    seen = f.read()
+            if seen is not None:
+                with open(os.path.join(marker_dir, node_key), "w") as f:
+                    f.write(token)
+            else:  # prove at least that the path is writable here
+                probe_file = os.path.join(storage, f".preflight-{node_key}")
+                with open(probe_file, "w") as f:
+                    f.write(token)
+                os.remove(probe_file)
             out["storage"] = "ok" if seen == token else "not_shared"
         except Exception as e:  # noqa: BLE001 - reported to the driver
             out["storage"] = f"{type(e).__name__}: {e}"
@@ -241,8 +206,7 @@ def _node_problems(label: str, r: dict, storage: str, mlflow_uri: str | None, mi
     s = r["storage"]
     if s == "not_shared":
         problems.append(f"node {label}: storage {storage} is not shared with the driver (this node does not see the "
-                        f"driver's marker file); mount the same shared filesystem (NFS) at {storage} on every node, "
-                        "or use s3://bucket/prefix")
+                        f"driver's marker file); mount the same shared filesystem (NFS) at {storage} on every node")
     elif s != "ok":
         problems.append(f"node {label}: storage {storage} is not usable ({s}); create it on the shared filesystem and "
                         "make it writable by the Ray user on every node")
@@ -283,13 +247,12 @@ def run_preflight(storage_path: str | os.PathLike, data_roots: Mapping[str, str]
                  for _, p in roots if not Path(p).expanduser().is_absolute()]
     if problems:  # shape errors first: probing with a relative path would only add noise
         return problems
-    if not is_uri(storage):
-        storage = str(Path(storage).expanduser())
-        try:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return [f"storage {storage}: cannot create it on the driver ({e.strerror or e}); create it on the shared "
-                    "filesystem and make it writable"]
+    storage = str(Path(storage).expanduser())
+    try:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return [f"storage {storage}: cannot create it on the driver ({e.strerror or e}); create it on the shared "
+                "filesystem and make it writable"]
     http_timeout = min(10.0, timeout)
 
     import ray
@@ -355,7 +318,7 @@ def _probe_nodes(storage, marker_dir, token, roots, mlflow_uri, timeout, http_ti
         ray.cancel(ref, force=True)
         problems.append(f"node {refs[ref]}: did not run the check task within {timeout:.0f} s; the node is "
                         "overloaded or unreachable from the head (check `ray status` and its raylet log)")
-    if not is_uri(storage) and not problems:
+    if not problems:
         # The other direction: what the nodes wrote must be visible to the driver too.
         blind = [refs[ref] for ref in ready if not Path(marker_dir, keys[ref]).exists()]
         problems += [f"node {label}: storage {storage} is not shared with the driver (the driver does not see the "
@@ -366,17 +329,9 @@ def _probe_nodes(storage, marker_dir, token, roots, mlflow_uri, timeout, http_ti
 
 def _write_driver_marker(marker_dir: str, token: str) -> bool:
     try:
-        if is_uri(marker_dir):
-            import pyarrow.fs
-
-            fs, base = pyarrow.fs.FileSystem.from_uri(marker_dir)
-            fs.create_dir(base, recursive=True)
-            with fs.open_output_stream(base + "/driver") as f:
-                f.write(token.encode())
-        else:
-            os.makedirs(marker_dir, exist_ok=True)
-            with open(os.path.join(marker_dir, "driver"), "w") as f:
-                f.write(token)
+        os.makedirs(marker_dir, exist_ok=True)
+        with open(os.path.join(marker_dir, "driver"), "w") as f:
+            f.write(token)
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -384,18 +339,12 @@ def _write_driver_marker(marker_dir: str, token: str) -> bool:
 
 def _remove_markers(marker_dir: str) -> None:
     try:
-        if is_uri(marker_dir):
-            import pyarrow.fs
+        import shutil
 
-            fs, base = pyarrow.fs.FileSystem.from_uri(marker_dir)
-            fs.delete_dir(base)
-        else:
-            import shutil
-
-            shutil.rmtree(marker_dir, ignore_errors=True)
-            parent = os.path.dirname(marker_dir)
-            if os.path.isdir(parent) and not os.listdir(parent):
-                os.rmdir(parent)
+        shutil.rmtree(marker_dir, ignore_errors=True)
+        parent = os.path.dirname(marker_dir)
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
     except Exception:  # noqa: BLE001 - best effort
         pass
 

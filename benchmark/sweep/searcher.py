@@ -173,10 +173,9 @@ class MultiCellSearcher(Searcher):
         open_trials = {tid: cid for tid, cid in self.owner.items() if tid not in self.finished.get(cid, ())}
         if not open_trials or not getattr(self, "run_dir", None):
             return
-        from benchmark.results import records
+        from benchmark.results.run_dir import RunDir
 
-        rows = records.read_trials(self.run_dir)
-        for row in rows[rows["trial_id"].isin(list(open_trials))].to_dict("records"):
+        for row in (r for r in RunDir(self.run_dir).all_rows() if r["trial_id"] in open_trials):
             result = {k: v for k, v in row.items() if k in (self.objective_metric, "status")}
             self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 

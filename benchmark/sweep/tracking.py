@@ -24,11 +24,11 @@ import functools
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from benchmark.sweep.failures import trial_error_text
 from trainables.protocol import CHECKPOINT_ARTIFACT, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger("tunevlseg.tracking")
@@ -38,21 +38,6 @@ _TUNE_KEYS = {"timestamp", "time_this_iter_s", "pid", "training_iteration", "tim
               "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
               "checkpoint_dir_name", "should_checkpoint", "config", "epoch"}
 _MAX_TAG = 5000
-
-
-def default_uri(run_dir: str | Path) -> str:
-    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"  # four slashes: absolute path
-
-
-def check_uri(uri: str) -> None:
-    from trainables.config import ConfigError
-
-    if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
-        raise ConfigError(f"MLflow URI {uri!r} is relative; trials run in temporary directories, so use "
-                          "sqlite:////absolute/path/mlflow.db or a server URI")
-    if uri.startswith("file:") or "://" not in uri:
-        raise ConfigError(f"MLflow URI {uri!r}: use sqlite:////abs/mlflow.db or http://host:5000 (the file "
-                          "store is deprecated in MLflow 3)")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -265,8 +250,6 @@ class MLflowCallback(Callback):
 
     @_quiet
     def on_trial_error(self, iteration, trials, trial, **info):
-        from benchmark.sweep.coordinator import trial_error_text
-
         self.mirror.end_trial(self._run_for(trial), STATUS_ERROR, trial_error_text(trial), _artifact_dir(trial))
 
 
