@@ -66,7 +66,7 @@ VERSIONED_PACKAGES = ("tunevlseg", "torch", "transformers", "ray", "optuna", "ml
 def provenance(repo: str | Path | None = None) -> dict[str, Any]:
     """Git sha + dirty flag of the code that ran, and package versions (the driver's: every node runs the
     same environment)."""
-    repo = Path(repo or Path(__file__).resolve().parents[1])
+    repo = Path(repo or Path(__file__).resolve().parents[2])
     sha, dirty = "", False
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,

@@ -82,7 +82,7 @@ TITLES = {
 
 # The paper prints these in the text under Tables 3 and 5; its CSVs have no row for them.
 PAPER_AVERAGE = {3: (73.10, 6.24), 5: (70.51, 5.40)}
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 
 REQUIRED_COLUMNS = ("vlsm", "learner", "dataset", "variant", "status", "test_dice")
 DASH = "–"
