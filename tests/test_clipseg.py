@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from trainables.catalog import VLSMS
 from trainables.config import ConfigError
 from trainables.model import build_model
 from trainables.upsampler import PatchUpsampler, ResidualUpsampler
-from trainables.catalog import VLSMS
 from trainables.vlsm.base import Prompts
 from trainables.vlsm.clipseg.adapter import CLIPSegAdapter, build_clipseg
 

@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.sweep.preflight import (PreflightError, _make_probe, _node_problems, code_fingerprint, connection_problem,
-                                 require_preflight, run_preflight)
+from benchmark.sweep.preflight import (
+    PreflightError,
+    _make_probe,
+    _node_problems,
+    code_fingerprint,
+    connection_problem,
+    require_preflight,
+    run_preflight,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

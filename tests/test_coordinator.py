@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from benchmark import cli
+from benchmark.plan.spec import load_spec
 from benchmark.results import records
 from benchmark.results.run_dir import RunDir
 from benchmark.sweep.coordinator import run_sweep
-from benchmark.plan.spec import load_spec
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,8 +169,8 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
 
 
 def test_changed_plan_is_refused_on_resume(tmp_path):
-    from benchmark.sweep.coordinator import _plan_state
     from benchmark.plan.matrix import build_plan
+    from benchmark.sweep.coordinator import _plan_state
 
     run_dir = tmp_path / "smoke"
     first = _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)

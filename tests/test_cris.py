@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from benchmark.cli import main as cli
-from trainables.config import ConfigError
 from trainables.catalog import VLSMS
+from trainables.config import ConfigError
+from trainables.model import build_model
 from trainables.vlsm.base import Prompts
 from trainables.vlsm.cris.adapter import CRISAdapter, cris_factory
-from trainables.vlsm.cris.convert import (
-    CheckpointError, load_clip_rn50, load_cris_weights, read_tensors)
+from trainables.vlsm.cris.convert import CheckpointError, load_clip_rn50, load_cris_weights, read_tensors
 from trainables.vlsm.cris.model import CRIS, CLIPBackbone, load_cris_config
 
 TINY = load_cris_config("tiny")
@@ -321,9 +321,8 @@ def test_trainable_cris_trains_batchnorm(tiny):
     ("cocoop", {"prompt_depth": 1, "intermediate_dim": 64}, True, 135_298),
 ])
 def test_trainable_counts_match_reference(learner, learner_config, upsampler, expected):
-    model_mod = pytest.importorskip("trainables.model")
-    model = model_mod.build_model({"vlsm": "cris", "vlsm_config": "cris-rn50", "learner": learner,
-                                   "learner_config": learner_config, "upsampler": upsampler})
+    model = build_model({"vlsm": "cris", "vlsm_config": "cris-rn50", "learner": learner,
+                               "learner_config": learner_config, "upsampler": upsampler})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == expected
     assert sum(p.numel() for p in model.vlsm.parameters() if not p.requires_grad) == 146_849_122
@@ -514,9 +513,8 @@ def test_torchscript_archive_needing_code_is_refused(tmp_path):
 
 
 def test_prompted_model_step_keeps_batchnorm_statistics():
-    model_mod = pytest.importorskip("trainables.model")
-    model = model_mod.build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "cocoop",
-                                   "learner_config": {"prompt_depth": 2, "intermediate_dim": 8}, "seed": 0})
+    model = build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "cocoop",
+                               "learner_config": {"prompt_depth": 2, "intermediate_dim": 8}, "seed": 0})
     before = snapshot(model.vlsm)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

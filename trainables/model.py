@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainables.catalog import LEARNERS, VLSMS, LearnerCard
+from trainables.catalog import LEARNERS, VLSMS, LearnerCard, is_viable
 from trainables.config import ConfigError, from_dict
 from trainables.learners.base import ContextLearner
 from trainables.protocol import CHECKPOINT_ARTIFACT
@@ -118,7 +118,7 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
     vlsm = _build_vlsm(cfg) if entry.model is None else _frozen_vlsm(cfg)
     missing = entry.modalities - vlsm.spec.modalities
     if missing:
-        viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
+        viable = [n for n in LEARNERS.names() if is_viable(n, vlsm.spec.modalities)]
         raise ConfigError(f"learner {cfg.learner!r} prompts the {'/'.join(sorted(missing))} encoder, which "
                           f"{cfg.vlsm} does not have; viable learners for {cfg.vlsm}: {', '.join(viable)}")
     model = PromptedVLSM(cfg, vlsm, entry, learner_cfg)

@@ -22,7 +22,6 @@ from benchmark.plan.spec import Rule, Spec
 from trainables.catalog import LEARNERS, VLSMS
 from trainables.config import ConfigError, from_dict
 
-
 PAPER_DATASETS = ("kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus", "chexlocalize", "cityscapes", "voc")
 
 

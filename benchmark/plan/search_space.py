@@ -165,7 +165,7 @@ class TPESettings:
 
 ORIGINAL_TPE = TPESettings()
 ORIGINAL_TRIALS_PER_CELL = 20
-ORIGINAL_OBJECTIVE = ("val_loss", "min")  # last-epoch validation loss, minimised
+
 
 def params_for(learner: str, space: str = "paper") -> tuple[Param, ...]:
     """The searched parameters of one learner; empty for learners that are not swept (E2E)."""

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-
 from trainables.config import ConfigError, from_dict, read_yaml_mapping
 
 DEFAULT_TRAINABLE = "trainables.trial.tune_trainable"

@@ -28,6 +28,7 @@ SELECTED_FILE = "selected.parquet"
 PLAN_FILE = "plan.json"
 TUNE_DIR = "tune"
 MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
 
 
 # ---- the selection rule ----------------------------------------------------------------------------------
@@ -87,6 +88,10 @@ class RunDir:
     @property
     def mlflow_db(self) -> Path:
         return self.path / MLFLOW_DB
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.path / MLFLOW_ARTIFACTS
 
     def trial_files(self) -> list[Path]:
         return sorted(self.trials_dir.glob("*.parquet"))

@@ -43,7 +43,6 @@ class Dataset:
     group: str
 
 
-GROUPS = ("Non-Radiology", "Radiology", "Open Domain")
 DATASETS = (
     Dataset("bkai", "BKAI", "Non-Radiology"),
     Dataset("clinicdb", "ClinicDB", "Non-Radiology"),

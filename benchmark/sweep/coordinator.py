@@ -37,15 +37,14 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from benchmark.results import records
 from benchmark.plan.matrix import Plan, build_plan, check_paths
 from benchmark.plan.spec import Selection, Spec
+from benchmark.results import records
+from benchmark.results.run_dir import PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.storage import check_storage, check_uri, default_uri
-from benchmark.results.run_dir import PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
-
 
 
 @dataclass
@@ -256,7 +255,7 @@ def _archive(run_dir: Path) -> Path:
 
 def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
     """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed."""
-    path = run_dir / PLAN_FILE
+    path = RunDir(run_dir).plan_file
     fingerprint = plan.fingerprint()
     started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
@@ -381,7 +380,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
 
     existing = _read_existing(run_dir, plan)
-    if not force and (run_dir / PLAN_FILE).exists() and _is_complete(plan, existing):
+    if not force and RunDir(run_dir).plan_file.exists() and _is_complete(plan, existing):
         _plan_state(run_dir, plan, force=False)  # a changed plan is still an error, not a silent no-op
         _summarise(result, plan, existing, spec)
         result.noop = True
@@ -421,7 +420,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                        RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
     mirror = None
     if uri is not None:
-        artifacts = (run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None  # a server stores its own
+        artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
         mirror = MLflowMirror(uri, spec.name, state["sweep_id"], {c.id: c.keys for c in plan.cells},
                               artifact_location=artifacts)
         mirror.ensure_experiment()  # create the DB in the driver, before any trial (migration races otherwise)

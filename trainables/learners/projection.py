@@ -16,7 +16,6 @@ from __future__ import annotations
 from torch import nn
 
 
-
 def _head(last_in: int, out_dim: int, final_norm: bool, final_bias: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Linear(last_in, out_dim, bias=final_bias and not final_norm)]
     if final_norm:
