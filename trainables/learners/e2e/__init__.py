@@ -1,8 +1,8 @@
 """E2E fine-tuning baseline: no learner, no prompts, nothing frozen (reference §3, paper Table 3).
 
 Registered as a learner so that it sits in the same matrix as the prompt learners; with no modalities it is
-viable on every VLSM and not swept. `trainables.model.build_model` sees `module_cls is None`, unfreezes the VLSM and
-builds no upsampler (the original's E2E was the plain HF model).
+viable on every VLSM and not swept. `trainables.model.build_model` sees `model=None` (no torch module),
+unfreezes the VLSM and builds no upsampler (the original's E2E was the plain HF model).
 """
 
 from __future__ import annotations
