@@ -19,6 +19,7 @@ import math
 import random
 import tempfile
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from trainables.metrics import SegMetrics
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
+_CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class TrainConfig:
     device: str = "auto"
     eval_original_size: bool = True  # also report test Dice/IoU with predictions resized to the image's size
     max_steps_per_epoch: int | None = None  # smoke tests only: truncate each epoch
+    max_eval_batches: int | None = None  # smoke runs only: validate and test on the first N batches
     save_artifact: bool = True
 
     def __post_init__(self):
@@ -81,6 +84,8 @@ class TrainConfig:
             (0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, max_epochs]", self.min_epochs),
             (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
             (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
+            (self.max_eval_batches is None or self.max_eval_batches >= 1,
+             "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
         ]
         for ok, msg, value in checks:
             if not ok:
@@ -137,9 +142,15 @@ def resolve_precision(train: TrainConfig, device: torch.device) -> tuple[torch.d
     """(autocast dtype or None for fp32, whether a GradScaler is needed)."""
     p = train.precision
     if device.type != "cuda":
-        if p == "16-mixed":
-            raise ConfigError("train.precision '16-mixed' needs a CUDA device; use '32' or 'bf16-mixed' on CPU")
-        return (torch.bfloat16, False) if p == "bf16-mixed" else (None, False)
+        if p in ("auto", "32"):
+            return None, False
+        # CPU autocast runs bf16 and fp16, and the CPU GradScaler scales fp16 losses: slow, but the same code
+        # a GPU runs, so tests and `run --smoke` on CPU cover it.
+        if p not in _CPU_AMP_WARNED:
+            _CPU_AMP_WARNED.add(p)
+            warnings.warn(f"train.precision {p} on CPU is for testing: autocast on CPU is slower than fp32",
+                          stacklevel=2)
+        return (torch.bfloat16, False) if p == "bf16-mixed" else (torch.float16, True)
     if p == "auto":
         p = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if p == "bf16-mixed":
@@ -147,6 +158,24 @@ def resolve_precision(train: TrainConfig, device: torch.device) -> tuple[torch.d
     if p == "16-mixed":
         return torch.float16, True  # fp16 needs loss scaling, as in the original's Lightning `16-mixed`
     return None, False
+
+
+def reset_peak_rss() -> None:
+    """Restart the process's peak-RSS counter (Linux: "5" to /proc/self/clear_refs), so a reused worker
+    reports the peak of this trial, not of every trial it ran before."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since `reset_peak_rss` (VmHWM), in MiB; NaN where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def seed_everything(seed: int) -> None:
@@ -286,13 +315,16 @@ def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
-             original_size: bool = False) -> dict[str, float]:
-    """Loss, Dice and IoU over a whole split; optionally also at each image's original resolution."""
+             original_size: bool = False, max_batches: int | None = None) -> dict[str, float]:
+    """Loss, Dice and IoU over a whole split (or its first `max_batches`); optionally also at each image's
+    original resolution. `images` is how many were evaluated."""
     model.eval()
     metrics, metrics_orig = SegMetrics(device), SegMetrics(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     n = 0
-    for batch in loader:
+    for k, batch in enumerate(loader):
+        if max_batches is not None and k >= max_batches:
+            break
         with _autocast(device, amp_dtype):
             logits, mask = forward_batch(model, batch, device)
         loss_sum += dice_bce_loss(logits, mask, bce_weight).double() * len(mask)
@@ -305,7 +337,7 @@ def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
                 p = F.interpolate(probs[i : i + 1], size=(h, w), mode="bicubic", align_corners=False)
                 gt = torch.as_tensor(dataset.original_mask(batch["index"][i]), device=device)
                 metrics_orig.update(p >= 0.5, gt.reshape(1, 1, h, w) > 0.5)
-    out = {"loss": float(loss_sum) / max(n, 1), **metrics.compute()}
+    out = {"loss": float(loss_sum) / max(n, 1), **metrics.compute(), "images": n}
     if original_size:
         orig = metrics_orig.compute() if float(metrics_orig.count) else {"dice": float("nan"), "iou": float("nan")}
         out.update(dice_orig=orig["dice"], iou_orig=orig["iou"])
@@ -387,6 +419,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
     step = 0
     for epoch in range(state["epoch"] + 1, tc.max_epochs):
         if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
@@ -399,6 +432,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
         n_images = 0
+        steps_before = step
+        pending = 0  # micro-batches whose gradients wait for the next optimizer step
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):
             if tc.max_steps_per_epoch is not None and i >= tc.max_steps_per_epoch * tc.accumulate:
@@ -413,23 +448,27 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             if device.type != "cuda" and bool(bad):
                 _diverged(epoch, int(first_bad), optimizer, loss)
             scaler.scale(loss / tc.accumulate).backward()
-            if (i + 1) % tc.accumulate == 0:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+            pending += 1
+            if pending == tc.accumulate:
+                _optimizer_step(scaler, optimizer)
+                pending = 0
                 step += 1
             loss_sum += loss.detach().double() * len(mask)
             n_images += len(mask)
-        if n_images % (tc.batch_size * tc.accumulate):  # a partial accumulation at the end still counts
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+        # An incomplete last group still steps; a complete one already did. Counting micro-batches, not
+        # images, matters when the last batch is short: stepping again on empty gradients is a no-op in
+        # fp32 but makes the fp16 GradScaler raise "No inf checks were recorded for this optimizer".
+        if pending:
+            _optimizer_step(scaler, optimizer)
             step += 1
         if int(first_bad) >= 0:  # one sync per epoch on the GPU
             _diverged(epoch, int(first_bad), optimizer, loss_sum)
         train_seconds = time.time() - t0
+        epoch_steps = step - steps_before
 
-        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight)
+        t_val = time.time()
+        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches)
+        val_seconds = time.time() - t_val
         scheduler.step(val["loss"])
         if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
             state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
@@ -447,6 +486,9 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "epoch_seconds": time.time() - t0,
             "images_per_s": n_images / max(train_seconds, 1e-9),
             "objective": _objective(tc, state),
+            # what `run --smoke` turns into seconds per step and per image
+            "train_seconds": train_seconds, "train_images": n_images, "optimizer_steps": epoch_steps,
+            "val_seconds": val_seconds, "val_images": val["images"],
         }
         with tempfile.TemporaryDirectory() as d:
             save_state(d)
@@ -456,7 +498,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     if state["best_state"] is not None:
         load_trainable_state(model, state["best_state"])
     test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
-                    original_size=tc.eval_original_size)
+                    original_size=tc.eval_original_size, max_batches=tc.max_eval_batches)
     data = _artifact_data(cfg, datasets["test"])
     if artifact_dir is not None and tc.save_artifact:
         model.save_artifact(artifact_dir, data=data)
@@ -471,6 +513,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "trainable_params": trainable_params,
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "peak_rss_mb": peak_rss_mb(),
         "trial_seconds": time.time() - t_start,
         "status": "ok", "error": "",
     }
@@ -488,6 +531,12 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
         report(final, d)
     return final
+
+
+def _optimizer_step(scaler, optimizer) -> None:
+    scaler.step(optimizer)  # with fp16, skipped (and the scale lowered) when a gradient is inf/NaN
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _artifact_data(cfg: TrialConfig, test_set) -> dict:
