@@ -198,6 +198,11 @@ def read_trials(path: str | Path, spec: str | None = None, selection: str = "val
     source = str(path)
     if "spec" in df.columns:
         specs = sorted(df["spec"].dropna().astype(str).unique())
+        from benchmark.smoke import rehearsal_specs
+
+        if rehearsal_specs(specs):
+            raise ConfigError(f"{source}: rows of a rehearsal ({', '.join(rehearsal_specs(specs))}, written by "
+                              "`tunevlseg run --smoke`) are not results; tabulate a real run's directory")
         if spec is not None:
             if spec not in specs:
                 raise ConfigError(f"{source}: no trials of spec {spec!r}; the file holds: {', '.join(specs)}")
