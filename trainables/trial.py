@@ -34,6 +34,7 @@ from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+MaskTarget = Literal["binary", "original"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
 _CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
@@ -45,10 +46,16 @@ class DataConfig:
     root: str  # absolute path of the dataset on every node
     cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
     num_workers: int = 0
+    # binary: mask = grey > 127 (the card's threshold), the target of loss and metrics. original: the
+    # original code's targets on JPEG masks: loss on grey / 255 (soft), metrics count only grey == 255 as
+    # foreground (torchmetrics on mask.long()). Metrics at the original size keep > 127 (its offline script).
+    mask_target: MaskTarget = "binary"
 
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.mask_target not in ("binary", "original"):
+            raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,10 @@ class TrainConfig:
     eval_original_size: bool = True  # also report test Dice/IoU with predictions resized to the image's size
     max_steps_per_epoch: int | None = None  # smoke tests only: truncate each epoch
     max_eval_batches: int | None = None  # smoke runs only: validate and test on the first N batches
+    # Validations per epoch, evenly spaced, the last at the epoch's end (the original validated Cityscapes
+    # twice: Lightning's val_check_interval 0.5). Each one counts for early stopping and the best state;
+    # the LR scheduler steps once per epoch on the last one.
+    val_checks_per_epoch: int = 1
     save_artifact: bool = True
 
     def __post_init__(self):
@@ -84,6 +95,7 @@ class TrainConfig:
             (0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, max_epochs]", self.min_epochs),
             (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
             (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
+            (self.val_checks_per_epoch >= 1, "train.val_checks_per_epoch must be >= 1", self.val_checks_per_epoch),
             (self.max_eval_batches is None or self.max_eval_batches >= 1,
              "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
         ]
@@ -313,9 +325,17 @@ def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tenso
     return logits, to_device(batch["mask"], device).float()
 
 
+def mask_targets(mask: torch.Tensor, mode: str = "binary") -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss target, metric target) of a batch's float mask: {0,1} masks serve both; grey 0..255 masks
+    (`data.mask_target: original`) give grey / 255 for the loss and grey == 255 for the metrics."""
+    if mode == "original":
+        return mask / 255, (mask == 255).float()
+    return mask, mask
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
-             original_size: bool = False, max_batches: int | None = None) -> dict[str, float]:
+             original_size: bool = False, max_batches: int | None = None, mask_target: str = "binary") -> dict[str, float]:
     """Loss, Dice and IoU over a whole split (or its first `max_batches`); optionally also at each image's
     original resolution. `images` is how many were evaluated."""
     model.eval()
@@ -327,9 +347,10 @@ def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
             break
         with _autocast(device, amp_dtype):
             logits, mask = forward_batch(model, batch, device)
+        mask, metric_mask = mask_targets(mask, mask_target)
         loss_sum += dice_bce_loss(logits, mask, bce_weight).double() * len(mask)
         n += len(mask)
-        metrics.update_from_logits(logits, mask)
+        metrics.update_from_logits(logits, metric_mask)
         if original_size and dataset is not None and hasattr(dataset, "original_mask"):
             probs = torch.sigmoid(logits.float())
             for i, (h, w) in enumerate(batch["original_size"]):
@@ -357,7 +378,8 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     # per-sample Normalize on the CPU; `forward_batch` normalises on the device with the same spec.mean/std.
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
-                             augment=(split == "train"), cache=cfg.data.cache, normalize=False, seed=cfg.train.seed)
+                             augment=(split == "train"), cache=cfg.data.cache, normalize=False, seed=cfg.train.seed,
+                             grey_masks=cfg.data.mask_target == "original")
         for split in ("train", "val", "test")
     }
 
@@ -420,6 +442,24 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
+
+    def validate(epoch: int) -> dict:
+        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
+                       mask_target=cfg.data.mask_target)
+        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
+            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
+        if val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta:
+            state.update(best_val_loss=val["loss"], bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1  # counts validations: half-epochs with two checks per epoch, as Lightning
+        state["last_val_loss"] = val["loss"]
+        return val
+
+    n_batches = len(train_loader)
+    if tc.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
+    checks = tc.val_checks_per_epoch
+    mid_checks = {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}  # after batch i+1
     step = 0
     for epoch in range(state["epoch"] + 1, tc.max_epochs):
         if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
@@ -433,6 +473,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
         n_images = 0
         steps_before = step
+        mid_val_seconds = 0.0
         pending = 0  # micro-batches whose gradients wait for the next optimizer step
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):
@@ -440,7 +481,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
                 break
             with _autocast(device, amp_dtype):
                 logits, mask = forward_batch(model, batch, device)
-                loss = dice_bce_loss(logits, mask, tc.bce_weight)
+                loss = dice_bce_loss(logits, mask_targets(mask, cfg.data.mask_target)[0], tc.bce_weight)
             # Remember the first non-finite step on the device; reading it every step would be a host sync
             # that stalls the GPU. On CPU there is nothing to stall, so stop at once.
             bad = ~torch.isfinite(loss.detach())
@@ -455,6 +496,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
                 step += 1
             loss_sum += loss.detach().double() * len(mask)
             n_images += len(mask)
+            if i + 1 in mid_checks:
+                t_mid = time.time()
+                validate(epoch)
+                model.train()
+                mid_val_seconds += time.time() - t_mid
         # An incomplete last group still steps; a complete one already did. Counting micro-batches, not
         # images, matters when the last batch is short: stepping again on empty gradients is a no-op in
         # fp32 but makes the fp16 GradScaler raise "No inf checks were recorded for this optimizer".
@@ -463,20 +509,14 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             step += 1
         if int(first_bad) >= 0:  # one sync per epoch on the GPU
             _diverged(epoch, int(first_bad), optimizer, loss_sum)
-        train_seconds = time.time() - t0
+        train_seconds = time.time() - t0 - mid_val_seconds
         epoch_steps = step - steps_before
 
         t_val = time.time()
-        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches)
+        val = validate(epoch)
         val_seconds = time.time() - t_val
         scheduler.step(val["loss"])
-        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
-            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
-        if val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta:
-            state.update(best_val_loss=val["loss"], bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state.update(epoch=epoch, last_val_loss=val["loss"])
+        state["epoch"] = epoch
 
         metrics = {
             "epoch": epoch,
@@ -498,7 +538,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     if state["best_state"] is not None:
         load_trainable_state(model, state["best_state"])
     test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
-                    original_size=tc.eval_original_size, max_batches=tc.max_eval_batches)
+                    original_size=tc.eval_original_size, max_batches=tc.max_eval_batches,
+                    mask_target=cfg.data.mask_target)
     data = _artifact_data(cfg, datasets["test"])
     if artifact_dir is not None and tc.save_artifact:
         model.save_artifact(artifact_dir, data=data)
