@@ -35,6 +35,9 @@ from trainables.metrics import SegMetrics
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 MaskTarget = Literal["binary", "original"]
+Scheduler = Literal["plateau", "cosine"]
+EarlyStopOn = Literal["val_loss", "val_dice"]
+DecayOn = Literal["weights", "all"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
 _CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
@@ -46,6 +49,7 @@ class DataConfig:
     root: str  # absolute path of the dataset on every node
     cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
     num_workers: int = 0
+    augment: bool = True  # the original's random augmentation on the train split (medvlsm used none)
     # binary: mask = grey > 127 (the card's threshold), the target of loss and metrics. original: the
     # original code's targets on JPEG masks: loss on grey / 255 (soft), metrics count only grey == 255 as
     # foreground (torchmetrics on mask.long()). Metrics at the original size keep > 127 (its offline script).
@@ -82,6 +86,16 @@ class TrainConfig:
     # twice: Lightning's val_check_interval 0.5). Each one counts for early stopping and the best state;
     # the LR scheduler steps once per epoch on the last one.
     val_checks_per_epoch: int = 1
+    # Alternatives for other recipes (experiments/medvlsm_e2e.yaml): CosineAnnealingLR(T_max, eta_min)
+    # stepped per epoch instead of ReduceLROnPlateau; early stopping on val Dice (mode max); gradient-norm
+    # clipping (Lightning's gradient_clip_val; fp16 gradients are unscaled first); weight decay on every
+    # parameter (torch's AdamW(model.parameters())) instead of weights only.
+    scheduler: Scheduler = "plateau"
+    cosine_t_max: int = 50
+    cosine_eta_min: float = 0.0
+    early_stop_on: EarlyStopOn = "val_loss"
+    grad_clip_norm: float | None = None
+    weight_decay_on: DecayOn = "weights"
     save_artifact: bool = True
 
     def __post_init__(self):
@@ -96,6 +110,14 @@ class TrainConfig:
             (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
             (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
             (self.val_checks_per_epoch >= 1, "train.val_checks_per_epoch must be >= 1", self.val_checks_per_epoch),
+            (self.scheduler in ("plateau", "cosine"), "train.scheduler must be 'plateau' or 'cosine'", self.scheduler),
+            (self.cosine_t_max >= 1, "train.cosine_t_max must be >= 1", self.cosine_t_max),
+            (self.early_stop_on in ("val_loss", "val_dice"), "train.early_stop_on must be 'val_loss' or 'val_dice'",
+             self.early_stop_on),
+            (self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm must be > 0 (or null)",
+             self.grad_clip_norm),
+            (self.weight_decay_on in ("weights", "all"), "train.weight_decay_on must be 'weights' or 'all'",
+             self.weight_decay_on),
             (self.max_eval_batches is None or self.max_eval_batches >= 1,
              "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
         ]
@@ -378,8 +400,8 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     # per-sample Normalize on the CPU; `forward_batch` normalises on the device with the same spec.mean/std.
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
-                             augment=(split == "train"), cache=cfg.data.cache, normalize=False, seed=cfg.train.seed,
-                             grey_masks=cfg.data.mask_target == "original")
+                             augment=(split == "train" and cfg.data.augment), cache=cfg.data.cache, normalize=False,
+                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original")
         for split in ("train", "val", "test")
     }
 
@@ -417,10 +439,16 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     trainable_params = sum(p.numel() for _, p in model.named_trainable_parameters())
 
-    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
+    groups = model.param_groups(tc.weight_decay)
+    if tc.weight_decay_on == "all":
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
+    if tc.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
+                                                               eta_min=tc.cosine_eta_min)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
@@ -448,10 +476,17 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
                        mask_target=cfg.data.mask_target)
         if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
             state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
-        if val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta:
-            state.update(best_val_loss=val["loss"], bad_epochs=0)
+        if tc.early_stop_on == "val_dice":
+            improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
+            if improved:
+                state["es_best_dice"] = val["dice"]
+            state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
         else:
-            state["bad_epochs"] += 1  # counts validations: half-epochs with two checks per epoch, as Lightning
+            improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
+            if improved:
+                state["best_val_loss"] = val["loss"]
+        # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         state["last_val_loss"] = val["loss"]
         return val
 
@@ -491,7 +526,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             scaler.scale(loss / tc.accumulate).backward()
             pending += 1
             if pending == tc.accumulate:
-                _optimizer_step(scaler, optimizer)
+                _optimizer_step(scaler, optimizer, tc.grad_clip_norm)
                 pending = 0
                 step += 1
             loss_sum += loss.detach().double() * len(mask)
@@ -505,7 +540,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         # images, matters when the last batch is short: stepping again on empty gradients is a no-op in
         # fp32 but makes the fp16 GradScaler raise "No inf checks were recorded for this optimizer".
         if pending:
-            _optimizer_step(scaler, optimizer)
+            _optimizer_step(scaler, optimizer, tc.grad_clip_norm)
             step += 1
         if int(first_bad) >= 0:  # one sync per epoch on the GPU
             _diverged(epoch, int(first_bad), optimizer, loss_sum)
@@ -515,7 +550,10 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         t_val = time.time()
         val = validate(epoch)
         val_seconds = time.time() - t_val
-        scheduler.step(val["loss"])
+        if tc.scheduler == "plateau":
+            scheduler.step(val["loss"])
+        else:
+            scheduler.step()
         state["epoch"] = epoch
 
         metrics = {
@@ -574,7 +612,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     return final
 
 
-def _optimizer_step(scaler, optimizer) -> None:
+def _optimizer_step(scaler, optimizer, clip_norm: float | None = None) -> None:
+    if clip_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones (a no-op without fp16)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
     scaler.step(optimizer)  # with fp16, skipped (and the scale lowered) when a gradient is inf/NaN
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
