@@ -244,13 +244,16 @@ class Collector:
 
 def measure(cell, epoch: dict | None, final: dict | None) -> dict[str, Any]:
     """One row of the rehearsal table (plain JSON types)."""
+    # A trial that never reported its end (the rehearsal was interrupted) is "not run", never "ok".
+    status = (final.get("status") or "error") if final else "not run"
     final = final or {}
-    status = final.get("status") or ("error" if final or epoch is None else "ok")
     row: dict[str, Any] = {"cell_id": cell.id, "vlsm": cell.vlsm, "learner": cell.learner, "dataset": cell.dataset,
                            "status": status, "error": str(final.get("error") or ""),
                            "batch_size": cell.config["train"]["batch_size"],
                            "effective_batch_size": cell.config["train"]["effective_batch_size"],
                            "precision": cell.config["train"].get("precision", "auto")}
+    if status == "not run":
+        row["error"] = "no result: the rehearsal stopped before this trial ended"
     if epoch:
         steps = epoch.get("optimizer_steps") or 0
         row.update(seconds_per_step=epoch["train_seconds"] / steps if steps else None,

@@ -94,6 +94,20 @@ def test_unloadable_weights_fall_back_to_a_random_init_of_the_same_architecture(
     assert smoke.build_rehearsal(_spec(tmp_path), on_gpu=False, cpus=2).fallbacks == []
 
 
+def test_a_row_is_ok_only_when_its_trial_reported_ok(tmp_path):
+    (tmp_path / "mini_polyp").mkdir()
+    cell = smoke.build_rehearsal(_spec(tmp_path), on_gpu=False, cpus=2).plan.cells[0]
+    epoch = {"train_seconds": 4.0, "train_images": 8, "optimizer_steps": 2, "val_seconds": 1.0, "val_images": 2}
+    ok = smoke.measure(cell, epoch, {"status": "ok", "peak_rss_mb": 900.0, "peak_gpu_mem_mb": 0.0})
+    assert (ok["status"], ok["seconds_per_step"], ok["images_per_step"], ok["peak_mem_mb"], ok["peak_mem_kind"]) \
+        == ("ok", 2.0, 4.0, 900.0, "RSS")
+    assert smoke.measure(cell, epoch, None)["status"] == "not run"  # interrupted: never "ok"
+    failed = smoke.measure(cell, None, {"status": "error", "error": "CUDA out of memory"})
+    assert failed["status"] == "error" and failed["error"] == "CUDA out of memory"
+    gpu = smoke.measure(cell, epoch, {"status": "ok", "peak_gpu_mem_mb": 5000.0, "peak_rss_mb": 900.0})
+    assert (gpu["peak_mem_mb"], gpu["peak_mem_kind"]) == (5000.0, "GPU")
+
+
 def _rehearsal_folder(tmp_path: Path) -> Path:
     run = tmp_path / "rehearse.smoke"
     run.mkdir()
