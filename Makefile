@@ -13,7 +13,7 @@ MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
+.PHONY: help install test test-slow test-gpu test-cluster smoke benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-gpu: install ## the GPU figures (H100/H200; `make install` there gets CUDA
 
 mini-data: install ## generate the three synthetic mini datasets in data/mini (seconds; idempotent)
 	$(PY) -m benchmark data make-synthetic --dst $(MINI_DATA)
+
+smoke: install $(if $(DATA),,mini-data) ## rehearse SPEC: one short trial per cell with data, a table, the projected cost (SPEC=experiments/table3.yaml DATA=DIR)
+	$(PY) -m benchmark run $(SPEC) --smoke --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 plan: install ## print the cells and trials of SPEC without running anything
 	$(PY) -m benchmark plan $(SPEC)

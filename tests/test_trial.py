@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trainables.config import ConfigError
-from trainables.trial import DataConfig, TrainConfig, TrialConfig, TrialDiverged, fit, resolve_precision
+from trainables.trial import DataConfig, TrainConfig, TrialConfig, TrialDiverged, fit
 
 
 class _Spec:
@@ -180,12 +180,6 @@ def test_nan_loss_stops_with_location():
 def test_bad_train_config_is_rejected_before_training(field, value, match):
     with pytest.raises(ConfigError, match=match):
         _cfg(**{field: value})
-
-
-def test_fp16_on_cpu_is_a_clear_error():
-    with pytest.raises(ConfigError, match="'16-mixed' needs a CUDA device"):
-        resolve_precision(TrainConfig(precision="16-mixed"), torch.device("cpu"))
-    assert resolve_precision(TrainConfig(), torch.device("cpu")) == (None, False)
 
 
 def test_trial_config_rejects_unknown_sections():

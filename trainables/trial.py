@@ -19,6 +19,7 @@ import math
 import random
 import tempfile
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,13 @@ from trainables.metrics import SegMetrics
 from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+MaskTarget = Literal["binary", "original"]
+Scheduler = Literal["plateau", "cosine"]
+EarlyStopOn = Literal["val_loss", "val_dice"]
+DecayOn = Literal["weights", "all"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
+_CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,17 @@ class DataConfig:
     root: str  # absolute path of the dataset on every node
     cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
     num_workers: int = 0
+    augment: bool = True  # the original's random augmentation on the train split (medvlsm used none)
+    # binary: mask = grey > 127 (the card's threshold), the target of loss and metrics. original: the
+    # original code's targets on JPEG masks: loss on grey / 255 (soft), metrics count only grey == 255 as
+    # foreground (torchmetrics on mask.long()). Metrics at the original size keep > 127 (its offline script).
+    mask_target: MaskTarget = "binary"
 
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.mask_target not in ("binary", "original"):
+            raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,21 @@ class TrainConfig:
     device: str = "auto"
     eval_original_size: bool = True  # also report test Dice/IoU with predictions resized to the image's size
     max_steps_per_epoch: int | None = None  # smoke tests only: truncate each epoch
+    max_eval_batches: int | None = None  # smoke runs only: validate and test on the first N batches
+    # Validations per epoch, evenly spaced, the last at the epoch's end (the original validated Cityscapes
+    # twice: Lightning's val_check_interval 0.5). Each one counts for early stopping and the best state;
+    # the LR scheduler steps once per epoch on the last one.
+    val_checks_per_epoch: int = 1
+    # Alternatives for other recipes (experiments/medvlsm_e2e.yaml): CosineAnnealingLR(T_max, eta_min)
+    # stepped per epoch instead of ReduceLROnPlateau; early stopping on val Dice (mode max); gradient-norm
+    # clipping (Lightning's gradient_clip_val; fp16 gradients are unscaled first); weight decay on every
+    # parameter (torch's AdamW(model.parameters())) instead of weights only.
+    scheduler: Scheduler = "plateau"
+    cosine_t_max: int = 50
+    cosine_eta_min: float = 0.0
+    early_stop_on: EarlyStopOn = "val_loss"
+    grad_clip_norm: float | None = None
+    weight_decay_on: DecayOn = "weights"
     save_artifact: bool = True
 
     def __post_init__(self):
@@ -82,6 +110,17 @@ class TrainConfig:
             (0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, max_epochs]", self.min_epochs),
             (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
             (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
+            (self.val_checks_per_epoch >= 1, "train.val_checks_per_epoch must be >= 1", self.val_checks_per_epoch),
+            (self.scheduler in ("plateau", "cosine"), "train.scheduler must be 'plateau' or 'cosine'", self.scheduler),
+            (self.cosine_t_max >= 1, "train.cosine_t_max must be >= 1", self.cosine_t_max),
+            (self.early_stop_on in ("val_loss", "val_dice"), "train.early_stop_on must be 'val_loss' or 'val_dice'",
+             self.early_stop_on),
+            (self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm must be > 0 (or null)",
+             self.grad_clip_norm),
+            (self.weight_decay_on in ("weights", "all"), "train.weight_decay_on must be 'weights' or 'all'",
+             self.weight_decay_on),
+            (self.max_eval_batches is None or self.max_eval_batches >= 1,
+             "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
         ]
         for ok, msg, value in checks:
             if not ok:
@@ -138,9 +177,15 @@ def resolve_precision(train: TrainConfig, device: torch.device) -> tuple[torch.d
     """(autocast dtype or None for fp32, whether a GradScaler is needed)."""
     p = train.precision
     if device.type != "cuda":
-        if p == "16-mixed":
-            raise ConfigError("train.precision '16-mixed' needs a CUDA device; use '32' or 'bf16-mixed' on CPU")
-        return (torch.bfloat16, False) if p == "bf16-mixed" else (None, False)
+        if p in ("auto", "32"):
+            return None, False
+        # CPU autocast runs bf16 and fp16, and the CPU GradScaler scales fp16 losses: slow, but the same code
+        # a GPU runs, so tests and `run --smoke` on CPU cover it.
+        if p not in _CPU_AMP_WARNED:
+            _CPU_AMP_WARNED.add(p)
+            warnings.warn(f"train.precision {p} on CPU is for testing: autocast on CPU is slower than fp32",
+                          stacklevel=2)
+        return (torch.bfloat16, False) if p == "bf16-mixed" else (torch.float16, True)
     if p == "auto":
         p = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if p == "bf16-mixed":
@@ -148,6 +193,24 @@ def resolve_precision(train: TrainConfig, device: torch.device) -> tuple[torch.d
     if p == "16-mixed":
         return torch.float16, True  # fp16 needs loss scaling, as in the original's Lightning `16-mixed`
     return None, False
+
+
+def reset_peak_rss() -> None:
+    """Restart the process's peak-RSS counter (Linux: "5" to /proc/self/clear_refs), so a reused worker
+    reports the peak of this trial, not of every trial it ran before."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since `reset_peak_rss` (VmHWM), in MiB; NaN where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def seed_everything(seed: int) -> None:
@@ -285,20 +348,32 @@ def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tenso
     return logits, to_device(batch["mask"], device).float()
 
 
+def mask_targets(mask: torch.Tensor, mode: str = "binary") -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss target, metric target) of a batch's float mask: {0,1} masks serve both; grey 0..255 masks
+    (`data.mask_target: original`) give grey / 255 for the loss and grey == 255 for the metrics."""
+    if mode == "original":
+        return mask / 255, (mask == 255).float()
+    return mask, mask
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
-             original_size: bool = False) -> dict[str, float]:
-    """Loss, Dice and IoU over a whole split; optionally also at each image's original resolution."""
+             original_size: bool = False, max_batches: int | None = None, mask_target: str = "binary") -> dict[str, float]:
+    """Loss, Dice and IoU over a whole split (or its first `max_batches`); optionally also at each image's
+    original resolution. `images` is how many were evaluated."""
     model.eval()
     metrics, metrics_orig = SegMetrics(device), SegMetrics(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     n = 0
-    for batch in loader:
+    for k, batch in enumerate(loader):
+        if max_batches is not None and k >= max_batches:
+            break
         with _autocast(device, amp_dtype):
             logits, mask = forward_batch(model, batch, device)
+        mask, metric_mask = mask_targets(mask, mask_target)
         loss_sum += dice_bce_loss(logits, mask, bce_weight).double() * len(mask)
         n += len(mask)
-        metrics.update_from_logits(logits, mask)
+        metrics.update_from_logits(logits, metric_mask)
         if original_size and dataset is not None and hasattr(dataset, "original_mask"):
             probs = torch.sigmoid(logits.float())
             for i, (h, w) in enumerate(batch["original_size"]):
@@ -306,7 +381,7 @@ def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
                 p = F.interpolate(probs[i : i + 1], size=(h, w), mode="bicubic", align_corners=False)
                 gt = torch.as_tensor(dataset.original_mask(batch["index"][i]), device=device)
                 metrics_orig.update(p >= 0.5, gt.reshape(1, 1, h, w) > 0.5)
-    out = {"loss": float(loss_sum) / max(n, 1), **metrics.compute()}
+    out = {"loss": float(loss_sum) / max(n, 1), **metrics.compute(), "images": n}
     if original_size:
         orig = metrics_orig.compute() if float(metrics_orig.count) else {"dice": float("nan"), "iou": float("nan")}
         out.update(dice_orig=orig["dice"], iou_orig=orig["iou"])
@@ -326,7 +401,8 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     # per-sample Normalize on the CPU; `forward_batch` normalises on the device with the same spec.mean/std.
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
-                             augment=(split == "train"), cache=cfg.data.cache, normalize=False, seed=cfg.train.seed)
+                             augment=(split == "train" and cfg.data.augment), cache=cfg.data.cache, normalize=False,
+                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original")
         for split in ("train", "val", "test")
     }
 
@@ -364,10 +440,16 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     trainable_params = sum(p.numel() for _, p in model.named_trainable_parameters())
 
-    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr,
-                                  fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
+    groups = model.param_groups(tc.weight_decay)
+    if tc.weight_decay_on == "all":
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
+    if tc.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
+                                                               eta_min=tc.cosine_eta_min)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
@@ -388,6 +470,32 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+
+    def validate(epoch: int) -> dict:
+        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
+                       mask_target=cfg.data.mask_target)
+        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
+            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
+        if tc.early_stop_on == "val_dice":
+            improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
+            if improved:
+                state["es_best_dice"] = val["dice"]
+            state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
+        else:
+            improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
+            if improved:
+                state["best_val_loss"] = val["loss"]
+        # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+        state["last_val_loss"] = val["loss"]
+        return val
+
+    n_batches = len(train_loader)
+    if tc.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
+    checks = tc.val_checks_per_epoch
+    mid_checks = {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}  # after batch i+1
     step = 0
     for epoch in range(state["epoch"] + 1, tc.max_epochs):
         if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
@@ -400,13 +508,16 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
         n_images = 0
+        steps_before = step
+        mid_val_seconds = 0.0
+        pending = 0  # micro-batches whose gradients wait for the next optimizer step
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_loader):
             if tc.max_steps_per_epoch is not None and i >= tc.max_steps_per_epoch * tc.accumulate:
                 break
             with _autocast(device, amp_dtype):
                 logits, mask = forward_batch(model, batch, device)
-                loss = dice_bce_loss(logits, mask, tc.bce_weight)
+                loss = dice_bce_loss(logits, mask_targets(mask, cfg.data.mask_target)[0], tc.bce_weight)
             # Remember the first non-finite step on the device; reading it every step would be a host sync
             # that stalls the GPU. On CPU there is nothing to stall, so stop at once.
             bad = ~torch.isfinite(loss.detach())
@@ -414,31 +525,37 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             if device.type != "cuda" and bool(bad):
                 _diverged(epoch, int(first_bad), optimizer, loss)
             scaler.scale(loss / tc.accumulate).backward()
-            if (i + 1) % tc.accumulate == 0:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+            pending += 1
+            if pending == tc.accumulate:
+                _optimizer_step(scaler, optimizer, tc.grad_clip_norm)
+                pending = 0
                 step += 1
             loss_sum += loss.detach().double() * len(mask)
             n_images += len(mask)
-        if n_images % (tc.batch_size * tc.accumulate):  # a partial accumulation at the end still counts
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            if i + 1 in mid_checks:
+                t_mid = time.time()
+                validate(epoch)
+                model.train()
+                mid_val_seconds += time.time() - t_mid
+        # An incomplete last group still steps; a complete one already did. Counting micro-batches, not
+        # images, matters when the last batch is short: stepping again on empty gradients is a no-op in
+        # fp32 but makes the fp16 GradScaler raise "No inf checks were recorded for this optimizer".
+        if pending:
+            _optimizer_step(scaler, optimizer, tc.grad_clip_norm)
             step += 1
         if int(first_bad) >= 0:  # one sync per epoch on the GPU
             _diverged(epoch, int(first_bad), optimizer, loss_sum)
-        train_seconds = time.time() - t0
+        train_seconds = time.time() - t0 - mid_val_seconds
+        epoch_steps = step - steps_before
 
-        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight)
-        scheduler.step(val["loss"])
-        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
-            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
-        if val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta:
-            state.update(best_val_loss=val["loss"], bad_epochs=0)
+        t_val = time.time()
+        val = validate(epoch)
+        val_seconds = time.time() - t_val
+        if tc.scheduler == "plateau":
+            scheduler.step(val["loss"])
         else:
-            state["bad_epochs"] += 1
-        state.update(epoch=epoch, last_val_loss=val["loss"])
+            scheduler.step()
+        state["epoch"] = epoch
 
         metrics = {
             "epoch": epoch,
@@ -448,6 +565,9 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "epoch_seconds": time.time() - t0,
             "images_per_s": n_images / max(train_seconds, 1e-9),
             "objective": _objective(tc, state),
+            # what `run --smoke` turns into seconds per step and per image
+            "train_seconds": train_seconds, "train_images": n_images, "optimizer_steps": epoch_steps,
+            "val_seconds": val_seconds, "val_images": val["images"],
         }
         with tempfile.TemporaryDirectory() as d:
             save_state(d)
@@ -457,7 +577,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     if state["best_state"] is not None:
         load_trainable_state(model, state["best_state"])
     test = evaluate(model, test_loader, device, amp_dtype, tc.bce_weight, datasets["test"],
-                    original_size=tc.eval_original_size)
+                    original_size=tc.eval_original_size, max_batches=tc.max_eval_batches,
+                    mask_target=cfg.data.mask_target)
     data = _artifact_data(cfg, datasets["test"])
     if artifact_dir is not None and tc.save_artifact:
         model.save_artifact(artifact_dir, data=data)
@@ -472,6 +593,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "trainable_params": trainable_params,
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "peak_rss_mb": peak_rss_mb(),
         "trial_seconds": time.time() - t_start,
         "status": STATUS_OK, "error": "",
     }
@@ -487,6 +609,16 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
         report(final, d)
     return final
+
+
+def _optimizer_step(scaler, optimizer, clip_norm: float | None = None) -> None:
+    if clip_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones (a no-op without fp16)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    scaler.step(optimizer)  # with fp16, skipped (and the scale lowered) when a gradient is inf/NaN
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _artifact_data(cfg: TrialConfig, test_set) -> dict:

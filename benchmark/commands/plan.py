@@ -69,13 +69,21 @@ def _estimate(args, spec, plan) -> int:
             sizes_cache[ds] = E.split_sizes(ds)
         return sizes_cache[ds]
 
-    measured = None
-    if args.from_run and x is None:
+    measured, overhead, label = None, args.trial_overhead_s, str(args.from_run or "")
+    from benchmark import smoke
+
+    if args.from_run and x is None and smoke.is_rehearsal(args.from_run):
+        # A rehearsal's trials are short: its rates come from its measured step times (benchmark/smoke.py).
+        measured, fixed, label = smoke.measured_rates(args.from_run)
+        overhead = overhead or fixed
+        if not measured:
+            raise ConfigError(f"--from {args.from_run}: the rehearsal has no ok cell to measure")
+    elif args.from_run and x is None:
         measured = E.rates_from_rows(E.read_run_rows(args.from_run), sizes)
         if not measured:
             raise ConfigError(f"--from {args.from_run}: no finished trial with seconds and epochs_run to measure")
     est = E.estimate(plan.cells, sizes=sizes, gpu_seconds_per_image=x, measured=measured,
-                     run_label=str(args.from_run or ""), overhead_seconds=args.trial_overhead_s)
+                     run_label=label, overhead_seconds=overhead)
     if args.json:
         print(json.dumps({"spec": spec.name, "gpu_hours": est.gpu_hours, "slot_hours": est.slot_hours,
                           "subtotals": [{"vlsm": v, "learner": lrn, **s}

@@ -79,6 +79,11 @@ TITLES = {
        "last upsampling layer is introduced.",
 }
 
+# Where the paper's E2E rows come from (docs/learners.md): printed under every table with E2E rows.
+E2E_SOURCE_NOTE = ("E2E rows: the paper's medical E2E numbers are Poudel et al.'s (medvlsm) CLIPSeg fine-tuned "
+                   "with medvlsm's recipe (experiments/medvlsm_e2e.yaml); only Cityscapes and VOC used the "
+                   "original TuneVLSeg's E2E scripts (experiments/table3.yaml, reference.yaml).")
+
 # The paper prints these in the text under Tables 3 and 5; its CSVs have no row for them.
 PAPER_AVERAGE = {3: (73.10, 6.24), 5: (70.51, 5.40)}
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -186,6 +191,11 @@ def read_trials(path: str | Path, spec: str | None = None, by: str = "objective"
     source = str(path)
     if "spec" in df.columns:
         specs = sorted(df["spec"].dropna().astype(str).unique())
+        from benchmark.smoke import rehearsal_specs
+
+        if rehearsal_specs(specs):
+            raise ConfigError(f"{source}: rows of a rehearsal ({', '.join(rehearsal_specs(specs))}, written by "
+                              "`tunevlseg run --smoke`) are not results; tabulate a real run's directory")
         if spec is not None:
             if spec not in specs:
                 raise ConfigError(f"{source}: no trials of spec {spec!r}; the file holds: {', '.join(specs)}")
@@ -571,6 +581,8 @@ def table_grid(table: Table) -> Grid:
     if table.average is not None:
         foot.append("Average across Methods: mean ± population std of the prompt-tuning rows' means "
                     "(E2E excluded), as in the paper.")
+    if any(r.learner == "e2e" for r in table.rows):
+        foot.append(E2E_SOURCE_NOTE)
     foot.append(f"{DASH}: not run yet, or no trial finished.")
     return Grid(f"Table {table.number}. {table.title}", lines, list(table.stub), _groups(table.datasets)
                 + [("Overall", 1)], [d.display for d in table.datasets] + ["Mean ± Std"], body, rule_before, foot)

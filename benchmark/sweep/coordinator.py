@@ -355,11 +355,13 @@ def _connect(address: str | None, num_cpus: int | None, num_gpus: float | None, 
 
 def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None = None, address: str | None = None,
               force: bool = False, num_cpus: int | None = None, num_gpus: float | None = None,
-              mlflow_uri: str | None = None, verbose: bool = False, resume_hint: str | None = None) -> SweepResult:
+              mlflow_uri: str | None = None, verbose: bool = False, resume_hint: str | None = None,
+              plan: Plan | None = None, callbacks: list | tuple = ()) -> SweepResult:
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
-    before the first trial starts; see the module docstring for the behaviour."""
+    before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
+    own (a rehearsal's, benchmark/smoke.py); `callbacks` are extra Tune callbacks."""
     storage = check_storage(storage)
-    plan = build_plan(spec)
+    plan = plan if plan is not None else build_plan(spec)
     check_paths(plan)
     trainable_path = trainable or spec.trainable
     fn = load_trainable(trainable_path)
@@ -398,7 +400,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         require_preflight(str(storage), roots, http, address)
     started_ray = _connect(address, num_cpus, num_gpus, verbose)
     try:
-        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose)
+        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, list(callbacks))
     finally:
         if started_ray:
             import ray
@@ -407,7 +409,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
 
 
 def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
-           force: bool, verbose: bool) -> SweepResult:
+           force: bool, verbose: bool, extra_callbacks: list | None = None) -> SweepResult:
     _check_cluster(plan, run_dir)
     if force and run_dir.exists():
         moved = _archive(run_dir)
@@ -425,6 +427,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                               artifact_location=artifacts)
         mirror.ensure_experiment()  # create the DB in the driver, before any trial (migration races otherwise)
         callbacks.append(MLflowCallback(mirror))
+    callbacks += extra_callbacks or []
 
     from ray import tune
 

@@ -28,8 +28,11 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,
                  mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = "",
-                 normalize: bool = True):
+                 normalize: bool = True, grey_masks: bool = False):
         self.card, self.root, self.split, self.entries = card, root, split, entries
+        # grey_masks: samples carry the mask's grey values 0..255 (resized nearest), not {0, 1}; for the
+        # original's targets (`data.mask_target: original` in trainables/trial.py).
+        self.grey_masks = grey_masks
         self.image_size, self.augment, self.cache, self.seed, self.source = image_size, augment, cache, seed, source
         self.normalize = normalize
         # List-valued prompts (CAMUS) are drawn at random for training only; evaluation uses the first one
@@ -62,14 +65,19 @@ class SegmentationDataset(Dataset):
         return value
 
     def _mask(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-        key = CACHE.key(path, "mask", self.image_size, self.card.mask_threshold) if self.cache else None
+        threshold = None if self.grey_masks else self.card.mask_threshold
+        key = CACHE.key(path, "mask", self.image_size, threshold) if self.cache else None
         hit = CACHE.get(key) if key else None
+        if hit is not None and self.grey_masks:
+            return hit
         if hit is not None:
             packed, hw = hit
             return np.unpackbits(packed, count=self.image_size**2).reshape(self.image_size, self.image_size), hw
-        full = decode_mask(path, self.card.mask_threshold, self.card.max_ambiguous_fraction)
+        full = decode_mask(path, threshold, self.card.max_ambiguous_fraction)
         small = np.ascontiguousarray(T.resize_mask(full, self.image_size))
-        if key:  # masks are {0,1}: bit-packing makes a 352 px mask 15 kB instead of 124 kB
+        if key and self.grey_masks:
+            CACHE.put(key, (small, full.shape), small.nbytes)
+        elif key:  # masks are {0,1}: bit-packing makes a 352 px mask 15 kB instead of 124 kB
             packed = np.packbits(small)
             CACHE.put(key, (packed, full.shape), packed.nbytes)
         return small, full.shape
@@ -132,7 +140,7 @@ class SegmentationDataset(Dataset):
 def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, split: str, image_size: int,
                   mean, std, augment: bool | None = None, cache: bool = True,
                   annotations: AnnotationSource = "auto", seed: int | None = None,
-                  normalize: bool = True) -> SegmentationDataset:
+                  normalize: bool = True, grey_masks: bool = False) -> SegmentationDataset:
     """One split of a dataset on disk, checked for structure and missing files before any decoding.
 
     `card`: a card name (`kvasir`) or a path to a card YAML. `augment` defaults to True for train only.
@@ -152,4 +160,4 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     if augment is None:
         augment = split == "train"
     return SegmentationDataset(card, root, split, entries, image_size, mean, std, augment, cache, seed, source,
-                               normalize)
+                               normalize, grey_masks)

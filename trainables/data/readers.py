@@ -233,8 +233,9 @@ def decode_image(path: Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # P, RGBA, LA, CMYK, YCbCr ...
 
 
-def decode_mask(path: Path, threshold: int, max_ambiguous: float) -> np.ndarray:
-    """A 0/255 mask (any bit depth, grey or colour) -> (H, W) uint8 in {0, 1} via `value > threshold`."""
+def decode_mask(path: Path, threshold: int | None, max_ambiguous: float) -> np.ndarray:
+    """A 0/255 mask (any bit depth, grey or colour) -> (H, W) uint8 in {0, 1} via `value > threshold`;
+    `threshold=None` returns the grey values 0..255 themselves (checked the same way)."""
     img = _open(path, "mask")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "1"):
         grey = _to_uint8(np.asarray(img))
@@ -252,6 +253,8 @@ def decode_mask(path: Path, threshold: int, max_ambiguous: float) -> np.ndarray:
     if ambiguous > max_ambiguous:
         raise DataError(f"mask {path} is not binary: {ambiguous:.1%} of pixels are between 32 and 223 "
                         f"(allowed {max_ambiguous:.1%}); save it as 0/255 (one mask per class)")
+    if threshold is None:
+        return np.ascontiguousarray(grey, dtype=np.uint8)
     return (grey > threshold).astype(np.uint8)
 
 

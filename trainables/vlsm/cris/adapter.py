@@ -17,6 +17,7 @@ The token features including the prompt slots are CRIS's "word" input of the dec
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ from trainables.vlsm.cris.model import CRIS, CRISConfig, CRISUpsampler, causal_m
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-OPTIONS = ("compat_extra_first_row", "init_seed")
+OPTIONS = ("compat_extra_first_row", "init_seed", "dropout")
 DEFAULT_CONFIG = "cris-rn50"
 
 
@@ -188,7 +189,9 @@ def cris_factory(weights: str | os.PathLike | None = None, config: str | Mapping
     config: "cris-rn50" (default), "tiny", a path to a .json, or a dict of `CRISConfig` fields.
     options: `compat_extra_first_row` (bool): the original's J+1 prompt-depth behaviour (reference §9.3);
         `init_seed` (int, default 0): seeds a random init, so that two builds of the same config are identical
-        (an artifact trained on a random-init model must reload into a fresh build).
+        (an artifact trained on a random-init model must reload into a fresh build);
+        `dropout` (float in [0, 1)): the decoder's dropout, overriding the config's (also a converted file's).
+        The original's E2E runs used its model yaml's 0.2; its prompt-tuning configs set 0.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -209,9 +212,15 @@ def cris_factory(weights: str | os.PathLike | None = None, config: str | Mapping
                                     "or the community checkpoint)")
         if config is None:
             config = converted_config(weights)
+    cris_config = load_cris_config(config if config is not None else DEFAULT_CONFIG)
+    if "dropout" in options:
+        dropout = options["dropout"]
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"CRIS option dropout: expected a number in [0, 1), got {dropout!r}")
+        cris_config = dataclasses.replace(cris_config, dropout=float(dropout))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(options.get("init_seed", 0)))
-        model = CRIS(load_cris_config(config if config is not None else DEFAULT_CONFIG))
+        model = CRIS(cris_config)
     if weights is not None:
         load_cris_weights(model, weights)  # validates every key first; raises without touching the model
     model.eval()
