@@ -15,8 +15,8 @@ import warnings
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from test_trial import BlobData, TinySegmenter, _cfg, _run
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainables import trial
 from trainables.trial import fit

@@ -13,8 +13,8 @@ import torch
 from test_trial import BlobData, TinySegmenter, _cfg
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from benchmark.matrix import build_plan
-from benchmark.spec import load_spec
+from benchmark.plan.matrix import build_plan
+from benchmark.plan.spec import load_spec
 from trainables import trial
 from trainables.config import ConfigError
 from trainables.trial import TrialConfig, fit

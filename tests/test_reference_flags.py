@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_trial import BlobData, TinySegmenter, _cfg
 
-from benchmark.matrix import build_plan
-from benchmark.spec import load_spec
+from benchmark.plan.matrix import build_plan
+from benchmark.plan.spec import load_spec
 from trainables import trial
 from trainables.config import ConfigError
 from trainables.trial import DataConfig, TrialConfig, fit, mask_targets
@@ -39,7 +39,7 @@ def test_reference_spec_sets_each_original_behaviour_on_the_right_cells():
 
 
 def test_cris_dropout_option_sets_the_decoder_dropout():
-    from trainables.vlsm.cris import cris_factory
+    from trainables.vlsm.cris.adapter import cris_factory
 
     def rates(adapter):
         return {m.p for m in adapter.model.decoder.modules() if isinstance(m, torch.nn.Dropout)}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cli, smoke
-from benchmark.spec import spec_from_dict
+from benchmark import cli
+from benchmark.plan.spec import spec_from_dict
+from benchmark.sweep import smoke
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,14 +142,15 @@ def test_plan_estimate_from_a_rehearsal_uses_its_step_times(tmp_path, capsys):
 
 
 def test_tables_refuse_rehearsal_rows(tmp_path, capsys):
-    from benchmark import records
+    from benchmark.results import records
+    from benchmark.results.run_dir import RunDir
 
     row = records.trial_row(spec="table3.smoke", cell={"vlsm": "clipseg", "learner": "coop", "dataset": "kvasir",
                                                          "variant": "default"},
                             cell_id="clipseg_coop_kvasir", trial_index=0, trial_id="t0", hp={},
                             result={"status": "ok", "objective": 1.0, "test_dice": 0.5}, error=None,
                             prov=records.provenance(), started_at=None, finished_at=None)
-    records.write_rows([row], records.cell_file(tmp_path, "clipseg_coop_kvasir"))
+    records.write_rows([row], RunDir(tmp_path).cell_file("clipseg_coop_kvasir"))
     assert cli.main(["tables", str(tmp_path)]) == 2
     assert "rehearsal" in capsys.readouterr().err
 

@@ -13,8 +13,10 @@ The driver (`tunevlseg plan`, `space`, `tables`, `estimate`) reads only this cat
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from trainables.registry import Registry
@@ -73,6 +75,12 @@ class VLSMCard:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _load(self.factory)(*args, **kwargs)
+
+    @property
+    def config_dir(self) -> Path:
+        """`configs/` of the VLSM's folder (the package holding its factory), found without importing torch."""
+        package = self.factory.partition(":")[0].rpartition(".")[0]
+        return Path(importlib.util.find_spec(package).origin).parent / "configs"
 
 
 def _discover(package: str) -> Callable[[], None]:

@@ -70,10 +70,10 @@ def _estimate(args, spec, plan) -> int:
         return sizes_cache[ds]
 
     measured, overhead, label = None, args.trial_overhead_s, str(args.from_run or "")
-    from benchmark import smoke
+    from benchmark.sweep import smoke
 
     if args.from_run and x is None and smoke.is_rehearsal(args.from_run):
-        # A rehearsal's trials are short: its rates come from its measured step times (benchmark/smoke.py).
+        # A rehearsal's trials are short: its rates come from its measured step times (benchmark/sweep/smoke.py).
         measured, fixed, label = smoke.measured_rates(args.from_run)
         overhead = overhead or fixed
         if not measured:

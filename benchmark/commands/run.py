@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: all)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's status table and worker logs")
-    smoke = parser.add_argument_group("rehearsal (benchmark/smoke.py)")
+    smoke = parser.add_argument_group("rehearsal (benchmark/sweep/smoke.py)")
     smoke.add_argument("--smoke", action="store_true",
                        help="rehearse the spec instead of running it: one short trial per cell whose data is "
                             "present, at the spec's real settings; rows go to <storage>/<spec>.smoke/; ends with "
@@ -43,7 +43,7 @@ def run(args) -> int:
         spec = spec.with_data_root(args.data)
     storage = args.storage if args.storage is not None else str(Path.cwd() / "results" / "runs")
     if args.smoke:
-        from benchmark.smoke import run_rehearsal
+        from benchmark.sweep.smoke import run_rehearsal
 
         return run_rehearsal(spec, storage, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                              batch_cap=args.smoke_batch_cap, verbose=args.verbose, trainable=args.trainable)

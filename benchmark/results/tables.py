@@ -191,7 +191,7 @@ def read_trials(path: str | Path, spec: str | None = None, by: str = "objective"
     source = str(path)
     if "spec" in df.columns:
         specs = sorted(df["spec"].dropna().astype(str).unique())
-        from benchmark.smoke import rehearsal_specs
+        from benchmark.sweep.smoke import rehearsal_specs
 
         if rehearsal_specs(specs):
             raise ConfigError(f"{source}: rows of a rehearsal ({', '.join(rehearsal_specs(specs))}, written by "

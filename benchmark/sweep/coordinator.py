@@ -359,7 +359,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
               plan: Plan | None = None, callbacks: list | tuple = ()) -> SweepResult:
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
     before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
-    own (a rehearsal's, benchmark/smoke.py); `callbacks` are extra Tune callbacks."""
+    own (a rehearsal's, benchmark/sweep/smoke.py); `callbacks` are extra Tune callbacks."""
     storage = check_storage(storage)
     plan = plan if plan is not None else build_plan(spec)
     check_paths(plan)

@@ -73,9 +73,10 @@ class Rehearsal:
 # ---- weights -------------------------------------------------------------------------------------------
 
 
-def _shipped_config(name: str) -> str | None:
-    folder = Path(__file__).resolve().parents[1] / "trainables" / "vlsm" / "configs"
-    return name if (folder / f"{name}.json").is_file() else None
+def _shipped_config(vlsm: str, name: str) -> str | None:
+    from trainables.catalog import VLSMS
+
+    return name if vlsm in VLSMS and (VLSMS.get(vlsm).config_dir / f"{name}.json").is_file() else None
 
 
 def _hub_reachable(repo: str) -> str | None:
@@ -116,7 +117,7 @@ def weights_problem(weights: str | None) -> str | None:
 
 def resolve_weights(spec) -> tuple[Any, list[Fallback]]:
     """The spec with unloadable weights replaced by a random init of the same architecture."""
-    from benchmark.spec import VLSMSettings
+    from benchmark.plan.spec import VLSMSettings
 
     vlsms, fallbacks = dict(spec.vlsms), []
     names = set(spec.axes.vlsm) | {p[0] for p in spec.axes.pairs or ()}
@@ -127,7 +128,7 @@ def resolve_weights(spec) -> tuple[Any, list[Fallback]]:
             continue
         # The architecture: the spec's own config, else the shipped config named like the weights
         # (CIDAS/clipseg-rd64 -> clipseg-rd64, models/cris-rn50.safetensors -> cris-rn50), else the default.
-        arch = s.config if s.config is not None else _shipped_config(Path(str(s.weights)).stem)
+        arch = s.config if s.config is not None else _shipped_config(name, Path(str(s.weights)).stem)
         fallbacks.append(Fallback(name, s.weights, arch, problem))
         vlsms[name] = dataclasses.replace(s, weights=None, config=arch)
     return dataclasses.replace(spec, vlsms=vlsms), fallbacks
@@ -168,8 +169,8 @@ def _data_problem(cell) -> str | None:
 
 def build_rehearsal(spec, *, on_gpu: bool, cpus: float, batch_cap: int | None = None) -> Rehearsal:
     """The rehearsal of `spec`: its real plan, and a plan of one short fixed trial per present cell."""
-    from benchmark import search_space
-    from benchmark.matrix import Plan, build_plan
+    from benchmark.plan import search_space
+    from benchmark.plan.matrix import Plan, build_plan
     from trainables.config import ConfigError
     from trainables.trial import TrainConfig
 
@@ -234,7 +235,7 @@ class Collector:
                 self.final[trial.config["cell_id"]] = dict(trial.last_result or {})
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                from benchmark.coordinator import trial_error_text
+                from benchmark.sweep.failures import trial_error_text
 
                 self.final[trial.config["cell_id"]] = {**(trial.last_result or {}), "status": "error",
                                                        "error": trial_error_text(trial)}
@@ -271,7 +272,7 @@ def measured_rates(run_dir) -> tuple[dict[tuple[str, str], tuple[float, int]], f
     """From a rehearsal folder: {(vlsm, learner): (slot seconds per train+val image, cells)}, the median
     fixed seconds per trial, and a label. Per image = (train x t_train + val x t_val) / (train + val) with the
     dataset's card counts, so the price of validation is folded in as `plan --estimate` expects."""
-    from benchmark.estimate import split_sizes
+    from benchmark.plan.estimate import split_sizes
 
     info = json.loads((Path(run_dir) / MARKER).read_text())
     per: dict[tuple[str, str], list[float]] = {}
@@ -305,7 +306,8 @@ def run_rehearsal(spec, storage, *, address=None, num_cpus=None, num_gpus=None, 
 
     import ray
 
-    from benchmark.coordinator import check_storage, run_sweep
+    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.storage import check_storage
 
     storage = check_storage(storage)
     started = False
@@ -403,7 +405,7 @@ def _f(v, spec: str) -> str:
 
 
 def format_report(reh: Rehearsal, rows: list[dict], run_dir: Path, wall: float) -> str:
-    from benchmark import estimate as E
+    from benchmark.plan import estimate as E
 
     width = max([len(r["cell_id"]) for r in rows] + [len(c) for c, _ in reh.skipped] + [4])
     random_init = {f.vlsm for f in reh.fallbacks}
@@ -448,7 +450,7 @@ def format_report(reh: Rehearsal, rows: list[dict], run_dir: Path, wall: float) 
 
 
 def _sizes_cache():
-    from benchmark.estimate import split_sizes
+    from benchmark.plan.estimate import split_sizes
 
     cache: dict[str, tuple[int, int]] = {}
 
