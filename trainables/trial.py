@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables import feature_cache
 from trainables.config import ConfigError, from_dict
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
@@ -43,10 +44,15 @@ class DataConfig:
     root: str  # absolute path of the dataset on every node
     cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
     num_workers: int = 0
+    # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
+    feature_cache: str | float = "auto"
 
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        from trainables.feature_cache import parse_setting
+
+        parse_setting(self.feature_cache)
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,7 @@ def collate(samples: list[dict]) -> dict:
         "prompt": [s["prompt"] for s in samples],
         "original_size": [tuple(int(v) for v in s["original_size"]) for s in samples],
         "index": [s.get("index", -1) for s in samples],
+        "image_id": [s.get("image_id") for s in samples],  # set for un-augmented images (feature cache)
     }
 
 
@@ -279,8 +286,11 @@ def device_tokens(model, prompts: list[str], device: torch.device) -> dict[str, 
 def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, float mask) of a collated batch; uint8 images are normalised on the device, and the text
     encoder runs once per distinct prompt of the batch (`text_index` maps images to them)."""
-    logits = model(device_images(batch["image"], device, model.spec.mean, model.spec.std),
-                   **device_tokens(model, batch["prompt"], device))
+    images = device_images(batch["image"], device, model.spec.mean, model.spec.std)
+    cache = getattr(model, "feature_cache", None)  # a trainables.feature_cache.Session, set by `fit`
+    side = None if cache is None else cache.image_side(model, images, batch.get("image_id"))
+    logits = model(images, **device_tokens(model, batch["prompt"], device),
+                   **({} if side is None else {"image_side": side}))
     return logits, to_device(batch["mask"], device).float()
 
 
@@ -357,6 +367,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
 
         model = build_model(cfg.model)
     model.to(device)
+    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
     datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
     train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
@@ -447,6 +458,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "epoch_seconds": time.time() - t0,
             "images_per_s": n_images / max(train_seconds, 1e-9),
             "objective": _objective(tc, state),
+            **(features.metrics() if features else {}),  # this epoch's train + val lookups
         }
         with tempfile.TemporaryDirectory() as d:
             save_state(d)
@@ -474,6 +486,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "trial_seconds": time.time() - t_start,
         "status": "ok", "error": "",
     }
+    if features:
+        final.update(features.metrics(), feature_cache_hit_rate=features.trial_hit_rate())
     if not tc.save_artifact:
         report(final, None)
         return final
