@@ -16,6 +16,7 @@ from trainables.trial import DataConfig, TrialConfig, fit
 
 TINY = {"clipseg": "tiny", "cris": "tiny"}
 TIMING = ("epoch_seconds", "images_per_s", "trial_seconds")
+EXTRA = {"shared_attention": {"nhead": 4, "dim_feedforward": 48}, "shared_separate": {"shared_dim": 8}}
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +30,16 @@ def _fresh_cache():
 def polyps(tmp_path_factory):
     from trainables.data import make_synthetic
 
-    return make_synthetic("mini_polyp", tmp_path_factory.mktemp("fc") / "mini_polyp", counts=(12, 4, 4))
+    return make_synthetic("mini_polyp", tmp_path_factory.mktemp("fc") / "mini_polyp", counts=(8, 4, 4))
 
 
 def _trial(vlsm, learner, root, setting, **train):
-    base = dict(lr=3e-3, batch_size=1, effective_batch_size=4, max_epochs=3, min_epochs=1, device="cpu",
+    base = dict(lr=3e-3, batch_size=1, effective_batch_size=4, max_epochs=2, min_epochs=1, device="cpu",
                 save_artifact=False, eval_original_size=False)
     base.update(train)
     cfg = TrialConfig.from_dict({
-        "model": {"vlsm": vlsm, "vlsm_config": TINY[vlsm], "learner": learner, "learner_config": {"prompt_depth": 2}},
+        "model": {"vlsm": vlsm, "vlsm_config": TINY[vlsm], "learner": learner,
+                  "learner_config": {"prompt_depth": 2, **EXTRA.get(learner, {})} if learner != "e2e" else {}},
         "data": {"dataset": "mini_polyp", "root": str(root), "feature_cache": setting},
         "train": base})
     reports = []
@@ -53,15 +55,27 @@ def _results(reports):
 # -- the setting ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("off", "off"), (0, "off"), (2, 2e9), ("0.5", 0.5e9),
-                                             ("1.5GB", 1.5e9)])
+                                             ("1.5GB", 1.5e9), (False, "off"), (True, "auto")])
 def test_setting_parses(value, expected):
     assert feature_cache.parse_setting(value) == expected
 
 
-@pytest.mark.parametrize("value", ["lots", -1, True, float("nan"), [1]])
+@pytest.mark.parametrize("value", ["lots", -1, float("nan"), "-2"])
 def test_bad_setting_is_a_clear_error(value):
     with pytest.raises(ConfigError, match="data.feature_cache: expected auto, off or a size in GB"):
         DataConfig(dataset="kvasir", root="/x", feature_cache=value)
+
+
+def test_trial_config_from_yaml_reads_off_and_refuses_a_list():
+    import yaml
+
+    data = yaml.safe_load("{dataset: kvasir, root: /x, feature_cache: off}")  # YAML 1.1: off is false
+    assert TrialConfig.from_dict({"model": {}, "data": data}).data.feature_cache is False
+    assert feature_cache.budget_bytes(False, torch.device("cpu")) == 0
+    assert feature_cache.budget_bytes(2.0, torch.device("cpu")) == 2e9  # a float is GB, not bytes
+    assert 0 < feature_cache.budget_bytes("auto", torch.device("cpu")) <= feature_cache.CPU_AUTO_CAP
+    with pytest.raises(ConfigError, match="data.feature_cache"):
+        TrialConfig.from_dict({"model": {}, "data": {"dataset": "kvasir", "root": "/x", "feature_cache": [1]}})
 
 
 # -- exactness ------------------------------------------------------------------------------------------------
@@ -97,12 +111,12 @@ def test_trial_with_cache_equals_trial_without(vlsm, learner, polyps):
     # Every epoch's metrics and the test results, bitwise (batch 1: no batch-size-dependent rounding).
     assert _results(on) == _results(off)
     epochs = [r for r in on if "val_dice" in r and "test_dice" not in r]
-    assert len(epochs) == 3
+    assert len(epochs) == 2
     assert epochs[0]["feature_cache_hit_rate"] == 0.0  # nothing cached before the first epoch
-    # later epochs: every val image and the un-augmented train draws are hits
+    # the next epoch: every val image and the train draws untouched now and before are hits
     later = epochs[1]["feature_cache_hit_rate"]
-    assert 0.4 < later < 1.0, later
-    assert epochs[-1]["feature_cache_images"] >= 4 + 4  # val + the untouched train images
+    assert 4 / 12 <= later <= 1.0, later
+    assert epochs[-1]["feature_cache_images"] >= 4 + 1  # val + untouched train images
     assert on[-1]["feature_cache_bytes_per_image"] > 0 and on[-1]["feature_cache_mb"] > 0
 
 
@@ -132,7 +146,7 @@ def test_only_learners_that_leave_the_image_encoder_alone_use_it(vlsm, monkeypat
     viable = [n for n in LEARNERS.names() if is_viable(n, model.spec.modalities)]
     users = set()
     for name in viable:
-        m = build_model({"vlsm": vlsm, "vlsm_config": TINY[vlsm], "learner": name})
+        m = build_model({"vlsm": vlsm, "vlsm_config": TINY[vlsm], "learner": name, "learner_config": EXTRA.get(name, {})})
         if feature_cache.attach(m, "auto", torch.device("cpu"), None) is not None:
             users.add(name)
     assert users == {"coop", "cocoop"}
@@ -173,3 +187,25 @@ def test_bound_keeps_val_test_first_and_never_thrashes():
 def test_off_and_zero_disable_it(polyps):
     reports = _trial("clipseg", "coop", polyps, 0, max_epochs=1)
     assert not any(k.startswith("feature_cache") for r in reports for k in r)
+
+
+def test_dataset_marks_exactly_the_draws_that_leave_the_pixels_untouched(polyps):
+    import numpy as np
+
+    from trainables.data import build_dataset
+
+    def split(name):
+        return build_dataset("mini_polyp", polyps, name, 32, (0.5,) * 3, (0.5,) * 3, normalize=False, seed=3)
+
+    train, val = split("train"), split("val")
+    marked = 0
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        for i in range(len(train)):
+            s = train[i]
+            same = np.array_equal(s["image"].numpy().transpose(1, 2, 0), train.load(i)[0])
+            assert bool(s["image_id"]) == same
+            marked += same
+    assert 0 < marked < 4 * len(train)  # some draws augment, most do not
+    assert all(val[i]["image_id"] for i in range(len(val)))  # never augmented
+    assert len({val[i]["image_id"] for i in range(len(val))}) == len(val)

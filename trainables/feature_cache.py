@@ -40,6 +40,8 @@ GPU_AUTO_SHARE = 0.25  # "auto" on a GPU: this share of the trial's share of the
 
 def parse_setting(value) -> float | str:
     """`data.feature_cache` -> "auto", "off" or a bound in bytes; a clear error otherwise."""
+    if isinstance(value, bool):  # YAML 1.1 reads `off` / `on` as booleans
+        return "auto" if value else "off"
     if isinstance(value, str):
         text = value.strip().lower()
         if text in ("auto", "off"):
@@ -48,15 +50,15 @@ def parse_setting(value) -> float | str:
             value = float(text.removesuffix("gb").strip())
         except ValueError:
             value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"data.feature_cache: expected auto, off or a size in GB >= 0 (e.g. 4 or 0.5), "
                           f"got {value!r}")
     return "off" if value == 0 else float(value) * GB
 
 
 def budget_bytes(setting, device: torch.device) -> int:
-    """The bound in bytes of a parsed setting on `device` (0 = off)."""
-    parsed = parse_setting(setting) if not isinstance(setting, float) else setting
+    """The bound in bytes of a `data.feature_cache` setting on `device` (0 = off)."""
+    parsed = parse_setting(setting)
     if parsed == "off":
         return 0
     if parsed != "auto":

@@ -45,7 +45,8 @@ class DataConfig:
     cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
     num_workers: int = 0
     # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
-    feature_cache: str | float = "auto"
+    # (bool too: YAML 1.1 reads `off` as false.)
+    feature_cache: str | float | bool = "auto"
 
     def __post_init__(self):
         if self.num_workers < 0:
