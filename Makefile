@@ -43,15 +43,17 @@ benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded m
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000)"
 
-bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~6 min)
+bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~11 min)
 	$(PY) benchmarks/data_pipeline.py --workers 2
 	$(PY) benchmarks/trial_loop.py --weights models/clipseg-mini --learner vpt --batch 16 --steps 20
 	$(PY) benchmarks/trial_loop.py --weights models/clipseg-mini --learner coop --batch 16 --steps 20
 	$(PY) benchmarks/fixed_cost.py --gpu-images-per-s 1500
+	$(PY) benchmarks/feature_cache.py --quick
 
 bench-gpu: install ## the GPU figures (H100/H200; `make install` there gets CUDA torch): step ladder, MFU, packing, loop
 	$(PY) benchmarks/gpu_step.py --compile --pack 1 2 4
 	$(PY) benchmarks/trial_loop.py --config clipseg-rd64 --learner vpt --batch 32 --steps 50
+	$(PY) benchmarks/feature_cache.py --device cuda --batch 32
 
 mini-data: install ## generate the three synthetic mini datasets in data/mini (seconds; idempotent)
 	$(PY) -m benchmark data make-synthetic --dst $(MINI_DATA)

@@ -123,3 +123,21 @@ def test_cli_estimate_rejects_bad_input(tmp_path, capsys):
     assert "--gpu-seconds-per-image" in capsys.readouterr().err
     assert cli.main(["plan", str(SMOKE), "--estimate", "--from", str(tmp_path / "nothing")]) == 2
     assert "no trial Parquet files" in capsys.readouterr().err
+
+
+def test_feature_cache_saving_lowers_text_only_learners_unless_turned_off():
+    def cell(cid, learner, cache=None):
+        c = _cell(cid, "clipseg", learner, "a", trials=1, max_epochs=1)
+        if cache is not None:
+            c.config["data"] = {"feature_cache": cache}
+        return c
+
+    est = E.estimate([cell("on", "coop"), cell("off", "coop", "off"), cell("vpt", "vpt")], sizes=SIZES.__getitem__)
+    on, off, vpt = est.cells
+    assert off.rate.source == "assumed" and on.rate.source == "assumed, feature cache"
+    assert off.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "coop")])
+    # 80 train (78 % untouched) + 20 val of 100 images skip the 76 GFLOP frozen vision pass
+    saved = 76 * (0.78 * 80 + 20) / 100
+    assert on.rate.seconds_per_image / off.rate.seconds_per_image == pytest.approx((78 - saved) / 78)
+    assert vpt.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")])
+    assert any("feature cache" in n for n in est.notes)

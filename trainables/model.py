@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainables.catalog import LEARNERS, VLSMS, LearnerCard, is_viable
+from trainables.catalog import LEARNERS, VISION, VLSMS, LearnerCard, is_viable
 from trainables.config import ConfigError, from_dict
 from trainables.learners.base import ContextLearner
 from trainables.protocol import CHECKPOINT_ARTIFACT
@@ -180,16 +180,27 @@ class PromptedVLSM(nn.Module):
         rows = {t: i for i, t in enumerate(dict.fromkeys(texts))}
         return {**self.vlsm.tokenize(list(rows)), "text_index": torch.tensor([rows[t] for t in texts])}
 
+    @property
+    def frozen_image_side(self) -> bool:
+        """True when nothing trainable reaches the image encoder (a frozen VLSM and a learner that does not
+        prompt vision: CoOp, CoCoOp) and the adapter exposes its image side: the image features are then a
+        function of the image alone, which the frozen-feature cache (`trainables.feature_cache`) relies on."""
+        return (self.frozen and VISION not in self.entry.modalities
+                and type(self.vlsm).image_side is not VLSMAdapter.image_side)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, text_index: torch.Tensor | None = None,
+                image_side: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Logits (N, 1, S, S) for images (N, 3, S, S) and tokenized prompts (N, L), or the batch's distinct
-        prompts (T, L) with `text_index` (N,) giving each image's row (see `tokenize_batch`)."""
+        prompts (T, L) with `text_index` (N,) giving each image's row (see `tokenize_batch`). `image_side`:
+        the adapter's frozen image features of these images, from the frozen-feature cache."""
         prompts = None
         if self.learner is not None:
             # An image-conditioned learner is handed to the adapter, which calls it with the features of its
             # own frozen image pass (one pass per batch).
             prompts = self.learner if self.learner.needs_image_features else self.learner()
-        out = self.vlsm(pixel_values, input_ids, attention_mask, prompts, text_index=text_index)
+        extra = {} if image_side is None else {"image_side": image_side}
+        out = self.vlsm(pixel_values, input_ids, attention_mask, prompts, text_index=text_index, **extra)
         return out.logits if self.upsampler is None else self.upsampler(out.logits, out.tap)
 
     def train(self, mode: bool = True):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables import feature_cache
 from trainables.config import ConfigError, from_dict
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
@@ -55,12 +56,18 @@ class DataConfig:
     # original code's targets on JPEG masks: loss on grey / 255 (soft), metrics count only grey == 255 as
     # foreground (torchmetrics on mask.long()). Metrics at the original size keep > 127 (its offline script).
     mask_target: MaskTarget = "binary"
+    # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
+    # (bool too: YAML 1.1 reads `off` as false.)
+    feature_cache: str | float | bool = "auto"
 
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.mask_target not in ("binary", "original"):
             raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
+        from trainables.feature_cache import parse_setting
+
+        parse_setting(self.feature_cache)
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,7 @@ def collate(samples: list[dict]) -> dict:
         "prompt": [s["prompt"] for s in samples],
         "original_size": [tuple(int(v) for v in s["original_size"]) for s in samples],
         "index": [s.get("index", -1) for s in samples],
+        "image_id": [s.get("image_id") for s in samples],  # set for un-augmented images (feature cache)
     }
 
 
@@ -343,8 +351,11 @@ def device_tokens(model, prompts: list[str], device: torch.device) -> dict[str, 
 def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, float mask) of a collated batch; uint8 images are normalised on the device, and the text
     encoder runs once per distinct prompt of the batch (`text_index` maps images to them)."""
-    logits = model(device_images(batch["image"], device, model.spec.mean, model.spec.std),
-                   **device_tokens(model, batch["prompt"], device))
+    images = device_images(batch["image"], device, model.spec.mean, model.spec.std)
+    cache = getattr(model, "feature_cache", None)  # a trainables.feature_cache.Session, set by `fit`
+    side = None if cache is None else cache.image_side(model, images, batch.get("image_id"))
+    logits = model(images, **device_tokens(model, batch["prompt"], device),
+                   **({} if side is None else {"image_side": side}))
     return logits, to_device(batch["mask"], device).float()
 
 
@@ -434,6 +445,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
 
         model = build_model(cfg.model)
     model.to(device)
+    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
     datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
     train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
@@ -568,6 +580,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             # what `run --smoke` turns into seconds per step and per image
             "train_seconds": train_seconds, "train_images": n_images, "optimizer_steps": epoch_steps,
             "val_seconds": val_seconds, "val_images": val["images"],
+            **(features.metrics() if features else {}),  # this epoch's train + val lookups
         }
         with tempfile.TemporaryDirectory() as d:
             save_state(d)
@@ -597,6 +610,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "trial_seconds": time.time() - t_start,
         "status": STATUS_OK, "error": "",
     }
+    if features:
+        final.update(features.metrics(), feature_cache_hit_rate=features.trial_hit_rate())
     if not tc.save_artifact:
         report(final, None)
         return final

@@ -38,6 +38,24 @@ GFLOP_PER_TRAIN_IMAGE = {
 DEFAULT_GPU_SECONDS_PER_IMAGE = {k: g * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12)
                                  for k, g in GFLOP_PER_TRAIN_IMAGE.items()}
 FALLBACK_GFLOP = 154  # an unknown (VLSM, learner) pair: priced like a vision-prompting CLIPSeg learner
+# The frozen-feature cache (trainables/feature_cache.py, `data.feature_cache`, on unless "off"): for the
+# learners that leave the image encoder alone, an image whose features are cached skips the frozen image
+# pass, these GFLOP of the figures above (CLIPSeg: the 10 tapped ViT layers, 12 for CoCoOp's pooled
+# embedding; CRIS: the RN50). Cached: every val image, and the train draws that leave the pixels untouched:
+# UNTOUCHED_TRAIN_FRACTION of them, measured on the pipeline (albumentations 2.0.8 fires the affine and the
+# brightness/contrast step together, p 0.2: BENCHMARKS.md). Assumes the cell's images fit the bound.
+CACHED_IMAGE_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40}
+UNTOUCHED_TRAIN_FRACTION = 0.78
+
+
+def cache_saving(vlsm: str, learner: str, train: int, val: int, config: dict | None = None) -> float:
+    """Analytic GFLOP saved per image (averaged over train + val) by the frozen-feature cache; 0 where
+    the learner prompts the image encoder or the cell turns the cache off."""
+    setting = ((config or {}).get("data") or {}).get("feature_cache", "auto")
+    if str(setting).strip().lower() in ("off", "0", "0.0") or (vlsm, learner) not in CACHED_IMAGE_GFLOP:
+        return 0.0
+    hits = (UNTOUCHED_TRAIN_FRACTION * train + val) / max(train + val, 1)
+    return CACHED_IMAGE_GFLOP[(vlsm, learner)] * hits
 
 
 @dataclass
@@ -155,11 +173,13 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
         elif key in measured:
             spi, n = measured[key]
             rate = Rate(spi, f"run {run_label} ({n} trials)", slot_seconds=True)
-        else:
-            gflop = GFLOP_PER_TRAIN_IMAGE.get(key, FALLBACK_GFLOP)
-            rate = Rate(gflop * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12), "assumed", slot_seconds=False)
-            assumed.add(key)
         train, val = sizes(c.dataset)
+        if gpu_seconds_per_image is None and key not in measured:
+            saved = cache_saving(c.vlsm, c.learner, train, val, c.config)
+            gflop = GFLOP_PER_TRAIN_IMAGE.get(key, FALLBACK_GFLOP) - saved
+            rate = Rate(gflop * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12),
+                        "assumed, feature cache" if saved else "assumed", slot_seconds=False)
+            assumed.add(key)
         epochs = int(c.config.get("train", {}).get("max_epochs", DEFAULT_MAX_EPOCHS))
         est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials, epochs, train + val,
                                       float(c.resources.get("gpu", 0.0)), rate, overhead_seconds).compute())
@@ -172,6 +192,11 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
             f"assumed seconds/image = analytic training GFLOP per image / ({ASSUMED_MFU:.0%} MFU x "
             f"{ASSUMED_PEAK_TFLOPS:g} TFLOPS bf16, an H100/H200-class GPU), whole GPU; measure with "
             "benchmarks/gpu_step.py and pass --gpu-seconds-per-image, or --from a finished run")
+    if any(c.rate.source == "assumed, feature cache" for c in est.cells):
+        est.notes.append(
+            "feature cache: CoOp/CoCoOp skip the frozen image pass for val images and the "
+            f"{UNTOUCHED_TRAIN_FRACTION:.0%} of train draws that leave the image untouched (data.feature_cache; "
+            "assumes the cell's images fit its bound, docs/training.md)")
     if measured and gpu_seconds_per_image is None:
         est.notes.append("measured seconds are trial (slot) seconds including each trial's fixed cost, taken "
                          "to be measured at the GPU share this spec gives the cell")

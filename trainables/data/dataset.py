@@ -129,8 +129,13 @@ class SegmentationDataset(Dataset):
                 prompt = random.Random(seed).choice(prompts)
         out = self._pipeline(image=image, mask=mask)
         image_chw, mask_chw = T.to_chw(out["image"], out["mask"], np.float32 if self.normalize else np.uint8)
+        # The frozen-feature cache may reuse the image features of a sample whose pixels are those of the
+        # resized file: always at val/test, and for the train draws that left them untouched (checked on
+        # the pixels themselves, whichever transform did or did not fire).
+        untouched = not self.augment or (not self.normalize and np.array_equal(out["image"], image))
         return {"image": torch.from_numpy(image_chw), "mask": torch.from_numpy(mask_chw), "prompt": prompt,
-                "original_size": hw, "name": self.entries[index].name, "index": index}
+                "original_size": hw, "name": self.entries[index].name, "index": index,
+                "image_id": f"{self.entries[index].image}@{self.image_size}" if untouched else ""}
 
     def __repr__(self) -> str:
         return (f"SegmentationDataset({self.card.name}, {self.split}, n={len(self)}, size={self.image_size}, "

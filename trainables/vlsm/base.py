@@ -13,6 +13,9 @@ arithmetic:
 - `text_index` (N,) maps each image to a row of `input_ids`, so a batch whose images share a prompt (a
   one-class dataset: all of them) runs the text encoder once per distinct prompt, not once per image.
   Prompts that differ per image (CoCoOp) are expanded to one row per image first.
+- `image_side`, when given, replaces the adapter's frozen, un-prompted image pass: the tensors its own
+  `image_side(pixel_values, pooled)` returns, taken from the frozen-feature cache (`trainables.feature_cache`)
+  for learners that do not prompt the image encoder.
 """
 
 from __future__ import annotations
@@ -111,9 +114,19 @@ class VLSMAdapter(nn.Module):
         attention_mask: torch.Tensor,
         prompts: Prompts | PromptFn | None = None,
         text_index: torch.Tensor | None = None,
+        image_side: tuple[torch.Tensor, ...] | None = None,
     ) -> SegmentationOutput:
         """Segment images (N, 3, S, S) given tokenized texts (T, L): one per image (T = N) or, with
-        `text_index` (N,) of row numbers, the distinct texts of the batch."""
+        `text_index` (N,) of row numbers, the distinct texts of the batch. `image_side`: what
+        `self.image_side(pixel_values, pooled)` returns for these images (then the image encoder is not run)."""
+        raise NotImplementedError
+
+    def image_side(self, pixel_values: torch.Tensor, pooled: bool = False) -> tuple[torch.Tensor, ...]:
+        """Everything `forward` reads of the frozen, un-prompted image pass, as tensors with the batch first:
+        a function of each image alone, so the frozen-feature cache can keep it per image. `pooled` adds
+        what a `PromptFn` reads, where it is not derived from the rest. Contiguous, and `forward`'s own pass
+        must hand its consumers the same layout (a cached batch is stacked from per-image rows, and a
+        convolution's rounding depends on its input's strides). Optional: without it nothing is cached."""
         raise NotImplementedError
 
     def make_upsampler(self) -> nn.Module:

@@ -133,19 +133,35 @@ class CLIPSegAdapter(VLSMAdapter):
 
     # -- forward -----------------------------------------------------------------------------------------
 
+    def image_side(self, pixel_values: torch.Tensor, pooled: bool = False) -> tuple[torch.Tensor, ...]:
+        # The decoder's taps, then (pooled) the embedding a PromptFn reads, which needs the later layers too.
+        # Grad mode as the caller has it, as in `forward` (kernels may round differently without it).
+        if pooled:
+            taps, features = self.encode_vision(pixel_values, None, pool=True)
+            return tuple(t.detach() for t in (*taps, features))
+        return tuple(t.detach() for t in self.encode_vision(pixel_values, None))
+
     def forward(self, pixel_values, input_ids, attention_mask, prompts: Prompts | PromptFn | None = None,
-                text_index: torch.Tensor | None = None) -> SegmentationOutput:
+                text_index: torch.Tensor | None = None,
+                image_side: tuple[torch.Tensor, ...] | None = None) -> SegmentationOutput:
         # No no_grad around frozen branches: autograd records nothing for ops whose inputs need no gradient,
         # so a frozen, un-prompted encoder costs no graph memory either way.
-        taps = None
+        taps = features = None
+        if image_side is not None:
+            num_taps = len(self.extract_layers)
+            taps = list(image_side[:num_taps])
+            features = image_side[num_taps] if len(image_side) > num_taps else None
         if callable(prompts):
             # The un-prompted pass that yields the features also yields the decoder's taps, unless the
             # prompts it produces change the vision pass itself.
-            taps, features = self.encode_vision(pixel_values, None, pool=True)
+            if features is None:
+                taps, features = self.encode_vision(pixel_values, None, pool=True)
             prompts = prompts(features.detach())
             if prompts.vision is not None:
                 taps = None
         prompts = prompts or Prompts()
+        if image_side is not None and prompts.vision is not None:
+            raise ValueError("image_side holds un-prompted image features; vision prompts need the image pass")
         ids, mask, gather = expand_text(input_ids, attention_mask, text_index, prompts)
         cond = self.encode_text(ids, mask, prompts.text)
         if gather is not None:

@@ -149,6 +149,19 @@ class CRISAdapter(VLSMAdapter):
         with torch.no_grad():
             return self._pool(self.model.backbone.encode_image(pixel_values))
 
+    def image_side(self, pixel_values: torch.Tensor, pooled: bool = False) -> tuple[torch.Tensor, ...]:
+        """C3, C4, C5 of the ResNet: all the decoder and a PromptFn (the mean of C5) read of the image.
+        Not under no_grad: the attention pool's kernels round differently with grad mode off, and `forward`
+        runs it with grad mode as the caller left it (the frozen weights record no graph either way)."""
+        self._sync_mode()
+        return tuple(t.detach() for t in self._image_pass(pixel_values))
+
+    def _image_pass(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Contiguous: the attention pool leaves C5 with the batch inside (strides from its (HW, N, C) layout),
+        # and the neck's convolutions pick their kernel, hence their rounding, by the input's strides; a
+        # cached batch is stacked from per-image rows, so both paths must hand the neck the same layout.
+        return tuple(t.contiguous() for t in self.model.backbone.encode_image(pixel_values))
+
     # -- forward ------------------------------------------------------------------------------------------
 
     def _sync_mode(self) -> None:
@@ -157,9 +170,10 @@ class CRISAdapter(VLSMAdapter):
             self.model.eval()
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                prompts: Prompts | PromptFn | None = None, text_index: torch.Tensor | None = None) -> SegmentationOutput:
+                prompts: Prompts | PromptFn | None = None, text_index: torch.Tensor | None = None,
+                image_side: tuple[torch.Tensor, ...] | None = None) -> SegmentationOutput:
         self._sync_mode()
-        vis = self.model.backbone.encode_image(pixel_values)
+        vis = tuple(image_side) if image_side is not None else self._image_pass(pixel_values)
         if callable(prompts):  # image-conditioned prompts read the same ResNet pass the decoder uses
             prompts = prompts(self._pool(vis).detach())
         if prompts is not None and prompts.vision:
