@@ -13,7 +13,7 @@ MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
+.PHONY: help install test test-slow test-gpu test-cluster benchmark bench-cpu bench-gpu plan tables mlflow-ui optuna-dashboard wheel pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -63,7 +63,15 @@ tables: install ## regenerate tables and figures of RUN from its Parquet files
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RUN)/mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m benchmark.sweep.mlflow_paths $(RUN)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN))/mlflow.db --host 127.0.0.1 --port 5000
+
+optuna-dashboard: install ## open optuna-dashboard on the run's studies (http://127.0.0.1:8080; extra: .[dashboard])
+	@test -x $(VENV)/bin/optuna-dashboard || $(PY) -m pip install -q -e '.[dashboard]'
+	$(VENV)/bin/optuna-dashboard sqlite:///$(abspath $(RUN))/optuna.db --host 127.0.0.1 --port 8080
+
+wheel: install ## build the wheel (with the data cards, specs, mini VLSMs and paper tables) into dist/
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 pretrain-mini: install ## re-create the embedded mini VLSMs in models/ (fixed seed, ~20 min on 2 CPU cores)
 	$(PY) -m trainables.mini.pretrain --vlsm clipseg --out models/clipseg-mini

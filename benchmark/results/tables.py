@@ -30,6 +30,7 @@ from benchmark.plan.spec import Selection
 from benchmark.results.records import SCHEMA_VERSION
 from benchmark.results.run_dir import RunDir
 from trainables.catalog import LEARNERS, VLSMS, learner_display, prompt_learners, vlsm_display
+from trainables import resources
 from trainables.config import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ TITLES = {
 
 # The paper prints these in the text under Tables 3 and 5; its CSVs have no row for them.
 PAPER_AVERAGE = {3: (73.10, 6.24), 5: (70.51, 5.40)}
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER_DIR = resources.path("paper")
 
 REQUIRED_COLUMNS = ("vlsm", "learner", "dataset", "variant", "status", "test_dice")
 DASH = "–"
