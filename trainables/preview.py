@@ -3,7 +3,7 @@
 Written by the worker next to the tuned-prompt artifact (`artifact/preview.png`), from the model the trial
 tested (its best-validation-Dice state), so the MLflow run of every trial shows what it segments. Rows are
 test samples spread over the split (the same ones in every trial of a dataset); columns: the image, the
-ground truth (green), the prediction (red), with each sample's Dice.
+ground truth (green), the prediction (blue), with each sample's Dice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from trainables.protocol import PREVIEW_FILE  # noqa: F401 - the file name, re-exported for the trial
 
 _GREEN = np.array([0, 200, 0], dtype=np.float32)
-_RED = np.array([230, 0, 0], dtype=np.float32)
+_BLUE = np.array([0, 90, 255], dtype=np.float32)  # reads on the reddish tones of medical images
 
 
 def sample_indices(n_items: int, n: int) -> list[int]:
@@ -64,7 +64,7 @@ def save_preview(model, dataset, device, path: str | Path, n: int = 4, tile: int
         gt = s["mask"].numpy()[0] > 0.5
         inter, total = float((gt & p).sum()), float(gt.sum() + p.sum())
         dice = 1.0 if total == 0 else 2 * inter / total
-        tiles = (rgb, _overlay(rgb, gt, _GREEN), _overlay(rgb, p, _RED))
+        tiles = (rgb, _overlay(rgb, gt, _GREEN), _overlay(rgb, p, _BLUE))
         for c, t in enumerate(tiles):
             sheet.paste(Image.fromarray(t).resize((tile, tile), Image.BILINEAR), (c * tile, head + r * tile))
         draw.text((2 * tile + 4, head + r * tile + 3), f"Dice {dice:.2f}", fill="yellow")
