@@ -1,6 +1,6 @@
 """The paper's Tables 2–5 as pure functions of the trial Parquet, with Markdown / CSV / LaTeX renderers.
 
-Everything here is pandas on one-row-per-trial frames (the `trials.parquet` schema of `benchmark.results`):
+Everything here is pandas on one-row-per-trial frames (the `records.TRIAL_SCHEMA` of `<run>/trials/*.parquet`):
 no torch, no Ray, so tables regenerate on a laptop from the Parquet alone.
 
 Conventions, all taken from the paper and checked against its numbers (tests/test_tables.py):
