@@ -11,8 +11,8 @@ import math
 import shutil
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from torch import nn
 

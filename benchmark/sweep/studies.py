@@ -49,8 +49,12 @@ _PRIVATE = ("_ot_study", "_ot_trials", "_completed_trials")
 _VERIFIED_OPTUNA = ("5.",)
 
 
+_warned = False
+
+
 def check_optuna_search(search) -> None:
     """Fail at start-up, not mid-sweep, when a Ray upgrade moved OptunaSearch's internals."""
+    global _warned
     import ray
 
     missing = [a for a in _PRIVATE if not hasattr(search, a)]
@@ -63,7 +67,8 @@ def check_optuna_search(search) -> None:
             optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING)):
         raise RuntimeError(f"optuna {optuna.__version__}: FrozenTrial has no _trial_id; benchmark/sweep/studies.py "
                            f"was verified with optuna {', '.join(_VERIFIED_OPTUNA)}x")
-    if not ray.__version__.startswith(_VERIFIED_RAY):
+    if not ray.__version__.startswith(_VERIFIED_RAY) and not _warned:
+        _warned = True
         warnings.warn(f"ray {ray.__version__}: benchmark/sweep/studies.py reads OptunaSearch internals verified "
                       f"with ray {', '.join(_VERIFIED_RAY)}", RuntimeWarning, stacklevel=2)
 
