@@ -13,7 +13,7 @@ MINI_DATA := $(CURDIR)/data/mini
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu test-cluster smoke benchmark bench-cpu bench-gpu plan tables mlflow-ui pretrain-mini mini-data cluster-up cluster-down lint clean
+.PHONY: help install test test-slow test-gpu test-cluster smoke benchmark bench-cpu bench-gpu plan tables mlflow-ui optuna-dashboard wheel pretrain-mini mini-data cluster-up cluster-down lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,7 +41,7 @@ test-cluster: install ## start a real two-node Ray cluster on loopback and run t
 benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded mini benchmark) end to end; rerun to resume
 	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(MLFLOW),--mlflow $(MLFLOW))
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
-	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000)"
+	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~11 min)
 	$(PY) benchmarks/data_pipeline.py --workers 2
@@ -68,7 +68,16 @@ tables: install ## regenerate tables and figures of RUN from its Parquet files
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RUN)/mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m benchmark.sweep.mlflow_paths $(RUN)
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 starts in its GenAI view otherwise)"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN))/mlflow.db --host 127.0.0.1 --port 5000
+
+optuna-dashboard: install ## open optuna-dashboard on the run's studies (http://127.0.0.1:8080; extra: .[dashboard])
+	@test -x $(VENV)/bin/optuna-dashboard || $(PY) -m pip install -q -e '.[dashboard]'
+	$(VENV)/bin/optuna-dashboard sqlite:///$(abspath $(RUN))/optuna.db --host 127.0.0.1 --port 8080
+
+wheel: install ## build the wheel (with the data cards, specs, mini VLSMs and paper tables) into dist/
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 pretrain-mini: install ## re-create the embedded mini VLSMs in models/ (fixed seed, ~20 min on 2 CPU cores)
 	$(PY) -m trainables.mini.pretrain --vlsm clipseg --out models/clipseg-mini

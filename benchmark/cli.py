@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunevlseg",
         description="Prompt-tuning benchmark for vision-language segmentation models (TuneVLSeg on Ray Tune).",
     )
+    parser.add_argument("--version", action=_Version, help="print the version (and the checkout's commit) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod_name in COMMAND_MODULES:
@@ -37,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+class _Version(argparse.Action):
+    """Like argparse's "version" action, but asks git only when --version is given."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from trainables.resources import describe_version
+
+        print(f"{parser.prog} {describe_version()}")
+        parser.exit()
 
 
 # Errors that mean "the user asked for something wrong": one clear line, exit 2.

@@ -87,8 +87,12 @@ def test_asha_sweep_prunes_trials_tells_optuna_and_records_every_trial(tmp_path,
     assert pruned["test_dice"].isna().all()
     assert (ok["epochs_run"] == epochs).all() and ok["test_dice"].notna().all()
 
-    studies = load_studies(str(tmp_path / "runs" / "asha" / "tune"))
-    for cid, study in studies.items():
+    from benchmark.sweep.studies import load_studies as stored_studies
+
+    searcher_studies = load_studies(str(tmp_path / "runs" / "asha" / "tune"))
+    stored = stored_studies(tmp_path / "runs" / "asha")  # Optuna's storage holds the same, PRUNED included
+    assert sorted(stored) == sorted(searcher_studies)
+    for cid, study in [*searcher_studies.items(), *stored.items()]:
         states = [t.state for t in study.trials]
         cell = rows[rows["cell_id"] == cid]
         assert states.count(optuna.trial.TrialState.PRUNED) == (cell["status"] == "pruned").sum()

@@ -74,6 +74,34 @@ def _check_complete_sweep(run_dir: Path) -> None:
     assert {r.data.tags["trial_id"] for r in trials} == set(df["trial_id"])
     parents = {r.info.run_id for r in cells}
     assert all(r.data.tags["mlflow.parentRunId"] in parents for r in trials)
+    _check_stored_studies(run_dir, df, {r.data.tags["trial_id"]: r.info.run_id for r in trials})
+
+
+def _check_stored_studies(run_dir: Path, df, mlflow_runs: dict[str, str]) -> None:
+    """Optuna's own storage (<run dir>/optuna.db) holds each cell's study, as `optuna.load_study` reads it:
+    exactly the recorded trials, none twice, each linked to its Ray trial, MLflow run and Dice scores."""
+    import optuna
+
+    url = f"sqlite:///{run_dir / 'optuna.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    assert names == sorted(df["cell_id"].unique())
+    for cid in names:
+        study = optuna.load_study(study_name=cid, storage=url)
+        rows = df[df.cell_id == cid]
+        assert study.metric_names == ["objective"]
+        assert study.user_attrs["cell_id"] == cid and study.user_attrs["learner"] in ("coop", "maple")
+        trials = study.get_trials()
+        assert [t.number for t in trials] == sorted(rows["trial_index"]), cid
+        assert all(t.state.name == "COMPLETE" for t in trials), [(t.number, t.state.name) for t in trials]
+        by_id = rows.set_index("trial_id")
+        assert sorted(t.user_attrs["ray_trial_id"] for t in trials) == sorted(by_id.index)
+        for t in trials:
+            row = by_id.loc[t.user_attrs["ray_trial_id"]]
+            assert t.user_attrs["trial_index"] == row["trial_index"] == t.number
+            assert t.value == pytest.approx(row["objective"]) and t.params["lr"] == pytest.approx(row["hp_lr"])
+            assert t.user_attrs["test_dice"] == pytest.approx(row["test_dice"])
+            assert t.user_attrs["val_dice"] == pytest.approx(row["best_val_dice"])
+            assert t.user_attrs["mlflow_run_id"] == mlflow_runs[t.user_attrs["ray_trial_id"]]
 
 
 @pytest.mark.ray
@@ -106,8 +134,28 @@ def test_sweep_records_every_trial_and_reruns_as_noop(tmp_path, local_ray, capsy
     trials, _ = _mlflow_runs(run_dir)
     run = trials[0]
     assert {run.data.tags[k] for k in ("vlsm", "learner", "dataset")} <= {"clipseg", "coop", "maple", "kvasir"}
-    history = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in history] == [0, 1, 2]
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1, 2]  # the final result repeats the last epoch's: not logged twice
+    for key in run.data.metrics:  # one value per metric and step
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    # What MLflow's users expect: a model-training experiment with the spec's description, the standard
+    # system tags on every run, the cell's settings and search space as its parent run's params.
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"] == spec.description
+    trials, cells = _mlflow_runs(run_dir)
+    for r in trials + cells:
+        assert r.data.tags["mlflow.source.type"] == "LOCAL" and r.data.tags["mlflow.user"]
+        assert r.data.tags["mlflow.source.name"].startswith("tunevlseg run ")
+        assert len(r.data.tags["mlflow.source.git.commit"]) == 40  # a checkout
+    maple_cell = next(r for r in cells if r.data.tags["cell_id"] == "clipseg_maple_kvasir")
+    assert maple_cell.data.params["train.max_epochs"] == "3" and maple_cell.data.params["trials"] == "4"
+    assert maple_cell.data.params["search.lr"].endswith("log-uniform")
+    assert "search.intermediate_dim" in maple_cell.data.params
+    assert set(maple_cell.data.metrics) == {"selected_objective", "selected_test_dice", "selected_test_iou",
+                                            "selected_val_dice", "selected_val_loss"}
 
     # Same command again: nothing runs, nothing changes.
     before = {p.name: p.stat().st_mtime_ns for p in RunDir(run_dir).trials_dir.iterdir()}
@@ -144,7 +192,8 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, local_ray, ca
 
 @pytest.mark.parametrize("changes, storage, error, match", [
     ({"axes__colour": "red"}, None, ConfigError, r"unknown key 'colour'; allowed: vlsm, learner"),
-    ({"axes__learner": ["coop", "mapel"]}, None, Exception, r"unknown learner 'mapel'; allowed: cocoop, coop"),
+    ({"axes__learner": ["coop", "mapel"]}, None, Exception, r"unknown learner 'mapel' \(did you mean 'maple'\?\); allowed: "
+     r"cocoop, coop"),
     ({"axes__pairs": [["cris", "vpt"]]}, None, ConfigError, r"\(cris, vpt\) is not viable"),
     ({"data": {"root": "/nonexistent/datasets"}}, None, FileNotFoundError,
      r"dataset root for 'kvasir' does not exist: /nonexistent/datasets/kvasir"),

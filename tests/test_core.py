@@ -53,7 +53,7 @@ def test_registry_unknown_and_duplicate():
     reg.register("coop", 1)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("coop", 2)
-    with pytest.raises(UnknownNameError, match="unknown learner 'cop'; allowed: coop"):
+    with pytest.raises(UnknownNameError, match=r"unknown learner 'cop' \(did you mean 'coop'\?\); allowed: coop"):
         reg.get("cop")
     with pytest.raises(ValueError, match="lower-case"):
         reg.register("CoOp", 3)

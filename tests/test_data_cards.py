@@ -153,7 +153,7 @@ def test_card_loading_is_strict(tmp_path):
     bad.write_text(good.replace("counts: {train: 800", "counts: {training: 800"))
     with pytest.raises(ConfigError, match=r"`counts` has unknown split\(s\) \['training'\]"):
         load_card(bad)
-    with pytest.raises(ConfigError, match=r"unknown dataset 'kvasr'; allowed: .*kvasir"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'kvasr' \(did you mean 'kvasir'\?\); allowed: .*kvasir"):
         load_card("kvasr")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_card(tmp_path / "nope.yaml")

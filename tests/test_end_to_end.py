@@ -84,6 +84,8 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
         assert (meta["model"]["vlsm"], meta["model"]["learner"]) == (row.vlsm, row.learner)
         assert meta["trainable_params"] == row.trainable_params
     assert len(list((run_dir / "mlartifacts").rglob("artifact/tunevlseg.json"))) == 4  # MLflow has each one too
+    # ... and the picture of what it segments (test images, ground truth, prediction), at the run's top level.
+    assert len(list((run_dir / "mlartifacts").glob("*/artifacts/preview.png"))) == 4
 
     # A cell's selected tuned prompt segments new images, given the run and the cell.
     images = mini_data / "mini_polyp" / "images"
@@ -92,8 +94,8 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
     assert selected == trial_dirs[pd.read_parquet(run_dir / "selected.parquet").set_index("cell_id")
                                   .loc["cris_coop_mini-polyp", "trial_id"]]
     proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", "--artifact", str(run_dir),
-                           "--cell", "cris_coop_mini-polyp", "--images", str(images), "--out", str(masks_out)],
-                          capture_output=True, text=True, cwd=REPO)  # the artifact's own prompt
+                           "--cell", "cris_coop_mini_polyp", "--images", str(images), "--out", str(masks_out)],
+                          capture_output=True, text=True, cwd=REPO)  # the artifact's own prompt; the spec's spelling
     assert proc.returncode == 0, proc.stderr
     assert len(list(masks_out.glob("*.png"))) == len(list(images.glob("*.png")))
     assert all(meta["data"] == {"dataset": "mini_polyp", "prompt": "polyp."} for meta in metas.values())

@@ -243,7 +243,7 @@ def test_e2e_can_freeze_the_encoders():
 
 
 def test_unknown_learner_and_key():
-    with pytest.raises(Exception, match="unknown learner 'cop'; allowed: cocoop, coop, e2e"):
+    with pytest.raises(Exception, match=r"unknown learner 'cop' \(did you mean 'coop'\?\); allowed: cocoop, coop, e2e"):
         build_model({"learner": "cop", "vlsm_config": "tiny"})
     with pytest.raises(ConfigError, match="unknown key 'depth'; allowed: prompt_depth"):
         build_model({"learner": "coop", "vlsm_config": "tiny", "learner_config": {"depth": 2}})

@@ -125,9 +125,11 @@ def test_invalid_specs_name_the_key(raw, error, match):
 
 
 @pytest.mark.parametrize("axes, error, match", [
-    ({"learner": ["copo"], "dataset": ["kvasir"]}, UnknownNameError, r"unknown learner 'copo'; allowed: cocoop, coop"),
+    ({"learner": ["copo"], "dataset": ["kvasir"]}, UnknownNameError, r"unknown learner 'copo' \(did you mean 'coop'\?\); "
+     r"allowed: cocoop, coop"),
     ({"vlsm": ["sam"], "learner": ["coop"], "dataset": ["kvasir"]}, UnknownNameError, r"unknown VLSM 'sam'"),
-    ({"learner": ["coop"], "dataset": ["kvasri"]}, ConfigError, r"unknown dataset 'kvasri'; allowed: .*kvasir"),
+    ({"learner": ["coop"], "dataset": ["kvasri"]}, ConfigError, r"unknown dataset 'kvasri' "
+     r"\(did you mean 'kvasir'\?\); allowed: .*kvasir"),
     ({"vlsm": ["cris"], "learner": ["vpt"], "dataset": ["kvasir"]}, ConfigError,
      r"vpt prompts the vision encoder, which none of axes.vlsm \['cris'\] accepts"),
     ({"pairs": [["cris", "maple"]], "dataset": ["kvasir"]}, ConfigError,

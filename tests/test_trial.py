@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -238,3 +239,28 @@ def test_tokens_are_made_once_per_distinct_prompt_list_and_the_cache_is_bounded(
     assert len(trial._TOKENS[model]) == 3
     trial.device_tokens(model, ["polyp."] * 4, cpu)
     assert len(calls) == 7  # evicted, so made again
+
+
+def test_a_trial_draws_its_preview_from_the_final_model(tmp_path):
+    """artifact/preview.png: test images | ground truth | prediction, one row per sample (4 spread over the
+    split), from the model the trial tested."""
+    from PIL import Image
+
+    from trainables.preview import sample_indices
+
+    torch.manual_seed(0)
+    fit(_cfg(max_epochs=2), lambda m, d: None, artifact_dir=str(tmp_path / "artifact"), model=TinySegmenter(),
+        datasets=_data())
+    png = tmp_path / "artifact" / "preview.png"
+    img = Image.open(png)
+    assert img.size == (3 * 160, 18 + 4 * 160)
+    assert sample_indices(8, 4) == [0, 2, 5, 7] and sample_indices(2, 4) == [0, 1]
+    px = np.asarray(img.convert("RGB")).astype(int)
+    first = px[18:178]  # sample 0: image | ground truth | prediction
+
+    def green(tile):
+        return float(np.mean(tile[..., 1] > tile[..., 0] + 60))
+
+    mask = _data()["test"][0]["mask"][0].numpy()
+    assert green(first[:, 0:160]) < 0.02  # the image itself: noise, hardly green
+    assert green(first[:, 160:320]) == pytest.approx(mask.mean(), abs=0.03)  # its ground truth, in green

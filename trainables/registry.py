@@ -1,7 +1,8 @@
 """A tiny name -> entry registry (peft's `register_peft_method` is the model).
 
-Names are lower-case snake/kebab words and unique; an unknown name is a one-line error listing the
-allowed ones, which is what users see when they mistype a learner or VLSM in a spec.
+Names are lower-case snake/kebab words and unique; a look-up accepts either spelling (`shared-attention`
+finds `shared_attention`, the spelling cell ids use for a field); an unknown name is a one-line error
+with the closest name and the allowed ones, which is what users see when they mistype a learner or VLSM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+def spelling(name, known) -> str:
+    """`name` as spelled in `known`, reading '_' and '-' as the same character; `name` itself if none."""
+    if not isinstance(name, str) or name in known:
+        return name
+    for candidate in (name.replace("-", "_"), name.replace("_", "-")):
+        if candidate in known:
+            return candidate
+    return name
 
 
 class UnknownNameError(KeyError):
@@ -46,12 +57,19 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         self._ensure()
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._entries))}"
-            ) from None
+        key = self.canonical(name)
+        if key in self._entries:
+            return self._entries[key]
+        from trainables.resources import did_you_mean
+
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; allowed: {', '.join(sorted(self._entries))}"
+        )
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of `name` ('_' and '-' are interchangeable); `name` itself if unknown."""
+        self._ensure()
+        return spelling(name, self._entries)
 
     def names(self) -> list[str]:
         self._ensure()

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import random
 import tempfile
@@ -595,6 +596,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     data = _artifact_data(cfg, datasets["test"])
     if artifact_dir is not None and tc.save_artifact:
         model.save_artifact(artifact_dir, data=data)
+        _preview(model, datasets["test"], device, Path(artifact_dir))
     final = {
         "epoch": state["epoch"],
         "objective": _objective(tc, state),
@@ -622,6 +624,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     with tempfile.TemporaryDirectory() as d:
         save_state(d)
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
+        _preview(model, datasets["test"], device, Path(d) / CHECKPOINT_ARTIFACT)
         report(final, d)
     return final
 
@@ -634,6 +637,16 @@ def _optimizer_step(scaler, optimizer, clip_norm: float | None = None) -> None:
     scaler.step(optimizer)  # with fp16, skipped (and the scale lowered) when a gradient is inf/NaN
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _preview(model, test_set, device, artifact: Path) -> None:
+    """`artifact/preview.png` (trainables.preview); a picture that cannot be drawn never fails the trial."""
+    from trainables.preview import PREVIEW_FILE, save_preview
+
+    try:
+        save_preview(model, test_set, device, artifact / PREVIEW_FILE)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("tunevlseg.trial").warning("no preview.png: %s: %s", type(e).__name__, e)
 
 
 def _artifact_data(cfg: TrialConfig, test_set) -> dict:

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="split files: <root>/anns/<split>.json if present (auto), only those (root), or "
                             "the card's shipped copy (card)")
     check.add_argument("--no-decode", action="store_true", help="only check that files exist (fast)")
+    check.add_argument("--all", action="store_true", help="list every problem (default: the first 20 and a count)")
 
     prep = sub.add_parser("prepare", help="convert a download to the layout the card expects (idempotent)")
     prep.add_argument("name", choices=PREPARE_NAMES)
@@ -76,7 +77,7 @@ def _check(args) -> int:
     report = check_dataset(args.name, args.root, splits=tuple(args.split or ("train", "val", "test")),
                            subset=args.subset, annotations=args.annotations, decode=not args.no_decode,
                            stream=sys.stderr)
-    print(report.render())
+    print(report.render(limit=None if args.all else 20))
     return 0 if report.ok else 1
 
 

@@ -10,7 +10,7 @@ HELP = "list the cells (VLSM x learner x dataset x variant) and trials of a spec
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("spec", help="experiment spec, e.g. experiments/table3.yaml")
+    parser.add_argument("spec", help="experiment spec: a path (experiments/table3.yaml) or a shipped name (table3, mini, smoke)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--data", metavar="DIR", help="dataset root (datasets live in DIR/<dataset>)")
     est = parser.add_argument_group("cost estimate")

@@ -11,7 +11,7 @@ HELP = "run a spec's sweep on Ray Tune (rerun the same command to resume it)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("spec", help="experiment spec, e.g. experiments/table3.yaml")
+    parser.add_argument("spec", help="experiment spec: a path (experiments/table3.yaml) or a shipped name (table3, mini, smoke)")
     parser.add_argument("--storage", metavar="DIR", default=None,
                         help="absolute results directory; the run lives in DIR/<spec name> "
                              "(default: ./results/runs)")
@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
                         "under DIR/<spec>/previous/)")
     parser.add_argument("--trainable", metavar="MODULE.FUNC", help="override the spec's trainable (import path)")
     parser.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default: sqlite in the run directory)")
+    parser.add_argument("--optuna-storage", metavar="URL",
+                        help="SQLAlchemy URL of the cells' Optuna studies (default: sqlite:///<run dir>/optuna.db)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: all)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's status table and worker logs")
@@ -51,7 +53,7 @@ def run(args) -> int:
                     + (["--data", args.data] if args.data else []) + (["--address", args.address] if args.address else []))
     result = run_sweep(spec, storage, trainable=args.trainable, address=args.address, force=args.force,
                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, mlflow_uri=args.mlflow, verbose=args.verbose,
-                       resume_hint=hint)
+                       resume_hint=hint, optuna_storage=args.optuna_storage)
     if result.failed:
         print(f"tunevlseg run: {result.failed} trial(s) failed; see the error column of "
               f"{result.run_dir}/trials/*.parquet", file=sys.stderr)

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="paper",
                    help="search space for Table 2: paper (default) or reference (what the original code searched)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (with --out)")
+    p.add_argument("--mlflow", metavar="URI", help="with --out: log the files to the sweep's MLflow run in this "
+                   "tracking store (default: RUN/mlflow.db when the sweep used it)")
+    p.add_argument("--no-mlflow", action="store_true", help="with --out: do not log the files to MLflow")
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -122,4 +125,22 @@ def run(args: argparse.Namespace) -> int:
     for s in skipped:
         print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
     print(f"tunevlseg tables: wrote {len(written)} files to {out} (report: {out / 'report.md'})")
+    if Path(args.run).is_dir() and not args.no_mlflow:
+        _to_mlflow(args, written, out)
     return 0
+
+
+def _to_mlflow(args: argparse.Namespace, written, out) -> None:
+    """The sweep-level MLflow run; a tracking store that fails costs a warning, never the tables."""
+    import logging
+
+    from benchmark.results.mlflow_report import log_outputs
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        run_id = log_outputs(args.run, written, out, uri=args.mlflow)
+    except Exception as e:  # noqa: BLE001
+        print(f"tunevlseg tables: warning: not logged to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if run_id:
+        print(f"tunevlseg tables: logged to the sweep's MLflow run {run_id}")

@@ -63,6 +63,7 @@ class Plan:
         return sum(c.trials for c in self.cells)
 
     def cell(self, cid: str) -> Cell:
+        cid = match_cell(cid, [c.id for c in self.cells])
         for c in self.cells:
             if c.id == cid:
                 return c
@@ -77,6 +78,23 @@ class Plan:
 def cell_id(vlsm: str, learner: str, dataset: str, variant: str = "default") -> str:
     fields = [vlsm, learner, dataset] + ([] if variant == "default" else [variant])
     return "_".join(f.replace("_", "-") for f in fields)
+
+
+def match_cell(name: str, known, where: str = "cell") -> str:
+    """The cell id in `known` that `name` spells, reading '_' and '-' alike (`clipseg_shared_attention_kvasir`
+    is `clipseg_shared-attention_kvasir`); a miss is a ConfigError with the closest ids."""
+    import difflib
+
+    known = list(known)
+    if name in known:
+        return name
+    flat = {k.replace("-", "_"): k for k in known}
+    if name.replace("-", "_") in flat:
+        return flat[name.replace("-", "_")]
+    close = difflib.get_close_matches(name.replace("-", "_"), list(flat), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(flat[c]) for c in close)}? " if close else ""
+    shown = ", ".join(sorted(known)[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
+    raise ConfigError(f"{where} {name!r} is not in this run; {hint}cells: {shown}")
 
 
 # --- catalog look-ups ----------------------------------------------------------------------------------
@@ -142,7 +160,10 @@ def _check_names(spec: Spec) -> None:
     known = dataset_names()
     for ds in spec.axes.dataset:
         if ds not in known:
-            raise ConfigError(f"axes.dataset: unknown dataset {ds!r}; allowed: {', '.join(known)}")
+            from trainables.resources import did_you_mean
+
+            raise ConfigError(f"axes.dataset: unknown dataset {ds!r}{did_you_mean(ds, known)}; allowed: "
+                              f"{', '.join(known)}")
     for lrn in spec.axes.learner:
         learner_modalities(lrn)
     for ds in spec.data.roots:
@@ -159,8 +180,38 @@ def _check_names(spec: Spec) -> None:
                                       f"({', '.join(sorted(fields[key]))}); a typo?")
 
 
+def canonical_names(spec: Spec) -> Spec:
+    """The spec with every VLSM, learner, dataset and variant name in its registered spelling: a spec may
+    write `shared-attention` or `mini-polyp` (as in cell ids) and still get one spelling in tags, rows and
+    tables."""
+    import dataclasses
+
+    from benchmark.plan.spec import BUILTIN_VARIANTS
+    from trainables.registry import spelling
+
+    known = {"vlsm": VLSMS.names(), "learner": LEARNERS.names(), "dataset": dataset_names(),
+             "variant": list(BUILTIN_VARIANTS) + list(spec.variants)}
+
+    def fix(field_name: str, value):
+        if isinstance(value, (list, tuple)):
+            return type(value)(fix(field_name, v) for v in value)
+        return spelling(value, known[field_name]) if field_name in known else value
+
+    a = spec.axes
+    axes = dataclasses.replace(
+        a, vlsm=fix("vlsm", a.vlsm), learner=fix("learner", a.learner), dataset=fix("dataset", a.dataset),
+        variant=fix("variant", a.variant),
+        pairs=None if a.pairs is None else tuple((fix("vlsm", v), fix("learner", lrn)) for v, lrn in a.pairs),
+        skip=tuple({k: fix(k, v) for k, v in r.items()} if isinstance(r, dict) else r for r in a.skip))
+    rules = tuple(dataclasses.replace(r, when={k: fix(k, v) for k, v in r.when.items()}) for r in spec.rules)
+    data = dataclasses.replace(spec.data, roots={fix("dataset", k): v for k, v in spec.data.roots.items()})
+    vlsms = {fix("vlsm", k): v for k, v in spec.vlsms.items()}
+    return dataclasses.replace(spec, axes=axes, rules=rules, data=data, vlsms=vlsms)
+
+
 def build_plan(spec: Spec) -> Plan:
     """Expand a spec into cells. Raises ConfigError/UnknownNameError before anything runs."""
+    spec = canonical_names(spec)
     _check_names(spec)
     cells = []
     for vlsm, learner in _pairs(spec):

@@ -7,7 +7,8 @@ settings, resources per trial and the selection rule. Names are checked against 
 `benchmark.plan.matrix` (this module stays free of torch and of the catalog).
 
 Relative paths in a spec (data roots, local weights) resolve against the project root when the spec lives
-in an `experiments/` folder, else against the spec's own folder, and are made absolute at load time: a
+in an `experiments/` folder (for a shipped spec: the checkout, or the installed package's copy of the
+project's folders, see `trainables.resources`), else against the spec's own folder, and are made absolute at load time: a
 Ray trial runs in a temporary working directory and must never see a relative path.
 """
 
@@ -94,6 +95,9 @@ class SearchSettings:
     # Narrow a parameter for a smaller model, e.g. {prompt_depth: [1, 6]} for a 6-layer mini VLSM
     # ([low, high] for numeric parameters, a list of choices for categorical ones).
     bounds: dict = field(default_factory=dict)
+    # Where each cell's Optuna study is stored: a SQLAlchemy URL; None: sqlite:///<run dir>/optuna.db
+    # (benchmark/sweep/studies.py). On a cluster the driver writes it, so a local path is fine there too.
+    storage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,10 +186,11 @@ _SECTIONS = {"axes": Axes, "search": SearchSettings, "resources": Resources, "ex
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file; errors name the file and the offending key."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"spec {str(path)!r} does not exist (specs live in experiments/*.yaml)")
+    """Read and validate a spec, given by path or by the name of a shipped one (`table3`:
+    `trainables.resources.resolve_spec`); errors name the file and the offending key."""
+    from trainables.resources import resolve_spec
+
+    path = resolve_spec(path)
     raw = read_yaml_mapping(path, str(path), "name, axes, search, ...")
     try:
         return spec_from_dict(raw, base_dir=project_dir(path), default_name=path.stem, path=str(path.resolve()))
@@ -281,6 +286,14 @@ def _looks_local(value: str, base: Path) -> bool:
             or (len(p.parts) > 1 and (base / p.parts[0]).is_dir()))
 
 
+def _variant_spellings(names: tuple[str, ...], spec: Spec) -> tuple[str, ...]:
+    """`no-upsampler` (as in cell ids) is the variant `no_upsampler`."""
+    from trainables.registry import spelling
+
+    known = list(BUILTIN_VARIANTS) + list(spec.variants or {})
+    return tuple(spelling(v, known) for v in names)
+
+
 def _normalise(spec: Spec, base: Path) -> Spec:
     axes = spec.axes
     pairs = None
@@ -293,7 +306,7 @@ def _normalise(spec: Spec, base: Path) -> Spec:
         pairs = tuple(pairs)
     axes = Axes(vlsm=_tuple_of_names(axes.vlsm, "axes.vlsm"), learner=_tuple_of_names(axes.learner, "axes.learner"),
                 dataset=_tuple_of_names(axes.dataset, "axes.dataset"),
-                variant=_tuple_of_names(axes.variant, "axes.variant"), pairs=pairs,
+                variant=_variant_spellings(_tuple_of_names(axes.variant, "axes.variant"), spec), pairs=pairs,
                 skip=tuple(dict(r) if isinstance(r, Mapping) else r for r in (axes.skip or ())))
     data = spec.data
     roots = {ds: _resolve_path(str(p), base) for ds, p in _as_mapping(data.roots, "data.roots").items()}

@@ -64,25 +64,33 @@ VERSIONED_PACKAGES = ("tunevlseg", "torch", "transformers", "ray", "optuna", "ml
 
 
 def provenance(repo: str | Path | None = None) -> dict[str, Any]:
-    """Git sha + dirty flag of the code that ran, and package versions (the driver's: every node runs the
-    same environment)."""
-    repo = Path(repo or Path(__file__).resolve().parents[2])
-    sha, dirty = "", False
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, timeout=10).stdout
-        dirty = bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
+    """Git sha + dirty flag of the checkout that ran (None from an installed wheel: `trainables.resources`)
+    and package versions, tunevlseg's always (the driver's: every node runs the same environment)."""
+    from trainables import resources
+
+    if repo is None:
+        sha, dirty = resources.git_commit()
+    else:  # an explicit repository (tests)
+        sha, dirty = _git(Path(repo))
     versions = {"python": platform.python_version()}
     for pkg in VERSIONED_PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    versions.setdefault("tunevlseg", resources.version())
     return {"git_sha": sha or "unknown", "git_dirty": dirty, "versions": json.dumps(versions, sort_keys=True)}
+
+
+def _git(repo: Path) -> tuple[str, bool]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return sha, bool(status.strip())
 
 
 # ---- rows -----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Layout of a run directory `<storage>/<spec name>/`:
     selected.parquet           one row per cell: its selected trial (records.SELECTED_SCHEMA)
     plan.json                  the plan the sweep was started with (resuming checks it has not changed)
     mlflow.db, mlartifacts/    the MLflow mirror (default local tracking)
+    optuna.db                  each searched cell's Optuna study (default storage; benchmark/sweep/studies.py)
     tune/                      Ray Tune's experiment (restored on rerun)
 
 The sweep (benchmark.sweep.coordinator), `tunevlseg tables`, `predict`, `plan --from` and the searcher's
@@ -29,6 +30,7 @@ PLAN_FILE = "plan.json"
 TUNE_DIR = "tune"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+OPTUNA_DB = "optuna.db"
 
 
 # ---- the selection rule ----------------------------------------------------------------------------------
@@ -92,6 +94,10 @@ class RunDir:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.path / MLFLOW_ARTIFACTS
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.path / OPTUNA_DB
 
     def trial_files(self) -> list[Path]:
         return sorted(self.trials_dir.glob("*.parquet"))
@@ -163,12 +169,11 @@ class RunDir:
         if not self.selected_file.is_file():
             raise FileNotFoundError(f"{self.selected_file} not found: {self.path} is not a run directory with "
                                     "finished cells")
+        from benchmark.plan.matrix import match_cell
+
         selected = records.read_rows(self.selected_file)
+        cell_id = match_cell(cell_id, {r["cell_id"] for r in selected}, where="--cell")  # either spelling
         rows = [r for r in selected if r["cell_id"] == cell_id]
-        if not rows:
-            cells = sorted({r["cell_id"] for r in selected})
-            raise ConfigError(f"--cell {cell_id!r} has no selected trial in {self.selected_file}; cells: "
-                              f"{', '.join(cells)}")
         found = sorted(self.tune_dir.glob(f"{cell_id}_*_{rows[0]['trial_id']}"))
         if not found:
             raise FileNotFoundError(f"the selected trial {rows[0]['trial_id']} of {cell_id} has no directory "

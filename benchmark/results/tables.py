@@ -1,6 +1,6 @@
 """The paper's Tables 2–5 as pure functions of the trial Parquet, with Markdown / CSV / LaTeX renderers.
 
-Everything here is pandas on one-row-per-trial frames (the `trials.parquet` schema of `benchmark.results`):
+Everything here is pandas on one-row-per-trial frames (the `records.TRIAL_SCHEMA` of `<run>/trials/*.parquet`):
 no torch, no Ray, so tables regenerate on a laptop from the Parquet alone.
 
 Conventions, all taken from the paper and checked against its numbers (tests/test_tables.py):
@@ -30,6 +30,7 @@ from benchmark.plan.spec import Selection
 from benchmark.results.records import SCHEMA_VERSION
 from benchmark.results.run_dir import RunDir
 from trainables.catalog import LEARNERS, VLSMS, learner_display, prompt_learners, vlsm_display
+from trainables import resources
 from trainables.config import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ E2E_SOURCE_NOTE = ("E2E rows: the paper's medical E2E numbers are Poudel et al.'
 
 # The paper prints these in the text under Tables 3 and 5; its CSVs have no row for them.
 PAPER_AVERAGE = {3: (73.10, 6.24), 5: (70.51, 5.40)}
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER_DIR = resources.path("paper")
 
 REQUIRED_COLUMNS = ("vlsm", "learner", "dataset", "variant", "status", "test_dice")
 DASH = "–"

@@ -40,7 +40,7 @@ from ray.tune import Callback
 from benchmark.plan.matrix import Plan, build_plan, check_paths
 from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
-from benchmark.results.run_dir import PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
+from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.storage import check_storage, check_uri, default_uri
 from trainables.config import ConfigError
@@ -247,7 +247,7 @@ def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
 def _archive(run_dir: Path) -> Path:
     dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True)
-    for name in (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE):
+    for name in (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE, OPTUNA_DB):
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
     return dest
@@ -356,7 +356,7 @@ def _connect(address: str | None, num_cpus: int | None, num_gpus: float | None, 
 def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None = None, address: str | None = None,
               force: bool = False, num_cpus: int | None = None, num_gpus: float | None = None,
               mlflow_uri: str | None = None, verbose: bool = False, resume_hint: str | None = None,
-              plan: Plan | None = None, callbacks: list | tuple = ()) -> SweepResult:
+              plan: Plan | None = None, callbacks: list | tuple = (), optuna_storage: str | None = None) -> SweepResult:
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
     before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
     own (a rehearsal's, benchmark/sweep/smoke.py); `callbacks` are extra Tune callbacks."""
@@ -378,6 +378,10 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
 
         uri = mlflow_uri or spec.tracking.uri or default_uri(run_dir)
         check_uri(uri)
+    from benchmark.sweep.studies import check_url
+
+    optuna_url = optuna_storage or spec.search.storage
+    check_url(optuna_url)
     result = SweepResult(run_dir=run_dir, planned=plan.total_trials)
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
 
@@ -400,7 +404,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         require_preflight(str(storage), roots, http, address)
     started_ray = _connect(address, num_cpus, num_gpus, verbose)
     try:
-        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, list(callbacks))
+        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, list(callbacks), optuna_url)
     finally:
         if started_ray:
             import ray
@@ -409,24 +413,34 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
 
 
 def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
-           force: bool, verbose: bool, extra_callbacks: list | None = None) -> SweepResult:
+           force: bool, verbose: bool, extra_callbacks: list | None = None,
+           optuna_url: str | None = None) -> SweepResult:
     _check_cluster(plan, run_dir)
     if force and run_dir.exists():
         moved = _archive(run_dir)
         _say(f"--force: previous results moved to {moved}")
     state = _plan_state(run_dir, plan, force)
 
-    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
+    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
     callbacks: list = [PrunedMarker(),
                        RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
     mirror = None
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
+        if uri == default_uri(run_dir):  # a run directory copied or moved elsewhere: re-point its artifact paths
+            from benchmark.sweep.mlflow_paths import repoint
+
+            repoint(run_dir)
         mirror = MLflowMirror(uri, spec.name, state["sweep_id"], {c.id: c.keys for c in plan.cells},
-                              artifact_location=artifacts)
+                              artifact_location=artifacts, description=spec.description,
+                              params={c.id: cell_params(c) for c in plan.cells},
+                              tags=system_tags(f"tunevlseg run {spec.path or spec.name}"))
         mirror.ensure_experiment()  # create the DB in the driver, before any trial (migration races otherwise)
         callbacks.append(MLflowCallback(mirror))
+        from benchmark.sweep.studies import StudyLinks, StudyStore
+
+        callbacks.append(StudyLinks(StudyStore(run_dir, optuna_url), mirror))
     callbacks += extra_callbacks or []
 
     from ray import tune
@@ -444,7 +458,8 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
                                          n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
                                          constant_liar=s.constant_liar,
-                                         max_concurrent_per_cell=s.max_concurrent_per_cell, run_dir=str(run_dir))
+                                         max_concurrent_per_cell=s.max_concurrent_per_cell, run_dir=str(run_dir),
+                                         optuna_storage=optuna_url)
             ex = spec.execution
             scheduler = None
             if ex.scheduler == "asha":

@@ -16,6 +16,10 @@ OptunaSearch would tell Optuna COMPLETE with that truncated value (orchestration
 treat a loss after 2 epochs like a finished trial's; here such a trial is told PRUNED, with its last
 intermediate value, which TPE ranks below every completed trial.
 
+The studies also live in Optuna's own storage (by default `<run dir>/optuna.db`, one study per cell named by
+its cell id), written at every ask and tell and reconciled with this searcher's state on restore
+(benchmark/sweep/studies.py).
+
 The searcher is pickled into the experiment (`tuner.pkl`, `searcher-state-*.pkl`), so it lives in this
 importable module, never in `__main__`.
 """
@@ -31,6 +35,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark.plan import search_space
+from benchmark.sweep import studies as S
 from trainables.protocol import STATUS_ERROR, STATUS_PRUNED
 
 
@@ -49,8 +54,12 @@ class MultiCellSearcher(Searcher):
     def __init__(self, cells, metric: str = "objective", mode: str = "min", sampler: str = "tpe",
                  n_startup_trials: int = 10, multivariate: bool = True, constant_liar: bool = True,
                  max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss",
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, optuna_storage: str | None = None):
         super().__init__(metric=None, mode=None)
+        S.check_url(optuna_storage)
+        self.optuna_storage = optuna_storage  # None: <run dir>/optuna.db, derived from run_dir when opened
+        self._store = None
+        self.study_attrs = {c.id: S.study_attrs(c) for c in cells}
         self.run_dir = run_dir  # whose Parquet rows settle trials a restored snapshot still has open
         self.prune_metric = prune_metric  # told with a PRUNED trial that reported no per-epoch objective
         self.objective_metric = metric
@@ -74,6 +83,7 @@ class MultiCellSearcher(Searcher):
                 smp = search_space.make_sampler(c.seed, settings)
             self.studies[c.id] = OptunaSearch(space=partial(search_space.define_by_run, params=c.params),
                                               metric=metric, mode=mode, sampler=smp, study_name=c.id)
+            S.check_optuna_search(self.studies[c.id])
         self.issued = {cid: 0 for cid in self.order}
         self.live: dict[str, set[str]] = {cid: set() for cid in self.order}
         self.owner: dict[str, str] = {}
@@ -95,11 +105,16 @@ class MultiCellSearcher(Searcher):
         study = self.studies[cid]
         hp = study.suggest(trial_id) if study is not None else {}
         index = self.issued[cid]
+        if study is not None:
+            ot_trial = S.optuna_trial(study, trial_id)
+            ot_trial.set_user_attr(S.RAY_TRIAL_ID, trial_id)
+            ot_trial.set_user_attr("trial_index", index)
         self.issued[cid] += 1
         self.live[cid].add(trial_id)
         self.owner[trial_id] = cid
         base = self.base[cid]
         trial = search_space.apply_values(_deepcopy(base["config"]), base["params"], hp)
+        self._sync(cid)
         return {"cell_id": cid, "trial_index": index, "hp": dict(hp), "trial": trial,
                 "resources": dict(base["resources"])}
 
@@ -116,8 +131,19 @@ class MultiCellSearcher(Searcher):
         self.live[cid].discard(trial_id)
         self.finished[cid].add(trial_id)
         study = self.studies[cid]
-        if study is None or trial_id in study._completed_trials:
+        if study is None or S.is_told(study, trial_id):
             return
+        ot_trial = S.optuna_trial(study, trial_id)
+        for k, v in S.trial_outcome(result).items():
+            ot_trial.set_user_attr(k, v)
+        if error and "status" not in (result or {}):
+            ot_trial.set_user_attr("status", STATUS_ERROR)
+        try:
+            self._tell(study, trial_id, result, error)
+        finally:
+            self._sync(cid)
+
+    def _tell(self, study: OptunaSearch, trial_id: str, result: dict | None, error: bool) -> None:
         if not error and (result or {}).get("status") == STATUS_PRUNED:
             self._tell_pruned(study, trial_id, result)
             return
@@ -135,33 +161,60 @@ class MultiCellSearcher(Searcher):
         reports no per-epoch objective). Optuna stores the last intermediate value as the trial's value."""
         import optuna
 
-        ot_trial = study._ot_trials[trial_id]
+        ot_trial = S.optuna_trial(study, trial_id)
+        ot_study = S.optuna_study(study)
         step = result.get("training_iteration")
         metric = getattr(self, "prune_metric", "val_loss")
         value = next((result[k] for k in (self.objective_metric, metric) if _is_number(result.get(k))), None)
         if value is not None and _is_number(step) and not math.isnan(value):
-            frozen = study._ot_study._storage.get_trial(ot_trial._trial_id)
+            frozen = ot_study.get_trials(deepcopy=False)[ot_trial.number]
             if int(step) not in frozen.intermediate_values:
                 ot_trial.report(float(value), int(step))
-        study._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-        study._completed_trials.add(trial_id)
+        ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        S.mark_told(study, trial_id)
 
     # ---- inspection (tests, progress) -------------------------------------------------------------------
 
     def study(self, cid: str):
         s = self.studies[cid]
-        return None if s is None else s._ot_study
+        return None if s is None else S.optuna_study(s)
+
+    # ---- Optuna's storage: the studies for load_study / optuna-dashboard --------------------------------
+
+    @property
+    def store(self) -> S.StudyStore | None:
+        if getattr(self, "_store", None) is None and getattr(self, "run_dir", None):
+            self._store = S.StudyStore(self.run_dir, getattr(self, "optuna_storage", None))
+        return getattr(self, "_store", None)
+
+    def _sync(self, cid: str) -> None:
+        """Write the cell's study to the storage; a storage that fails never stops the sweep (the next
+        sync of the cell, at the latest the restore, brings it back in line)."""
+        study = self.studies.get(cid)
+        if study is None or not getattr(self, "_write_storage", True) or self.store is None:
+            return
+        try:
+            self.store.sync(cid, S.optuna_study(study), self.objective_metric, self.study_attrs.get(cid, {}))
+        except Exception as e:  # noqa: BLE001
+            import logging
+
+            logging.getLogger("tunevlseg.studies").warning("Optuna storage: study %s not written: %s: %s",
+                                                           cid, type(e).__name__, e)
 
     # ---- persistence: Tune snapshots the searcher with the experiment --------------------------------
 
     def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_store"}  # an open engine is not state
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self._store = None
         self._settle_from_records()
+        for cid in self.order:  # the storage may be ahead of this snapshot: trials asked after it
+            self._sync(cid)
 
     def _settle_from_records(self) -> None:
         """Tell the studies about trials that finished after this snapshot was taken.
@@ -176,7 +229,8 @@ class MultiCellSearcher(Searcher):
         from benchmark.results.run_dir import RunDir
 
         for row in (r for r in RunDir(self.run_dir).all_rows() if r["trial_id"] in open_trials):
-            result = {k: v for k, v in row.items() if k in (self.objective_metric, "status")}
+            result = {k: v for k, v in row.items() if k in (self.objective_metric, "status", "best_val_dice",
+                                                             "test_dice")}
             self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 
 
@@ -194,7 +248,8 @@ def _deepcopy(d: dict) -> dict:
 
 def load_studies(experiment_dir: str) -> dict[str, Any]:
     """The Optuna study of every searched cell, from an experiment's latest searcher snapshot
-    (`<run dir>/tune`): `{cell_id: optuna.Study}`. For inspection and tests."""
+    (`<run dir>/tune`): `{cell_id: optuna.Study}`. For tests; users load the stored studies
+    (`optuna.load_study`, `benchmark.sweep.studies.load_studies`)."""
     from pathlib import Path
 
     # By the session timestamp in the name: a resumed run re-syncs the older sessions' snapshots too, so
@@ -203,5 +258,6 @@ def load_studies(experiment_dir: str) -> dict[str, Any]:
     if not files:
         raise FileNotFoundError(f"no searcher snapshot in {experiment_dir}")
     searcher = MultiCellSearcher.__new__(MultiCellSearcher)
+    searcher._write_storage = False  # inspection: leave optuna.db alone
     searcher.restore(str(files[-1]))
-    return {cid: s._ot_study for cid, s in searcher.studies.items() if s is not None}
+    return {cid: S.optuna_study(s) for cid, s in searcher.studies.items() if s is not None}

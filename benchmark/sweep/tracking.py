@@ -13,9 +13,17 @@ the driver (a single writer), through a Tune callback:
   under a new id) are deleted, and `finalize` leaves nothing RUNNING when the driver returns.
 - A broken tracking server never stops a sweep: failures are logged as warnings.
 
-Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`cell` or `trial`), `cell_id`,
+Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`cell`, `trial` or `sweep`), `cell_id`,
 `vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`; children carry
-`mlflow.parentRunId`.
+`mlflow.parentRunId`. As MLflow's own clients do, every run also carries the system tags
+`mlflow.source.name`/`.type`, `mlflow.user` and, from a checkout, `mlflow.source.git.commit`; the
+experiment is tagged as model training (`mlflow.experimentKind`, so MLflow 3's UI opens the runs view, not
+the GenAI one) with the spec's description as its note.
+
+What a run holds: a cell's parent run has the cell's fixed settings and search space as params and the
+selected trial's scores as `selected_*` metrics; a trial's run has its config as params, one value per
+metric and epoch, its tuned-prompt artifact and `preview.png` (a few test images with ground truth and
+prediction); the sweep-level run (`tunevlseg tables`) holds report.md, the tables and the figures.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from typing import Any
 from ray.tune import Callback
 
 from benchmark.sweep.failures import trial_error_text
-from trainables.protocol import CHECKPOINT_ARTIFACT, STATUS_ERROR, STATUS_OK
+from benchmark.sweep.tracking_tags import EXPERIMENT_KIND, cell_params, flatten, system_tags  # noqa: F401
+from trainables.protocol import CHECKPOINT_ARTIFACT, PREVIEW_FILE, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger("tunevlseg.tracking")
 
@@ -38,17 +47,8 @@ _TUNE_KEYS = {"timestamp", "time_this_iter_s", "pid", "training_iteration", "tim
               "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
               "checkpoint_dir_name", "should_checkpoint", "config", "epoch"}
 _MAX_TAG = 5000
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+# A trial's final result repeats these of its last epoch report, at the same step.
+_REPEATED_AT_END = ("objective", "val_loss")
 
 
 def _numeric(v: Any) -> bool:
@@ -73,12 +73,16 @@ class MLflowMirror:
     """Driver-side access to one sweep's runs (used by the callback and by the coordinator)."""
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, cells: dict[str, dict[str, str]],
-                 artifact_location: str | None = None):
+                 artifact_location: str | None = None, description: str = "",
+                 params: dict[str, dict[str, str]] | None = None, tags: dict[str, str] | None = None):
         self.uri = uri
         self.experiment = experiment
         self.sweep_id = sweep_id
         self.cells = cells  # cell_id -> {vlsm, learner, dataset, variant}
         self.artifact_location = artifact_location
+        self.description = description
+        self.params = params or {}  # cell_id -> the parent run's params
+        self.tags = tags or {}  # system tags of every run
         self._client = None
         self._exp_id: str | None = None
         self._parents: dict[str, str] = {}
@@ -86,7 +90,11 @@ class MLflowMirror:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.update(_client=None, _exp_id=None, _parents={})
+        state.pop("_logged", None)
         return state
+
+    def _system(self) -> dict[str, str]:
+        return dict(getattr(self, "tags", None) or {})
 
     @property
     def client(self):
@@ -101,10 +109,19 @@ class MLflowMirror:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 self._exp_id = self.client.create_experiment(self.experiment, artifact_location=self.artifact_location,
-                                                             tags={"tunevlseg.spec": self.experiment})
+                                                             tags={"tunevlseg.spec": self.experiment, **self._exp_tags()})
             else:
                 self._exp_id = exp.experiment_id
+                for k, v in self._exp_tags().items():
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(self._exp_id, k, v)
         return self._exp_id
+
+    def _exp_tags(self) -> dict[str, str]:
+        tags = {"mlflow.experimentKind": EXPERIMENT_KIND}
+        if getattr(self, "description", ""):
+            tags["mlflow.note.content"] = self.description
+        return tags
 
     def _search(self, filter_string: str, **kw) -> list:
         runs, token = [], None
@@ -124,8 +141,14 @@ class MLflowMirror:
             for run in self._search(self._sweep_filter("cell")):
                 self._parents[run.data.tags.get("cell_id")] = run.info.run_id
         if cid not in self._parents:
-            tags = {"tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "cell", "cell_id": cid, **self.cells[cid]}
+            tags = {**self._system(), "tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "cell", "cell_id": cid,
+                    **self.cells[cid]}
             self._parents[cid] = self.client.create_run(self.ensure_experiment(), run_name=cid, tags=tags).info.run_id
+            params = (getattr(self, "params", None) or {}).get(cid)
+            if params:
+                from mlflow.entities import Param
+
+                self.client.log_batch(self._parents[cid], params=[Param(k, v[:6000]) for k, v in params.items()])
         return self._parents[cid]
 
     def trial_runs(self) -> list:
@@ -140,11 +163,14 @@ class MLflowMirror:
         run_id = self.find_trial_run(trial_id)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
+            for key in _REPEATED_AT_END:  # what the first life of this trial logged (one value per step)
+                self._seen(run_id).update((key, m.step) for m in self.client.get_metric_history(run_id, key))
             return run_id
         from mlflow.entities import Param
 
         cid = config["cell_id"]
-        tags = {"tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "trial", "cell_id": cid, **self.cells[cid],
+        tags = {**self._system(), "tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "trial", "cell_id": cid,
+                **self.cells[cid],
                 "trial_id": trial_id, "trial_index": str(config.get("trial_index")), "trial_name": trial_name,
                 "mlflow.parentRunId": self.parent_run(cid)}
         run_id = self.client.create_run(self.ensure_experiment(), run_name=f"{cid}#{config.get('trial_index')}",
@@ -159,10 +185,18 @@ class MLflowMirror:
 
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         ts = int(float(result.get("timestamp", 0) or 0) * 1000)
+        seen = self._seen(run_id)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if k not in _TUNE_KEYS and _numeric(v) and not (isinstance(v, float) and math.isnan(v))]
+                   if k not in _TUNE_KEYS and _numeric(v) and not (isinstance(v, float) and math.isnan(v))
+                   and (k, step) not in seen]  # the final result repeats the last epoch's objective/val_loss
+        seen.update((m.key, step) for m in metrics)
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+    def _seen(self, run_id: str) -> set:
+        if not hasattr(self, "_logged"):
+            self._logged: dict[str, set] = {}
+        return self._logged.setdefault(run_id, set())
 
     def end_trial(self, run_id: str, status: str, error: str | None, artifact_dir: str | None) -> None:
         self.client.set_tag(run_id, "status", status)
@@ -171,6 +205,9 @@ class MLflowMirror:
             self.client.log_text(run_id, error, "error.txt")
         if artifact_dir and os.path.isdir(artifact_dir):
             self.client.log_artifacts(run_id, artifact_dir, CHECKPOINT_ARTIFACT)
+            preview = os.path.join(artifact_dir, PREVIEW_FILE)
+            if os.path.isfile(preview):  # also at the top, where the run page shows it first
+                self.client.log_artifact(run_id, preview)
         self.client.set_terminated(run_id, "FAILED" if status == STATUS_ERROR else "FINISHED")
 
     def delete_orphans(self, known_trial_ids: set[str]) -> int:
@@ -196,8 +233,10 @@ class MLflowMirror:
             if best:
                 from mlflow.entities import Metric
 
-                metrics = [Metric(f"best_{k}", float(best[k]), 0, 0) for k in
-                           ("objective", "test_dice", "test_iou", "best_val_dice", "val_loss")
+                names = {"objective": "selected_objective", "test_dice": "selected_test_dice",
+                         "test_iou": "selected_test_iou", "best_val_dice": "selected_val_dice",
+                         "val_loss": "selected_val_loss"}
+                metrics = [Metric(name, float(best[k]), 0, 0) for k, name in names.items()
                            if _numeric(best.get(k)) and math.isfinite(best[k])]
                 if metrics:
                     self.client.log_batch(run_id, metrics=metrics)

@@ -4,8 +4,9 @@ A card says where a dataset comes from, how it is laid out on disk, which annota
 splits, its classes and prompts, and how many samples each split must have (paper Table 1). The readers
 take every layout decision from the card, so adding a dataset in an existing layout is one YAML file.
 
-`datasets/` is found next to the repository root (it is not a Python package: a `datasets/__init__.py`
-would shadow Hugging Face `datasets`); set TUNEVLSEG_CARDS to use another folder.
+`datasets/` is found through `trainables.resources` (the checkout's root, or the copy a wheel ships; it is
+never a Python package: a `datasets/__init__.py` would shadow Hugging Face `datasets`); set TUNEVLSEG_CARDS
+to use another folder.
 """
 
 from __future__ import annotations
@@ -124,13 +125,14 @@ def _mapping(value: Any, where: str) -> dict:
 
 
 def cards_dir() -> Path:
-    """The folder holding the data cards: $TUNEVLSEG_CARDS, else `<repo>/datasets`."""
+    """The folder holding the data cards: $TUNEVLSEG_CARDS, else the shipped `datasets/`."""
+    from trainables import resources
+
     env = os.environ.get(CARDS_ENV)
-    path = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "datasets"
+    path = Path(env).expanduser() if env else resources.path("cards")
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"data card folder {path} not found; run from a checkout of the repository or set {CARDS_ENV}=<dir>"
-        )
+        where = f"{CARDS_ENV}={env}" if env else "the installed package (reinstall tunevlseg)"
+        raise FileNotFoundError(f"data card folder {path} not found; check {where}")
     return path
 
 
@@ -149,9 +151,15 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
         if not path.is_file():
             raise FileNotFoundError(f"data card {path} not found")
     else:
+        from trainables.registry import spelling
+
+        text = spelling(text, card_names())  # mini-polyp (as in cell ids) is mini_polyp
         path = cards_dir() / f"{text}.yaml"
         if not path.is_file():
-            raise ConfigError(f"unknown dataset {text!r}; allowed: {', '.join(card_names())} (or a path to a card YAML)")
+            from trainables.resources import did_you_mean
+
+            raise ConfigError(f"unknown dataset {text!r}{did_you_mean(text, card_names())}; allowed: "
+                              f"{', '.join(card_names())} (or a path to a card YAML)")
     data = read_yaml_mapping(path, f"data card {path}")
     if "path" in data:
         raise ConfigError(f"data card {path}: `path` is filled in by the loader; remove it")

@@ -55,14 +55,18 @@ class CheckReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
-    def render(self) -> str:
+    def render(self, limit: int | None = 20) -> str:
+        """The report; at most `limit` problem lines (None: all), then how many more there are."""
         lines = [f"{self.card.name} ({self.card.title}) at {self.root}", self.table()]
         if self.notes:
             lines += ["", "notes:"] + [f"  - {n}" for n in self.notes]
         problems = self.all_problems
         if problems:
             lines += ["", f"{len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
-            lines += [f"  {p}" for p in problems]
+            shown = problems if limit is None else problems[:limit]
+            lines += [f"  {p}" for p in shown]
+            if len(shown) < len(problems):
+                lines.append(f"  ... and {len(problems) - len(shown)} more (--all lists every one)")
         else:
             lines += ["", "OK: no problems"]
         return "\n".join(lines)
@@ -87,6 +91,7 @@ def check_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} not found; see docs/data.md ({card.name}: {card.download})")
+    _check_layout(card, root, splits)
     report = CheckReport(card, root, [])
     decoded: dict[Path, tuple | Problem] = {}  # image path -> (H, W) or its problem, shared across splits
     images_of: dict[str, set[Path]] = {}
@@ -107,7 +112,7 @@ def check_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
             rep.problems.append(Problem(str(root), str(e)))
             continue
         rep.entries = len(entries)
-        rep.images = len({e.image for e in entries})
+        rep.images = len({e.image for e in entries if e.image.is_file()})  # on disk, not just listed
         images_of[split] = {e.image for e in entries}
         names = [e.img_name for e in entries if e.img_name in card.known_duplicates]
         known_dups |= {n for n in names if names.count(n) > 1}
@@ -120,6 +125,18 @@ def check_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     if known_dups:
         report.notes.append(f"known upstream duplicates kept for fidelity: {', '.join(sorted(known_dups))}")
     return report
+
+
+def _check_layout(card: DataCard, root: Path, splits) -> None:
+    """A root without any of the card's image folders is the wrong folder: say so once, not per file."""
+    wanted = sorted({card.image_dir(s) for s in splits})
+    if not any((root / d).is_dir() for d in wanted):
+        inside = sorted(p.name for p in root.iterdir() if p.is_dir())[:5]
+        nested = [d for d in inside if any((root / d / w).is_dir() for w in wanted)]
+        hint = (f"; did you mean --root {root / nested[0]}?" if nested else
+                f" (it holds {', '.join(inside) or 'no folders'})")
+        raise FileNotFoundError(f"{card.name}: {root} has no {' or '.join(w + '/' for w in wanted)} folder, so it is not "
+                                f"the dataset folder{hint}")
 
 
 def _check_counts(card: DataCard, rep: SplitReport, entries: list[Entry], subset: bool, notes: list[str]) -> None:

@@ -1,0 +1,68 @@
+"""The sweep-level MLflow run: what `tunevlseg tables` wrote (report.md, the tables, the figures), beside
+the cell and trial runs of the same sweep. Torch- and Ray-free, as `tunevlseg tables` must stay.
+
+One run per sweep id (tag `tunevlseg.role = sweep`), found again and updated on every `tables` call; its
+note is the report, so the run page opens on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmark.results.run_dir import RunDir
+
+_MAX_NOTE = 50_000
+
+
+def default_uri(run_dir: str | Path) -> str | None:
+    """The run directory's own tracking store, if the sweep used it."""
+    db = RunDir(run_dir).mlflow_db
+    return f"sqlite:///{db.resolve()}" if db.is_file() else None
+
+
+def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path, uri: str | None = None) -> str | None:
+    """Log `files` (under `out_dir`) to the sweep's run; returns its run id, None when the run directory
+    has no MLflow store (or no plan.json naming its sweep)."""
+    rd = RunDir(run_dir)
+    uri = uri or default_uri(run_dir)
+    if uri is None or not rd.plan_file.is_file():
+        return None
+    if uri == default_uri(run_dir):
+        from benchmark.sweep.mlflow_paths import repoint
+
+        repoint(run_dir)
+    sweep_id = json.loads(rd.plan_file.read_text()).get("sweep_id")
+    spec = _spec_name(rd)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(spec) if spec else None
+    if exp is None or not sweep_id:
+        return None
+    flt = f"tags.`tunevlseg.sweep` = '{sweep_id}' and tags.`tunevlseg.role` = 'sweep'"
+    runs = client.search_runs([exp.experiment_id], flt, max_results=1)
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        from benchmark.sweep.tracking_tags import system_tags  # Ray-free
+
+        tags = {**system_tags("tunevlseg tables"), "tunevlseg.sweep": sweep_id, "tunevlseg.role": "sweep"}
+        run_id = client.create_run(exp.experiment_id, run_name=f"{spec} (tables)", tags=tags).info.run_id
+    out_dir = Path(out_dir)
+    for f in files:
+        sub = os.path.dirname(os.path.relpath(f, out_dir))
+        client.log_artifact(run_id, str(f), sub or None)
+    report = out_dir / "report.md"
+    if report.is_file():
+        client.set_tag(run_id, "mlflow.note.content", report.read_text(encoding="utf-8")[:_MAX_NOTE])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _spec_name(rd: RunDir) -> str | None:
+    for row in rd.all_rows():
+        return row.get("spec")
+    return rd.path.name

@@ -1,0 +1,48 @@
+"""What the MLflow mirror writes besides metrics, Ray-free (`tunevlseg tables` uses it too): MLflow's
+standard system tags, the experiment kind, and a cell parent run's params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# mlflow.experimentKind for classic model training in MLflow 3 (its UI's ExperimentKind enum).
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def system_tags(source: str) -> dict[str, str]:
+    """MLflow's standard system tags, as `mlflow.start_run` would set them for a local script."""
+    import getpass
+
+    from trainables import resources
+
+    tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", "tunevlseg.version": resources.version()}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        pass
+    sha, dirty = resources.git_commit()
+    if sha:
+        tags["mlflow.source.git.commit"] = sha
+        tags["tunevlseg.git_dirty"] = str(dirty).lower()
+    return tags
+
+
+def cell_params(cell) -> dict[str, str]:
+    """A cell parent run's params: its fixed settings (the nested trial config before the searched values)
+    and its search space, one `search.<name>` per searched parameter."""
+    params = {k: v for k, v in flatten(cell.config).items()}
+    params.update({f"search.{p.name}": p.domain() for p in cell.params})
+    params.update({"trials": cell.trials, "seed": cell.seed if cell.params else None, "space": cell.space,
+                   "resources.cpu": cell.resources["cpu"], "resources.gpu": cell.resources["gpu"]})
+    return {k: str(v) for k, v in params.items()}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

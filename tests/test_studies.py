@@ -1,0 +1,88 @@
+"""Optuna's own storage mirrors the searcher's studies: appended and finished in place, rebuilt when it holds
+trials the searcher's (restored) state does not know, at a path derived from the run directory."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from benchmark.sweep.studies import StudyStore, check_url, default_url, load_studies
+from trainables.config import ConfigError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _source(n_done: int, n_running: int = 0) -> optuna.Study:
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(n_done + n_running):
+        t = study.ask()
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+        t.set_user_attr("ray_trial_id", f"r{i}")
+        if i < n_done:
+            t.report(0.5, 0)
+            study.tell(t, 1.0 / (i + 1))
+    return study
+
+
+def _stored(store: StudyStore, name: str = "cell") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=store.resolved_url)
+
+
+def test_sync_appends_and_finishes_in_place(tmp_path):
+    store = StudyStore(tmp_path)
+    src = _source(1, 1)
+    store.sync("cell", src, "objective", {"cell_id": "cell"})
+    first = _stored(store)
+    assert [t.state.name for t in first.trials] == ["COMPLETE", "RUNNING"]
+    assert first.metric_names == ["objective"] and first.user_attrs == {"cell_id": "cell"}
+    running = src.get_trials(deepcopy=False)[1]
+    running_trial = optuna.Trial(src, running._trial_id)
+    running_trial.report(0.25, 0)
+    running_trial.set_user_attr("test_dice", 0.8)
+    src.tell(running_trial, 0.3)
+    store.sync("cell", src, "objective", {"cell_id": "cell"})
+    after = _stored(store)
+    assert after._study_id == first._study_id  # updated, not recreated: a dashboard link stays valid
+    assert [(t.state.name, t.value) for t in after.trials] == [("COMPLETE", 1.0), ("COMPLETE", 0.3)]
+    assert after.trials[1].intermediate_values == {0: 0.25} and after.trials[1].user_attrs["test_dice"] == 0.8
+
+
+def test_sync_drops_trials_the_restored_state_does_not_know(tmp_path):
+    """A driver killed after asking trial 2 restores a snapshot that knows trials 0-1 only; Tune re-runs the
+    third under a new id. The stored study must not keep the orphan, and keeps links of the known ones."""
+    store = StudyStore(tmp_path)
+    store.sync("cell", _source(1, 2), "objective", {})
+    assert store.link("cell", "r1", mlflow_run_id="m1")  # linked while it runs
+    restored = _source(2)  # the snapshot: trial 1 finished, no trial 2
+    t = restored.ask()
+    t.suggest_float("lr", 1e-4, 1e-1, log=True)
+    t.set_user_attr("ray_trial_id", "r2-again")
+    restored.tell(t, 0.9)
+    store.sync("cell", restored, "objective", {})
+    trials = _stored(store).trials
+    assert [tr.user_attrs["ray_trial_id"] for tr in trials] == ["r0", "r1", "r2-again"]
+    assert [tr.number for tr in trials] == [0, 1, 2]
+    assert trials[1].user_attrs["mlflow_run_id"] == "m1" and trials[1].state.name == "COMPLETE"
+
+
+def test_the_store_pickles_without_its_engine_and_follows_a_moved_run_dir(tmp_path):
+    store = StudyStore(tmp_path / "a")
+    store.sync("cell", _source(1), "objective", {})
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._storage is None and clone.url is None
+    (tmp_path / "a").rename(tmp_path / "b")
+    clone.run_dir = str(tmp_path / "b")  # what a relocated run directory's searcher is given
+    assert clone.resolved_url == default_url(tmp_path / "b")
+    assert len(load_studies(tmp_path / "b")["cell"].trials) == 1
+
+
+@pytest.mark.parametrize("url, ok", [(None, True), ("sqlite:////abs/optuna.db", True), ("postgresql://u@h/db", True),
+                                     ("sqlite:///rel.db", False), ("optuna.db", False)])
+def test_storage_urls(url, ok):
+    if ok:
+        check_url(url)
+    else:
+        with pytest.raises(ConfigError, match="Optuna storage"):
+            check_url(url)
