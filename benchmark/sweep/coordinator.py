@@ -42,9 +42,11 @@ from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
 from benchmark.results.run_dir import PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from benchmark.sweep.failures import trial_error_text
-from benchmark.sweep.storage import check_storage, check_uri, default_uri
+from benchmark.sweep.lock import RunLock
+from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
+from trainables.registry import UnknownNameError
 
 
 @dataclass
@@ -54,11 +56,14 @@ class SweepResult:
     done: int = 0  # trials with a Parquet row
     failed: int = 0  # rows with status "error"
     interrupted: bool = False
+    terminated: bool = False  # stopped by SIGTERM (state saved, resumable)
     noop: bool = False
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
+        if self.terminated:
+            return 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
         if self.interrupted:
             return 130
         return 1 if self.failed else 0
@@ -181,6 +186,7 @@ class RecordsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trials, trial, error=None)
+        _retire_error_files(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trials, trial, error=trial_error_text(trial))
@@ -218,6 +224,33 @@ class RecordsCallback(Callback):
 
 
 
+def _retire_error_files(trial) -> None:
+    """A trial that failed, was retried and then finished keeps Tune's error.txt/error.pkl (and Tune would
+    still report the old error for it): renamed to error.retried.txt / removed, and forgotten by the trial."""
+    meta = getattr(trial, "run_metadata", None)
+    if meta is None or not (meta.error_filename or meta.pickled_error_filename):
+        return
+    dirs = set()
+    for attr in ("local_path",):
+        try:
+            if getattr(trial, attr, None):
+                dirs.add(Path(getattr(trial, attr)))
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        dirs.add(Path(trial.storage.trial_fs_path))
+    except Exception:  # noqa: BLE001
+        pass
+    for d in dirs:
+        if meta.error_filename and (d / meta.error_filename).is_file():
+            os.replace(d / meta.error_filename, d / "error.retried.txt")
+        if meta.pickled_error_filename:
+            (d / meta.pickled_error_filename).unlink(missing_ok=True)
+    meta.error_filename = None
+    meta.pickled_error_filename = None
+    meta.invalidate_cache()
+
+
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -253,25 +286,74 @@ def _archive(run_dir: Path) -> Path:
     return dest
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def plan_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 12) -> list[str]:
+    """`key: old -> new` for every setting that differs; a change shared by several cells is listed once
+    as `cells.<N cells>.key`."""
+    a, b = _flat(old), _flat(new)
+    missing = object()
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va == vb:
+            continue
+        cell, rest = None, key
+        if key.startswith("cells."):
+            for cid in sorted(set(old.get("cells", {})) | set(new.get("cells", {})), key=len, reverse=True):
+                if key.startswith(f"cells.{cid}.") or key == f"cells.{cid}":
+                    cell, rest = cid, key[len(f"cells.{cid}"):]
+                    break
+        shown = tuple("(none)" if v is missing else json.dumps(v, default=str) for v in (va, vb))
+        grouped.setdefault((rest, *shown), []).append(cell or "")
+    out = []
+    for (rest, va, vb), cells in grouped.items():
+        where = (f"cells.{cells[0]}" if len(cells) == 1 else f"cells.<{len(cells)} cells>") if cells[0] else ""
+        if not rest:
+            what = f"cell {cells[0]}" if len(cells) == 1 else f"{len(cells)} cells"
+            out.append(f"{what}: {'added' if va == '(none)' else 'removed'}")
+            continue
+        out.append(f"{where}{rest}: {va} -> {vb}")
+    return out if len(out) <= limit else out[:limit] + [f"... and {len(out) - limit} more"]
+
+
+def _write_plan_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
 def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
-    """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed."""
+    """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed, naming
+    every changed setting. Records where the run directory is (`run_dir`), so a moved run is noticed."""
     path = RunDir(run_dir).plan_file
     fingerprint = plan.fingerprint()
     started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
         state = json.loads(path.read_text())
-        if state.get("fingerprint") != fingerprint and started:
-            raise ConfigError(f"{run_dir}: this run was started with a different plan (cells, trials, seeds or "
-                              "search space changed); pass --force to start over (the old run is kept under "
-                              "previous/), or use another --storage")
-        if state.get("fingerprint") == fingerprint:
+        old = state.get("fingerprint") or {}
+        if old.get("version") is None and old == plan.legacy_fingerprint():
+            old = fingerprint  # started before fingerprints covered the trial settings: nothing to compare
+            state["fingerprint"] = fingerprint
+            _write_plan_state(path, state)
+        if old != fingerprint and started:
+            changes = plan_changes(old, fingerprint)
+            raise ConfigError(f"{run_dir} was started with a different plan; changed: {'; '.join(changes)}. Undo the "
+                              "change, pass --force to start over (the old run is kept under previous/), or use "
+                              "another --storage")
+        if old == fingerprint:
             return state
     state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
-             "created_at": records.now_utc().isoformat()}
+             "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve())}
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    _write_plan_state(path, state)
     return state
 
 
@@ -359,7 +441,11 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
     before the first trial starts; see the module docstring for the behaviour."""
     storage = check_storage(storage)
-    plan = build_plan(spec)
+    label = Path(spec.path).name if spec.path else f"spec {spec.name}"
+    try:
+        plan = build_plan(spec)
+    except (ConfigError, UnknownNameError) as e:
+        raise ConfigError(f"{label}: {e}") from None
     check_paths(plan)
     trainable_path = trainable or spec.trainable
     fn = load_trainable(trainable_path)
@@ -369,7 +455,11 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
 
         for c in plan.cells:
             sample = {p.name: p.example() for p in c.params}
-            validate(search_space.apply_values(json.loads(json.dumps(c.config)), c.params, sample))
+            try:
+                validate(search_space.apply_values(json.loads(json.dumps(c.config)), c.params, sample))
+            except (ConfigError, UnknownNameError) as e:
+                # The trial config is `fixed` with the cell's rules and variant applied: say so.
+                raise ConfigError(f"{label}: fixed/rules, cell {c.id}: {e}") from None
     run_dir = storage / spec.name
     uri = None
     if spec.tracking.mlflow:
@@ -378,7 +468,20 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         check_uri(uri)
     result = SweepResult(run_dir=run_dir, planned=plan.total_trials)
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
+    # One driver per run directory (a second one would treat the first one's trials as orphans), taken
+    # before anything is written; creating the lock file is also the check that the storage is writable.
+    lock = RunLock(run_dir, command=hint).acquire()
+    try:
+        check_free_space(run_dir)
+        return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
+                           num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
+    finally:
+        lock.release()
 
+
+def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
+                storage: Path, *, force: bool, address: str | None, num_cpus: int | None, num_gpus: float | None,
+                verbose: bool) -> SweepResult:
     existing = _read_existing(run_dir, plan)
     if not force and RunDir(run_dir).plan_file.exists() and _is_complete(plan, existing):
         _plan_state(run_dir, plan, force=False)  # a changed plan is still an error, not a silent no-op
@@ -387,6 +490,8 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         _say(f"nothing to do: all {plan.total_trials} trials of {spec.name} are recorded in {run_dir} "
              "(pass --force to run the sweep again)")
         return result
+    if not force:
+        _plan_state(run_dir, plan, force=False)  # a changed plan is refused before Ray starts
     _quiet_libraries(verbose)
     if address:
         # On a cluster, check every node before any trial starts: shared storage, the dataset roots, MLflow
@@ -413,6 +518,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         moved = _archive(run_dir)
         _say(f"--force: previous results moved to {moved}")
     state = _plan_state(run_dir, plan, force)
+    moved_from = _note_location(run_dir, state, uri)
 
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
 
@@ -423,7 +529,13 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
         mirror = MLflowMirror(uri, spec.name, state["sweep_id"], {c.id: c.keys for c in plan.cells},
                               artifact_location=artifacts)
-        mirror.ensure_experiment()  # create the DB in the driver, before any trial (migration races otherwise)
+        mirror.sync_hint = f"tunevlseg mlflow sync {run_dir}"
+        # Create the DB in the driver, before any trial (migration races otherwise); an unreachable server
+        # turns the mirror off with one warning instead of stopping the sweep.
+        if mirror.connect() is not None:
+            from benchmark.sweep.backfill import backfill
+
+            backfill(run_dir, mirror, quiet=True)  # rows a dead server (or a killed driver) left out
         callbacks.append(MLflowCallback(mirror))
 
     from ray import tune
@@ -436,6 +548,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         if tune.Tuner.can_restore(str(exp_path)):
             _say(f"resuming the sweep in {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=wrapped, resume_errored=True)
+            _repoint(tuner, callbacks, run_dir, moved_from)
         else:
             s = spec.search
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
@@ -460,8 +573,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=ex.checkpoints_to_keep),
                     callbacks=callbacks),
             )
-        grid = tuner.fit()
+        with _sigterm_stops_tune() as terminated:
+            grid = tuner.fit()
         known = _known_trial_ids(grid)
+        result.terminated = bool(terminated)
     except KeyboardInterrupt:
         rows = _read_existing(run_dir, plan)
         _summarise(result, plan, rows, spec)
@@ -480,9 +595,75 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                                       "best": info["best"], "started": info["done"] > 0}
                                 for cid, info in result.cells.items()})
     _print_summary(result, spec)
-    if result.interrupted:
+    if result.terminated:
+        _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
+    elif result.interrupted:
         _say(f"stopped before the end ({result.done}/{result.planned} trials); resume with: {hint}")
     return result
+
+
+def _note_location(run_dir: Path, state: dict[str, Any], uri: str | None) -> str | None:
+    """Where this run directory was last driven from. A moved or copied run is re-pointed: the MLflow
+    sqlite store records absolute artifact paths, which are rewritten to the new place (a copy's DB is
+    its own file, so the original stays untouched). Returns the old path when it moved."""
+    here = str(run_dir.resolve())
+    before = state.get("run_dir")
+    if before == here:
+        return None
+    if before:
+        _say(f"run directory moved from {before} to {here}: continuing here, nothing is written to the old path")
+        if uri is not None and uri == default_uri(run_dir):
+            from benchmark.sweep.backfill import relocate_sqlite_store
+
+            relocate_sqlite_store(RunDir(run_dir).mlflow_db, before, here)
+    state["run_dir"] = here
+    _write_plan_state(RunDir(run_dir).plan_file, state)
+    return before
+
+
+def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> None:
+    """A restored Tuner brings back the callbacks and searcher pickled at the first start, with the run
+    directory (and MLflow URI) of that start. Tune re-points its own trials to the restored path; ours are
+    replaced with the ones built by this driver (their state is rebuilt from Parquet and MLflow anyway),
+    and the searcher is told where the run directory is now (its `restore` keeps that path)."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_run_config"):
+        raise RuntimeError("Ray Tune's Tuner changed: cannot re-point the restored callbacks (benchmark.sweep.coordinator._repoint)")
+    internal._run_config.callbacks = callbacks
+    searcher = getattr(internal._tune_config, "search_alg", None)
+    if searcher is not None and hasattr(searcher, "run_dir"):
+        searcher.run_dir = str(run_dir)
+
+
+class _sigterm_stops_tune:
+    """SIGTERM (a batch system's stop, `kill`) stops the sweep the way Ctrl-C does: Tune saves the state and
+    `fit` returns. Ray's own driver handler would `sys.exit` mid-callback and print a C++ stack dump."""
+
+    def __enter__(self) -> list[int]:
+        import signal
+        import threading
+
+        self.got: list[int] = []
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return self.got
+
+        def on_term(signum, frame):
+            self.got.append(signum)
+            handler = signal.getsignal(signal.SIGINT)  # Tune's while fit runs: stop and save
+            if callable(handler):
+                handler(signal.SIGINT, frame)
+            else:
+                raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, on_term)
+        return self.got
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _known_trial_ids(grid) -> set[str] | None:

@@ -116,6 +116,8 @@ class MultiCellSearcher(Searcher):
         self.live[cid].discard(trial_id)
         self.finished[cid].add(trial_id)
         study = self.studies[cid]
+        if study is not None and trial_id in study._completed_trials and not error:
+            _reopen_failed(study, trial_id)  # failed earlier, then retried (resume_errored) and finished
         if study is None or trial_id in study._completed_trials:
             return
         if not error and (result or {}).get("status") == STATUS_PRUNED:
@@ -159,8 +161,11 @@ class MultiCellSearcher(Searcher):
             pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        here = self.__dict__.get("run_dir")  # set by the driver that restores: the run may have moved
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        if here:
+            self.run_dir = here
         self._settle_from_records()
 
     def _settle_from_records(self) -> None:
@@ -180,6 +185,29 @@ class MultiCellSearcher(Searcher):
             self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 
 
+
+
+def _reopen_failed(study: OptunaSearch, trial_id: str) -> None:
+    """Make a FAIL Optuna trial RUNNING again, so its retry is told as what it became (COMPLETE, ...).
+
+    Optuna never updates a finished trial through its API; a retried Tune trial keeps its id and its
+    parameters, so it is the same Optuna trial. Done on the in-memory storage the studies use; a storage
+    without `_set_trial` keeps the FAIL (the Parquet row is right either way)."""
+    import copy
+
+    import optuna
+
+    ot_trial = study._ot_trials.get(trial_id)
+    storage = study._ot_study._storage
+    if ot_trial is None or not hasattr(storage, "_set_trial"):
+        return
+    with storage._lock:
+        frozen = copy.copy(storage._get_trial(ot_trial._trial_id))
+        if frozen.state != optuna.trial.TrialState.FAIL:
+            return
+        frozen.state, frozen.values, frozen.datetime_complete = optuna.trial.TrialState.RUNNING, None, None
+        storage._set_trial(ot_trial._trial_id, frozen)
+    study._completed_trials.discard(trial_id)
 
 
 def _is_number(v: Any) -> bool:
