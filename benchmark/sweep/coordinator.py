@@ -633,6 +633,30 @@ def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> N
     searcher = getattr(internal._tune_config, "search_alg", None)
     if searcher is not None and hasattr(searcher, "run_dir"):
         searcher.run_dir = str(run_dir)
+    _repoint_search_generator(run_dir / TUNE_DIR, run_dir)
+
+
+def _repoint_search_generator(exp_path: Path, run_dir: Path) -> None:
+    """Tune's SearchGenerator snapshot (`search_gen_state-*.json`, cloudpickle) holds the Experiment of the
+    first start, whose StorageContext names the old run directory; every trial created after the restore
+    takes that storage and fails with "Unable to set up cluster storage" (or writes to the old place). Tune
+    re-points the trials it restores but not this one: the newest snapshot, the one Tune restores, is
+    rewritten with the storage path of `run_dir`."""
+    import ray.cloudpickle as cloudpickle
+
+    files = sorted(exp_path.glob("search_gen_state-*.json"))
+    if not files:
+        return
+    newest = files[-1]  # Tune restores max(paths)
+    state = cloudpickle.loads(newest.read_bytes())
+    storage = getattr(state.get("experiment") if isinstance(state, dict) else None, "storage", None)
+    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
+    if storage is None or getattr(storage, "storage_fs_path", here) == here:
+        return
+    storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    tmp = newest.with_name(f".{newest.name}.tmp")
+    tmp.write_bytes(cloudpickle.dumps(state))
+    os.replace(tmp, newest)
 
 
 class _sigterm_stops_tune:
