@@ -6,7 +6,6 @@ Slow tier (`make test-slow`): every case starts one or two drivers with their ow
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal

@@ -89,6 +89,35 @@ def _artifact(trial_dir: Path | None) -> str | None:
     return str(found[-1]) if found else None
 
 
+def _metrics(row: dict[str, Any], history: list[dict[str, Any]]) -> list:
+    """The run's metrics as the live mirror logs them (step = epoch, one value per key and step), plus the
+    row's final metrics the history lacks."""
+    from mlflow.entities import Metric
+
+    from benchmark.sweep.tracking import _TUNE_KEYS
+
+    out: dict[tuple[str, int], Metric] = {}
+    last_step = 0
+    for result in history:
+        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        ts = int(float(result.get("timestamp", 0) or 0) * 1000)
+        last_step = max(last_step, step)
+        for k, v in result.items():
+            if k in _TUNE_KEYS or not _finite(v):
+                continue
+            out[(k, step)] = Metric(k, float(v), ts, step)
+    seen = {k for k, _ in out}
+    ts = int(row["finished_at"].timestamp() * 1000) if row.get("finished_at") is not None else 0
+    for k in _FINAL:
+        if k not in seen and _finite(row.get(k)):
+            out[(k, last_step)] = Metric(k, float(row[k]), ts, last_step)
+    return list(out.values())
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def backfill(run_dir: str | Path, mirror, quiet: bool = False) -> dict[str, int]:
     """Mirror every Parquet row of `run_dir` through `mirror` (a tracking.MLflowMirror). Returns counts
     {"created", "ended", "unchanged"}. With `quiet`, a failure turns the mirror off (one warning) instead of
@@ -103,8 +132,6 @@ def backfill(run_dir: str | Path, mirror, quiet: bool = False) -> dict[str, int]
 
 
 def _backfill(rd: RunDir, mirror) -> dict[str, int]:
-    from mlflow.entities import Metric
-
     counts = {"created": 0, "ended": 0, "unchanged": 0}
     rows = rd.all_rows()
     if not rows:
@@ -123,14 +150,9 @@ def _backfill(rd: RunDir, mirror) -> dict[str, int]:
             mirror.cells[row["cell_id"]] = {k: row[k] for k in ("vlsm", "learner", "dataset", "variant")}
         run_id = mirror.start_trial(tid, f"{row['cell_id']}#{row['trial_index']}", _config_of(row, trial_dir))
         if run is None:
-            for result in _history(trial_dir):
-                mirror.log_result(run_id, result)
-            ts = int(row["finished_at"].timestamp() * 1000) if row.get("finished_at") is not None else 0
-            final = [Metric(k, float(row[k]), ts, int(row.get("epochs_run") or 0)) for k in _FINAL
-                     if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
-                     and math.isfinite(row[k])]
-            if final:
-                mirror.client.log_batch(run_id, metrics=final)
+            metrics = _metrics(row, _history(trial_dir))
+            for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+                mirror.client.log_batch(run_id, metrics=metrics[i : i + 1000])
             counts["created"] += 1
         else:
             counts["ended"] += 1

@@ -225,30 +225,26 @@ class RecordsCallback(Callback):
 
 
 def _retire_error_files(trial) -> None:
-    """A trial that failed, was retried and then finished keeps Tune's error.txt/error.pkl (and Tune would
-    still report the old error for it): renamed to error.retried.txt / removed, and forgotten by the trial."""
-    meta = getattr(trial, "run_metadata", None)
-    if meta is None or not (meta.error_filename or meta.pickled_error_filename):
-        return
+    """A trial that failed, was retried (in-run under max_failures, or by a rerun's resume_errored) and then
+    finished keeps Tune's error.txt/error.pkl: Tune forgets them on requeue but leaves the files. The text
+    is kept as error.retried.txt (what happened before the retry), the pickle removed."""
+    from ray.tune.result import EXPR_ERROR_FILE, EXPR_ERROR_PICKLE_FILE
+
     dirs = set()
-    for attr in ("local_path",):
+    for get in (lambda: trial.local_path, lambda: trial.storage.trial_fs_path):
         try:
-            if getattr(trial, attr, None):
-                dirs.add(Path(getattr(trial, attr)))
-        except Exception:  # noqa: BLE001
+            if get():
+                dirs.add(Path(get()))
+        except Exception:  # noqa: BLE001 - no storage yet
             pass
-    try:
-        dirs.add(Path(trial.storage.trial_fs_path))
-    except Exception:  # noqa: BLE001
-        pass
     for d in dirs:
-        if meta.error_filename and (d / meta.error_filename).is_file():
-            os.replace(d / meta.error_filename, d / "error.retried.txt")
-        if meta.pickled_error_filename:
-            (d / meta.pickled_error_filename).unlink(missing_ok=True)
-    meta.error_filename = None
-    meta.pickled_error_filename = None
-    meta.invalidate_cache()
+        if (d / EXPR_ERROR_FILE).is_file():
+            os.replace(d / EXPR_ERROR_FILE, d / "error.retried.txt")
+        (d / EXPR_ERROR_PICKLE_FILE).unlink(missing_ok=True)
+    meta = getattr(trial, "run_metadata", None)
+    if meta is not None and (meta.error_filename or meta.pickled_error_filename):
+        meta.error_filename = meta.pickled_error_filename = None
+        meta.invalidate_cache()
 
 
 def _hms(seconds: float) -> str:
@@ -471,6 +467,9 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     # One driver per run directory (a second one would treat the first one's trials as orphans), taken
     # before anything is written; creating the lock file is also the check that the storage is writable.
     lock = RunLock(run_dir, command=hint).acquire()
+    if lock.took_over:
+        _say(f"took over {lock.path} from a dead driver (pid {lock.took_over.get('pid')} on "
+             f"{lock.took_over.get('host')}: {lock.took_over['reason']})")
     try:
         check_free_space(run_dir)
         return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
@@ -628,7 +627,8 @@ def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> N
     and the searcher is told where the run directory is now (its `restore` keeps that path)."""
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_run_config"):
-        raise RuntimeError("Ray Tune's Tuner changed: cannot re-point the restored callbacks (benchmark.sweep.coordinator._repoint)")
+        raise RuntimeError("Ray Tune's Tuner changed: cannot re-point the restored callbacks "
+                           "(benchmark.sweep.coordinator._repoint)")
     internal._run_config.callbacks = callbacks
     searcher = getattr(internal._tune_config, "search_alg", None)
     if searcher is not None and hasattr(searcher, "run_dir"):

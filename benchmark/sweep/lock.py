@@ -203,7 +203,7 @@ class RunLock:
             return
         aside.unlink(missing_ok=True)
         self.took_over = {**holder, "reason": reason}
-        logger.warning("took over %s from a dead driver (pid %s on %s: %s)", self.path, holder.get("pid"),
+        logger.info("took over %s from a dead driver (pid %s on %s: %s)", self.path, holder.get("pid"),
                        holder.get("host"), reason)
 
     def _beat(self) -> None:
