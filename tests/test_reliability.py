@@ -263,3 +263,43 @@ def test_a_disk_filling_up_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", str(SMOKE)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "No space left on device (/runs/smoke/trials/x.parquet.tmp)" in err
+
+
+# ---- MLflow is a mirror ------------------------------------------------------------------------------------
+
+def test_a_dying_mlflow_server_turns_the_mirror_off_with_one_warning(monkeypatch, caplog):
+    """Mid-sweep: the first failing call turns the mirror off; later callbacks return at once."""
+    import logging
+    from types import SimpleNamespace
+
+    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
+
+    for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(k, raising=False)
+    mirror = MLflowMirror("http://127.0.0.1:9", "smoke", "sweep1", {"c": {"vlsm": "clipseg"}})
+    mirror.sync_hint = "tunevlseg mlflow sync /runs/smoke"
+    calls = []
+
+    class Dead:
+        def __getattr__(self, name):
+            def fail(*a, **k):
+                calls.append(name)
+                raise ConnectionError("connection refused")
+            return fail
+
+    _ = mirror.client  # sets the short HTTP timeouts before the first request
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    mirror._client = Dead()
+    callback = MLflowCallback(mirror)
+    trial = SimpleNamespace(trial_id="t1", config={"cell_id": "c", "trial_index": 0}, last_result={})
+    with caplog.at_level(logging.WARNING, logger="tunevlseg.tracking"):
+        t0 = time.time()
+        for i in range(50):
+            callback.on_trial_result(i, [trial], trial, {"epoch": i, "val_loss": 0.5})
+        callback.on_trial_complete(50, [trial], trial)
+        mirror.finalize({"t1"}, {})
+    assert time.time() - t0 < 1
+    assert len(calls) == 1  # one failed request, then nothing
+    warnings = [r for r in caplog.records if "MLflow mirror off" in r.getMessage()]
+    assert len(warnings) == 1 and "tunevlseg mlflow sync /runs/smoke" in warnings[0].getMessage()
+    assert "\n" not in warnings[0].getMessage()
