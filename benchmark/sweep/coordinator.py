@@ -17,6 +17,8 @@ Design (orchestration.md §3-§5, measured on Ray 2.60):
   (benchmark/sweep/scheduler.py); a stopped trial's row has status `pruned` and its study records PRUNED.
 - The terminal shows one line per finished trial (cells done, trials done, best so far in the cell)
   instead of Ray's status table.
+- One driver per run directory (benchmark/sweep/lock.py), taken before anything is written; a moved or
+  copied run directory is re-pointed on restore (`_note_location`, `_repoint`); SIGTERM stops like Ctrl-C.
 Everything is addressed by absolute paths: trials run in temporary working directories.
 """
 
