@@ -14,7 +14,9 @@ A holder is dead, and its lock is taken over without any manual step, when
 Take-over renames the dead lock aside (`driver.lock.dead-*`) and creates a fresh one with O_EXCL, so of
 two drivers taking over at once exactly one wins. A holder whose lock was taken over anyway (its
 heartbeat stalled past STALE_S, e.g. a suspended laptop) notices at its next beat and stops its sweep
-with SIGINT (state saved, resumable) rather than write alongside the new driver.
+with SIGINT (state saved, resumable) rather than write alongside the new driver. (Its heartbeat rewrite
+and a take-over from another host can still cross within one beat; a take-over needs STALE_S of silence
+first, so that window only opens for a driver that stalled for minutes.)
 """
 
 from __future__ import annotations
