@@ -8,6 +8,7 @@ User errors (ConfigError, FileNotFoundError, ...) are printed as one line, never
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -21,6 +22,7 @@ COMMAND_MODULES = [
     "benchmark.commands.plan",
     "benchmark.commands.run",
     "benchmark.commands.space",
+    "benchmark.commands.mlflow_sync",
 ]
 
 
@@ -62,6 +64,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, UnknownNameError, FileNotFoundError, NotADirectoryError, PreflightError)
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -72,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tunevlseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        # A disk that filled up (or was remounted read-only) mid-run: what happened and the fix, one line.
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"tunevlseg {args.command}: error: {e.strerror}{where}: free space on (or remount) that storage, then "
+              "rerun the same command; finished trials are kept and the run resumes", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

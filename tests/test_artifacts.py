@@ -174,3 +174,28 @@ def test_frozen_vlsm_is_reused_across_builds_but_never_for_e2e(monkeypatch):
     assert e2e.vlsm is not a.vlsm
     monkeypatch.setenv("TUNEVLSEG_VLSM_CACHE", "0")
     assert build_model({"vlsm": "clipseg", "vlsm_config": "tiny", "learner": "coop"}).vlsm is not a.vlsm
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "config"])
+def test_a_corrupt_artifact_is_one_line_naming_it(tmp_path, damage, capsys):
+    from benchmark import cli
+
+    path = tmp_path / "art"
+    tiny().save_artifact(path, data={"dataset": "kvasir", "prompt": "polyp."})
+    if damage == "truncate":
+        data = (path / ARTIFACT_TENSORS).read_bytes()
+        (path / ARTIFACT_TENSORS).write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        (path / ARTIFACT_TENSORS).write_bytes(b"\x00" * 64)
+    else:
+        (path / ARTIFACT_CONFIG).write_text('{"format": ')
+    with pytest.raises(ConfigError, match="is corrupt"):
+        build_from_artifact(path)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    code = cli.main(["predict", "--artifact", str(path), "--images", str(images), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and str(path) in err and "corrupt" in err

@@ -86,3 +86,62 @@ def test_storage_urls(url, ok):
     else:
         with pytest.raises(ConfigError, match="Optuna storage"):
             check_url(url)
+
+
+def _smoke_searcher(run_dir):
+    from pathlib import Path
+
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.searcher import MultiCellSearcher
+
+    plan = build_plan(load_spec(Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"))
+    return MultiCellSearcher(plan.cells[:1], metric="objective", mode="min", n_startup_trials=2, run_dir=str(run_dir))
+
+
+def test_a_failed_then_retried_trial_leaves_no_fail_in_the_stored_study(tmp_path):
+    """Tune retries a failed trial under the same id (resume_errored, max_failures); the searcher turns its
+    FAIL back into a running trial, and optuna.db must follow: no stale FAIL, the retry's value."""
+    searcher = _smoke_searcher(tmp_path)
+    cid = searcher.order[0]
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"objective": float("inf"), "status": "error"}, error=True)
+    assert [(t.state.name, t.user_attrs.get("status")) for t in _stored(StudyStore(tmp_path), cid).trials] == \
+        [("FAIL", "error")]
+    searcher.on_trial_complete("t0", {"objective": 0.3, "status": "ok", "best_val_dice": 0.7})
+    trials = _stored(StudyStore(tmp_path), cid).trials
+    assert [(t.state.name, t.value, t.user_attrs.get("status"), t.user_attrs.get("ray_trial_id")) for t in trials] == \
+        [("COMPLETE", 0.3, "ok", "t0")]
+
+
+@pytest.mark.parametrize("how", ["snapshot", "tuner.pkl"])
+def test_a_restored_searcher_writes_the_studies_where_the_run_is_now(tmp_path, how):
+    """A copied run directory resumed at its new path: the studies go to the copy's optuna.db (the searcher
+    keeps the run directory the restoring driver gave it), the original's is untouched. Restored from its
+    own snapshot (`restore`) or, before the first snapshot, unpickled with the Tuner (`tuner.pkl`)."""
+    import hashlib
+    import shutil
+
+    from benchmark.sweep.searcher import MultiCellSearcher
+
+    a, b = tmp_path / "disk-a" / "run", tmp_path / "disk-b" / "run"
+    searcher = _smoke_searcher(a)
+    cid = searcher.order[0]
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"objective": 0.5, "status": "ok"})
+    searcher.save(str(a / "state.pkl"))
+    shutil.copytree(a, b)
+    before = hashlib.sha256((a / "optuna.db").read_bytes()).hexdigest()
+
+    if how == "snapshot":
+        restored = MultiCellSearcher.__new__(MultiCellSearcher)
+        restored.run_dir = str(b)  # as coordinator._repoint sets it before Tune restores the snapshot
+        restored.restore(str(b / "state.pkl"))
+    else:
+        restored = pickle.loads(pickle.dumps(searcher))
+        restored.run_dir = str(b)
+    restored.suggest("t1")
+    restored.on_trial_complete("t1", {"objective": 0.4, "status": "ok"})
+    assert [t.user_attrs["ray_trial_id"] for t in load_studies(b)[cid].trials] == ["t0", "t1"]
+    assert hashlib.sha256((a / "optuna.db").read_bytes()).hexdigest() == before
+    assert [t.user_attrs["ray_trial_id"] for t in load_studies(a)[cid].trials] == ["t0"]

@@ -264,3 +264,44 @@ def test_a_trial_draws_its_preview_from_the_final_model(tmp_path):
     mask = _data()["test"][0]["mask"][0].numpy()
     assert green(first[:, 0:160]) < 0.02  # the image itself: noise, hardly green
     assert green(first[:, 160:320]) == pytest.approx(mask.mean(), abs=0.03)  # its ground truth, in green
+
+
+def test_a_corrupt_test_image_fails_before_the_first_epoch(tmp_path):
+    from trainables.data import make_synthetic
+    from trainables.data.readers import DataError
+
+    root = make_synthetic("mini_polyp", tmp_path / "mini_polyp", counts=(8, 4, 4))
+    bad = _augmented(root)["test"].entries[2].image
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated, as by an interrupted copy
+    reports = []
+    with pytest.raises(DataError, match=bad.name):
+        fit(_cfg(max_epochs=2), lambda m, d: reports.append(m), model=TinySegmenter(), datasets=_augmented(root))
+    assert reports == []  # found before any training
+
+
+def test_a_permanent_error_ends_the_trial_without_a_retry(monkeypatch):
+    """Tune retries a trial that raises (max_failures); a data error would fail the same way again, so the
+    trainable reports it as the trial's result and returns."""
+    import ray.tune
+
+    import trainables.trial as trial_mod
+    from trainables.data.readers import DataError
+
+    reports = []
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trial_mod.TrialConfig, "from_dict", classmethod(lambda cls, d: _cfg()))
+
+    def broken(*a, **k):
+        raise DataError("kvasir test sample 2 (x.jpg): cannot decode /data/kvasir/images/x.jpg")
+
+    monkeypatch.setattr(trial_mod, "fit", broken)
+    trial_mod.tune_trainable({"trial": {}})  # returns: no exception for Tune to retry
+    assert reports[-1]["status"] == "error" and "/data/kvasir/images/x.jpg" in reports[-1]["error"]
+
+    def diverges(*a, **k):
+        raise TrialDiverged("diverged at epoch 2, step 0, lr 0.1: loss is nan", epoch=2)
+
+    monkeypatch.setattr(trial_mod, "fit", diverges)
+    trial_mod.tune_trainable({"trial": {}})
+    assert reports[-1]["status"] == "diverged" and reports[-1]["epochs_run"] == 3

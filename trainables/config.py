@@ -119,7 +119,10 @@ def read_yaml_mapping(path: str | Path, label: str, expected: str = "") -> dict[
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{label}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ConfigError(f"{label}: not valid YAML{where}: {what or str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: expected a mapping of keys{f' ({expected})' if expected else ''}, "
                           f"got {type(raw).__name__}")

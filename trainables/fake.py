@@ -10,7 +10,8 @@ so a resumed trial is observable: its results carry `resumed_from` (first epoch 
 Knobs, all under the trial config's `fake` section (set them in a spec's `fixed.fake` or via rules):
   epoch_seconds  sleep per epoch (default 0.05)
   jitter         epoch time varies by up to this fraction, deterministically per hyperparameters (0)
-  fail_trials    trial indices (within a cell) that raise; fail_at_epoch: the epoch they raise at (1)
+  fail_trials    trial indices (within a cell) that raise; fail_at_epoch: the epoch they raise at (1);
+                 with fail_once: true they raise on their first start only (a retry succeeds)
   diverge_trials trial indices that report status "diverged" (objective +inf) instead of training
   log_dir        absolute directory: one line per trial start is appended to <cell_id>_<index>.log
 """
@@ -90,7 +91,8 @@ def fake_trainable(config: dict) -> None:
         return
     try:
         for epoch in range(resumed_from, epochs):
-            if index in fake.get("fail_trials", []) and epoch == int(fake.get("fail_at_epoch", 1)):
+            if (index in fake.get("fail_trials", []) and epoch == int(fake.get("fail_at_epoch", 1))
+                    and not (fake.get("fail_once") and state["starts"] > 1)):
                 raise RuntimeError(f"synthetic failure in {cell_id} trial {index} at epoch {epoch}")
             t0 = time.time()
             time.sleep(seconds)

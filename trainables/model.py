@@ -319,7 +319,15 @@ class PromptedVLSM(nn.Module):
         if meta["model"].get("weights") != mine["model"]["weights"]:
             warnings.warn(f"{where} was trained with weights {meta['model'].get('weights')!r}, this model uses "
                           f"{mine['model']['weights']!r}", stacklevel=2)
-        tensors = load_file(str(directory / ARTIFACT_TENSORS))  # safetensors: plain tensors, never unpickles
+        try:
+            tensors = load_file(str(directory / ARTIFACT_TENSORS))  # safetensors: plain tensors, never unpickles
+        except FileNotFoundError:
+            raise FileNotFoundError(f"artifact {directory}: {ARTIFACT_TENSORS} is missing; point --artifact at a "
+                                    "complete artifact (a trial's last checkpoint_*/artifact)") from None
+        except Exception as e:  # noqa: BLE001 - SafetensorError (corrupt, truncated), OSError
+            raise ConfigError(f"artifact {directory}: {ARTIFACT_TENSORS} is corrupt or truncated "
+                              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); use another "
+                              "checkpoint of the trial or rerun it") from None
         params = dict(self.named_state_tensors())
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:
@@ -358,7 +366,11 @@ def read_artifact_config(directory: str | Path) -> dict[str, Any]:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"artifact {directory}: missing {name} (expected a directory written by "
                                     "PromptedVLSM.save_artifact)")
-    meta = json.loads((directory / ARTIFACT_CONFIG).read_text())
+    try:
+        meta = json.loads((directory / ARTIFACT_CONFIG).read_text())
+    except ValueError as e:
+        raise ConfigError(f"artifact {directory}: {ARTIFACT_CONFIG} is corrupt ({e}); use another checkpoint of the "
+                          "trial or rerun it") from None
     if meta.get("format") != ARTIFACT_FORMAT or meta.get("version") != ARTIFACT_VERSION:
         raise ConfigError(f"artifact {directory}: {ARTIFACT_CONFIG} is not a {ARTIFACT_FORMAT} v{ARTIFACT_VERSION} "
                           f"file (format {meta.get('format')!r}, version {meta.get('version')!r})")

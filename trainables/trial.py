@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from trainables import feature_cache
 from trainables.config import ConfigError, from_dict
+from trainables.data.readers import DataError
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
 from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
@@ -168,7 +169,11 @@ class TrialConfig:
 
 
 class TrialDiverged(RuntimeError):
-    """A NaN/inf loss: the trial stops and records where it happened."""
+    """A NaN/inf loss: the trial stops and records where it happened (`epoch`, 0-based)."""
+
+    def __init__(self, message: str, epoch: int | None = None):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -448,6 +453,12 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     model.to(device)
     features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
     datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
+    if cfg.data.cache:
+        # Decode every split now, into the cache training reads from anyway: a corrupt test image fails
+        # the trial in seconds, naming the file, instead of after the last epoch.
+        for split in ("train", "val", "test"):
+            if hasattr(datasets[split], "preload"):
+                datasets[split].preload()
     train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
@@ -659,7 +670,7 @@ def _artifact_data(cfg: TrialConfig, test_set) -> dict:
 
 def _diverged(epoch: int, step: int, optimizer, loss: torch.Tensor):
     lr = optimizer.param_groups[0]["lr"]
-    raise TrialDiverged(f"diverged at epoch {epoch}, step {step}, lr {lr:.2g}: loss is {loss.item()}")
+    raise TrialDiverged(f"diverged at epoch {epoch}, step {step}, lr {lr:.2g}: loss is {loss.item()}", epoch=epoch)
 
 
 def _objective(tc: TrainConfig, state: dict) -> float:
@@ -695,7 +706,12 @@ def tune_trainable(config: dict) -> None:
             fit(cfg, report, resume_dir=resume_dir)
         except TrialDiverged as e:
             # A diverged trial is a result, not a crash: TPE learns that this region is bad.
-            tune.report({"objective": float("inf"), "status": STATUS_DIVERGED, "error": str(e)})
+            tune.report({"objective": float("inf"), "status": STATUS_DIVERGED, "error": str(e),
+                         **({"epochs_run": e.epoch + 1} if e.epoch is not None else {})})
+        except (DataError, ConfigError) as e:
+            # Permanent: a retry (max_failures) would fail the same way after loading the model again. The
+            # trial ends as a result with status "error"; fix the data and rerun.
+            tune.report({"objective": float("inf"), "status": STATUS_ERROR, "error": _explain(e)})
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised so Tune marks the trial ERROR
             tune.report({"objective": float("inf"), "status": STATUS_ERROR, "error": _explain(e)})
             raise

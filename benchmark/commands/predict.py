@@ -31,6 +31,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def check_output(src, files, out, overlay: bool) -> None:
+    """Masks never overwrite what they were predicted from: refuse an --out that is the input folder, or
+    any output file that is an input file (masks are named <stem>.png, so a PNG input would be replaced)."""
+    from pathlib import Path
+
+    from trainables.config import ConfigError
+
+    folder = (src if src.is_dir() else src.parent).resolve()
+    if out.resolve() == folder:
+        raise ConfigError(f"--out {out} is the input folder of --images; masks would replace the images "
+                          "(<stem>.png); pass another --out directory")
+    inputs = {Path(f).resolve() for f in files}
+    for f in files:
+        names = [f"{f.stem}.png"] + ([f"{f.stem}_overlay.png"] if overlay else [])
+        for name in names:
+            if (out / name).resolve() in inputs:
+                raise ConfigError(f"--out {out}: writing {name} would overwrite the input image {out / name}; "
+                                  "pass another --out directory")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -52,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {src}")
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
+    out = Path(args.out)
+    check_output(src, files, out, args.overlay)
 
     artifact = args.artifact
     if args.cell:
@@ -66,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     model.to(device).eval()
     spec = model.spec
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path: Path):

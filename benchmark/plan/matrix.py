@@ -12,6 +12,7 @@ there, by its folder or by a test, is on the matrix; no name list lives here, an
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +22,7 @@ from benchmark.plan.search_space import Param
 from benchmark.plan.spec import Rule, Spec
 from trainables.catalog import LEARNERS, VLSMS
 from trainables.config import ConfigError, from_dict
+from trainables.registry import UnknownNameError
 
 PAPER_DATASETS = ("kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus", "chexlocalize", "cityscapes", "voc")
 
@@ -70,7 +72,24 @@ class Plan:
         raise KeyError(cid)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must not change between a sweep and its resumption."""
+        """What must not change between a sweep and its resumption: everything that shapes a trial. Each
+        cell's full trial config (fixed settings, rules, variant, data roots, weights), its search space
+        with bounds, its seed and resources; the trainable, the TPE settings and the early-stopping rule."""
+        s, ex = self.spec.search, self.spec.execution
+        fp = {"version": 2, "spec": self.spec.name, "trainable": self.spec.trainable,
+              "search": {"sampler": s.sampler, "n_startup_trials": s.n_startup_trials, "multivariate": s.multivariate,
+                         "constant_liar": s.constant_liar, "metric": s.metric, "mode": s.mode},
+              "scheduler": {"name": ex.scheduler, "grace_period": ex.grace_period,
+                            "reduction_factor": ex.reduction_factor},
+              "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
+                               "params": {p.name: {"kind": p.kind, "target": p.target, "low": p.low, "high": p.high,
+                                                   "log": p.log, "choices": list(p.choices) if p.choices else None}
+                                          for p in c.params},
+                               "resources": dict(c.resources), "config": c.config} for c in self.cells}}
+        return json.loads(json.dumps(fp, default=str))  # as read back from plan.json
+
+    def legacy_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of runs started before version 2 (cells, trials, seeds, parameter names)."""
         return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
                                                        "searched": [p.name for p in c.params]} for c in self.cells}}
 
@@ -164,8 +183,13 @@ def _check_names(spec: Spec) -> None:
 
             raise ConfigError(f"axes.dataset: unknown dataset {ds!r}{did_you_mean(ds, known)}; allowed: "
                               f"{', '.join(known)}")
-    for lrn in spec.axes.learner:
-        learner_modalities(lrn)
+    for axis, names, look_up in (("learner", spec.axes.learner, learner_modalities), ("vlsm", spec.axes.vlsm,
+                                                                                   vlsm_modalities)):
+        for name in names:
+            try:
+                look_up(name)
+            except UnknownNameError as e:  # the registry's line (with its did-you-mean), placed on the axis
+                raise ConfigError(f"axes.{axis}: {e}") from None
     for ds in spec.data.roots:
         if ds not in spec.axes.dataset:
             raise ConfigError(f"data.roots.{ds}: {ds!r} is not on axes.dataset {list(spec.axes.dataset)}")

@@ -17,6 +17,8 @@ Design (orchestration.md §3-§5, measured on Ray 2.60):
   (benchmark/sweep/scheduler.py); a stopped trial's row has status `pruned` and its study records PRUNED.
 - The terminal shows one line per finished trial (cells done, trials done, best so far in the cell)
   instead of Ray's status table.
+- One driver per run directory (benchmark/sweep/lock.py), taken before anything is written; a moved or
+  copied run directory is re-pointed on restore (`_note_location`, `_repoint`); SIGTERM stops like Ctrl-C.
 Everything is addressed by absolute paths: trials run in temporary working directories.
 """
 
@@ -42,9 +44,11 @@ from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
 from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
 from benchmark.sweep.failures import trial_error_text
-from benchmark.sweep.storage import check_storage, check_uri, default_uri
+from benchmark.sweep.lock import RunLock
+from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
+from trainables.registry import UnknownNameError
 
 
 @dataclass
@@ -54,11 +58,14 @@ class SweepResult:
     done: int = 0  # trials with a Parquet row
     failed: int = 0  # rows with status "error"
     interrupted: bool = False
+    terminated: bool = False  # stopped by SIGTERM (state saved, resumable)
     noop: bool = False
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
+        if self.terminated:
+            return 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
         if self.interrupted:
             return 130
         return 1 if self.failed else 0
@@ -181,6 +188,7 @@ class RecordsCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trials, trial, error=None)
+        _retire_error_files(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trials, trial, error=trial_error_text(trial))
@@ -218,6 +226,29 @@ class RecordsCallback(Callback):
 
 
 
+def _retire_error_files(trial) -> None:
+    """A trial that failed, was retried (in-run under max_failures, or by a rerun's resume_errored) and then
+    finished keeps Tune's error.txt/error.pkl: Tune forgets them on requeue but leaves the files. The text
+    is kept as error.retried.txt (what happened before the retry), the pickle removed."""
+    from ray.tune.result import EXPR_ERROR_FILE, EXPR_ERROR_PICKLE_FILE
+
+    dirs = set()
+    for get in (lambda: trial.local_path, lambda: trial.storage.trial_fs_path):
+        try:
+            if get():
+                dirs.add(Path(get()))
+        except Exception:  # noqa: BLE001 - no storage yet
+            pass
+    for d in dirs:
+        if (d / EXPR_ERROR_FILE).is_file():
+            os.replace(d / EXPR_ERROR_FILE, d / "error.retried.txt")
+        (d / EXPR_ERROR_PICKLE_FILE).unlink(missing_ok=True)
+    meta = getattr(trial, "run_metadata", None)
+    if meta is not None and (meta.error_filename or meta.pickled_error_filename):
+        meta.error_filename = meta.pickled_error_filename = None
+        meta.invalidate_cache()
+
+
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -253,25 +284,74 @@ def _archive(run_dir: Path) -> Path:
     return dest
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def plan_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 12) -> list[str]:
+    """`key: old -> new` for every setting that differs; a change shared by several cells is listed once
+    as `cells.<N cells>.key`."""
+    a, b = _flat(old), _flat(new)
+    missing = object()
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va == vb:
+            continue
+        cell, rest = None, key
+        if key.startswith("cells."):
+            for cid in sorted(set(old.get("cells", {})) | set(new.get("cells", {})), key=len, reverse=True):
+                if key.startswith(f"cells.{cid}.") or key == f"cells.{cid}":
+                    cell, rest = cid, key[len(f"cells.{cid}"):]
+                    break
+        shown = tuple("(none)" if v is missing else json.dumps(v, default=str) for v in (va, vb))
+        grouped.setdefault((rest, *shown), []).append(cell or "")
+    out = []
+    for (rest, va, vb), cells in grouped.items():
+        where = (f"cells.{cells[0]}" if len(cells) == 1 else f"cells.<{len(cells)} cells>") if cells[0] else ""
+        if not rest:
+            what = f"cell {cells[0]}" if len(cells) == 1 else f"{len(cells)} cells"
+            out.append(f"{what}: {'added' if va == '(none)' else 'removed'}")
+            continue
+        out.append(f"{where}{rest}: {va} -> {vb}")
+    return out if len(out) <= limit else out[:limit] + [f"... and {len(out) - limit} more"]
+
+
+def _write_plan_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
 def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
-    """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed."""
+    """The sweep id and plan of this run directory; refuses to resume a sweep whose plan changed, naming
+    every changed setting. Records where the run directory is (`run_dir`), so a moved run is noticed."""
     path = RunDir(run_dir).plan_file
     fingerprint = plan.fingerprint()
     started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
         state = json.loads(path.read_text())
-        if state.get("fingerprint") != fingerprint and started:
-            raise ConfigError(f"{run_dir}: this run was started with a different plan (cells, trials, seeds or "
-                              "search space changed); pass --force to start over (the old run is kept under "
-                              "previous/), or use another --storage")
-        if state.get("fingerprint") == fingerprint:
+        old = state.get("fingerprint") or {}
+        if old.get("version") is None and old == plan.legacy_fingerprint():
+            old = fingerprint  # started before fingerprints covered the trial settings: nothing to compare
+            state["fingerprint"] = fingerprint
+            _write_plan_state(path, state)
+        if old != fingerprint and started:
+            changes = plan_changes(old, fingerprint)
+            raise ConfigError(f"{run_dir} was started with a different plan; changed: {'; '.join(changes)}. Undo the "
+                              "change, pass --force to start over (the old run is kept under previous/), or use "
+                              "another --storage")
+        if old == fingerprint:
             return state
     state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
-             "created_at": records.now_utc().isoformat()}
+             "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve())}
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    _write_plan_state(path, state)
     return state
 
 
@@ -361,7 +441,12 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
     own (a rehearsal's, benchmark/sweep/smoke.py); `callbacks` are extra Tune callbacks."""
     storage = check_storage(storage)
-    plan = plan if plan is not None else build_plan(spec)
+    label = Path(spec.path).name if spec.path else f"spec {spec.name}"
+    if plan is None:
+        try:
+            plan = build_plan(spec)
+        except (ConfigError, UnknownNameError) as e:
+            raise ConfigError(f"{label}: {e}") from None
     check_paths(plan)
     trainable_path = trainable or spec.trainable
     fn = load_trainable(trainable_path)
@@ -371,7 +456,11 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
 
         for c in plan.cells:
             sample = {p.name: p.example() for p in c.params}
-            validate(search_space.apply_values(json.loads(json.dumps(c.config)), c.params, sample))
+            try:
+                validate(search_space.apply_values(json.loads(json.dumps(c.config)), c.params, sample))
+            except (ConfigError, UnknownNameError) as e:
+                # The trial config is `fixed` with the cell's rules and variant applied: say so.
+                raise ConfigError(f"{label}: fixed/rules, cell {c.id}: {e}") from None
     run_dir = storage / spec.name
     uri = None
     if spec.tracking.mlflow:
@@ -384,7 +473,24 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     check_url(optuna_url)
     result = SweepResult(run_dir=run_dir, planned=plan.total_trials)
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
+    # One driver per run directory (a second one would treat the first one's trials as orphans), taken
+    # before anything is written; creating the lock file is also the check that the storage is writable.
+    lock = RunLock(run_dir, command=hint).acquire()
+    if lock.took_over:
+        _say(f"took over {lock.path} from a dead driver (pid {lock.took_over.get('pid')} on "
+             f"{lock.took_over.get('host')}: {lock.took_over['reason']})")
+    try:
+        check_free_space(run_dir)
+        return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
+                           num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose, callbacks=list(callbacks),
+                           optuna_url=optuna_url)
+    finally:
+        lock.release()
 
+
+def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
+                storage: Path, *, force: bool, address: str | None, num_cpus: int | None, num_gpus: float | None,
+                verbose: bool, callbacks: list, optuna_url: str | None) -> SweepResult:
     existing = _read_existing(run_dir, plan)
     if not force and RunDir(run_dir).plan_file.exists() and _is_complete(plan, existing):
         _plan_state(run_dir, plan, force=False)  # a changed plan is still an error, not a silent no-op
@@ -393,6 +499,8 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         _say(f"nothing to do: all {plan.total_trials} trials of {spec.name} are recorded in {run_dir} "
              "(pass --force to run the sweep again)")
         return result
+    if not force:
+        _plan_state(run_dir, plan, force=False)  # a changed plan is refused before Ray starts
     _quiet_libraries(verbose)
     if address:
         # On a cluster, check every node before any trial starts: shared storage, the dataset roots, MLflow
@@ -404,7 +512,7 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         require_preflight(str(storage), roots, http, address)
     started_ray = _connect(address, num_cpus, num_gpus, verbose)
     try:
-        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, list(callbacks), optuna_url)
+        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url)
     finally:
         if started_ray:
             import ray
@@ -420,6 +528,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         moved = _archive(run_dir)
         _say(f"--force: previous results moved to {moved}")
     state = _plan_state(run_dir, plan, force)
+    moved_from = _note_location(run_dir, state)
 
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
@@ -436,7 +545,14 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                               artifact_location=artifacts, description=spec.description,
                               params={c.id: cell_params(c) for c in plan.cells},
                               tags=system_tags(f"tunevlseg run {spec.path or spec.name}"))
-        mirror.ensure_experiment()  # create the DB in the driver, before any trial (migration races otherwise)
+        mirror.sync_hint = f"tunevlseg mlflow sync {run_dir}"
+        _note_mirror(run_dir, state, mirror)
+        # Create the DB in the driver, before any trial (migration races otherwise); an unreachable server
+        # turns the mirror off with one warning instead of stopping the sweep.
+        if mirror.connect() is not None:
+            from benchmark.sweep.backfill import backfill
+
+            backfill(run_dir, mirror, quiet=True)  # rows a dead server (or a killed driver) left out
         callbacks.append(MLflowCallback(mirror))
         from benchmark.sweep.studies import StudyLinks, StudyStore
 
@@ -453,6 +569,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         if tune.Tuner.can_restore(str(exp_path)):
             _say(f"resuming the sweep in {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=wrapped, resume_errored=True)
+            _repoint(tuner, callbacks, run_dir, moved_from)
         else:
             s = spec.search
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
@@ -478,8 +595,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=ex.checkpoints_to_keep),
                     callbacks=callbacks),
             )
-        grid = tuner.fit()
+        with _sigterm_stops_tune() as terminated:
+            grid = tuner.fit()
         known = _known_trial_ids(grid)
+        result.terminated = bool(terminated)
     except KeyboardInterrupt:
         rows = _read_existing(run_dir, plan)
         _summarise(result, plan, rows, spec)
@@ -498,9 +617,106 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                                       "best": info["best"], "started": info["done"] > 0}
                                 for cid, info in result.cells.items()})
     _print_summary(result, spec)
-    if result.interrupted:
+    if result.terminated:
+        _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
+    elif result.interrupted:
         _say(f"stopped before the end ({result.done}/{result.planned} trials); resume with: {hint}")
     return result
+
+
+def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
+    """Where this run directory was last driven from; returns the old path when it moved or was copied.
+    The run's own MLflow store is re-pointed in `_sweep` (benchmark/sweep/mlflow_paths.py, the one
+    implementation; a copy's DB is its own file, so the original stays untouched), Tune's snapshots in
+    `_repoint`."""
+    here = str(run_dir.resolve())
+    before = state.get("run_dir")
+    if before == here:
+        return None
+    if before:
+        _say(f"run directory moved from {before} to {here}: continuing here, nothing is written to the old path")
+    state["run_dir"] = here
+    _write_plan_state(RunDir(run_dir).plan_file, state)
+    return before
+
+
+def _note_mirror(run_dir: Path, state: dict[str, Any], mirror) -> None:
+    """What `tunevlseg mlflow sync` needs to create runs exactly as this driver's mirror does, beyond the
+    fingerprint (which holds the cells' params): the spec's description and the system tags."""
+    want = {"description": mirror.description, "tags": dict(mirror.tags)}
+    if state.get("mlflow") != want:
+        state["mlflow"] = want
+        _write_plan_state(RunDir(run_dir).plan_file, state)
+
+
+def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> None:
+    """A restored Tuner brings back the callbacks and searcher pickled at the first start, with the run
+    directory (and MLflow URI) of that start. Tune re-points its own trials to the restored path; ours are
+    replaced with the ones built by this driver (their state is rebuilt from Parquet and MLflow anyway),
+    and the searcher is told where the run directory is now (its `restore` keeps that path)."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_run_config"):
+        raise RuntimeError("Ray Tune's Tuner changed: cannot re-point the restored callbacks "
+                           "(benchmark.sweep.coordinator._repoint)")
+    internal._run_config.callbacks = callbacks
+    searcher = getattr(internal._tune_config, "search_alg", None)
+    if searcher is not None and hasattr(searcher, "run_dir"):
+        searcher.run_dir = str(run_dir)
+    _repoint_search_generator(run_dir / TUNE_DIR, run_dir)
+
+
+def _repoint_search_generator(exp_path: Path, run_dir: Path) -> None:
+    """Tune's SearchGenerator snapshot (`search_gen_state-*.json`, cloudpickle) holds the Experiment of the
+    first start, whose StorageContext names the old run directory; every trial created after the restore
+    takes that storage and fails with "Unable to set up cluster storage" (or writes to the old place). Tune
+    re-points the trials it restores but not this one: the newest snapshot, the one Tune restores, is
+    rewritten with the storage path of `run_dir`."""
+    import ray.cloudpickle as cloudpickle
+
+    files = sorted(exp_path.glob("search_gen_state-*.json"))
+    if not files:
+        return
+    newest = files[-1]  # Tune restores max(paths)
+    state = cloudpickle.loads(newest.read_bytes())
+    storage = getattr(state.get("experiment") if isinstance(state, dict) else None, "storage", None)
+    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
+    if storage is None or getattr(storage, "storage_fs_path", here) == here:
+        return
+    storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    tmp = newest.with_name(f".{newest.name}.tmp")
+    tmp.write_bytes(cloudpickle.dumps(state))
+    os.replace(tmp, newest)
+
+
+class _sigterm_stops_tune:
+    """SIGTERM (a batch system's stop, `kill`) stops the sweep the way Ctrl-C does: Tune saves the state and
+    `fit` returns. Ray's own driver handler would `sys.exit` mid-callback and print a C++ stack dump."""
+
+    def __enter__(self) -> list[int]:
+        import signal
+        import threading
+
+        self.got: list[int] = []
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return self.got
+
+        def on_term(signum, frame):
+            self.got.append(signum)
+            handler = signal.getsignal(signal.SIGINT)  # Tune's while fit runs: stop and save
+            if callable(handler):
+                handler(signal.SIGINT, frame)
+            else:
+                raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, on_term)
+        return self.got
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _known_trial_ids(grid) -> set[str] | None:

@@ -131,6 +131,10 @@ class MultiCellSearcher(Searcher):
         self.live[cid].discard(trial_id)
         self.finished[cid].add(trial_id)
         study = self.studies[cid]
+        if study is not None and S.is_told(study, trial_id) and not error:
+            # failed earlier, then retried (resume_errored, max_failures) and finished: the same Optuna trial,
+            # told again as what it became; the next sync replaces the stored FAIL in optuna.db too
+            S.reopen_failed(study, trial_id)
         if study is None or S.is_told(study, trial_id):
             return
         ot_trial = S.optuna_trial(study, trial_id)
@@ -183,7 +187,10 @@ class MultiCellSearcher(Searcher):
 
     @property
     def store(self) -> S.StudyStore | None:
-        if getattr(self, "_store", None) is None and getattr(self, "run_dir", None):
+        store = getattr(self, "_store", None)
+        # Opened for the run directory this driver works in: a searcher unpickled from tuner.pkl (before any
+        # snapshot of its own) still holds the store of the path the run was started at.
+        if getattr(self, "run_dir", None) and (store is None or store.run_dir != str(self.run_dir)):
             self._store = S.StudyStore(self.run_dir, getattr(self, "optuna_storage", None))
         return getattr(self, "_store", None)
 
@@ -209,9 +216,12 @@ class MultiCellSearcher(Searcher):
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        here = self.__dict__.get("run_dir")  # set by the driver that restores: the run may have moved
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-        self._store = None
+        self._store = None  # opened again from the run_dir below: the one this driver found the run in
+        if here:
+            self.run_dir = here
         self._settle_from_records()
         for cid in self.order:  # the storage may be ahead of this snapshot: trials asked after it
             self._sync(cid)

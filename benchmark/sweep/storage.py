@@ -11,6 +11,8 @@ check with these functions, so they accept and refuse the same things.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from benchmark.results.run_dir import RunDir
@@ -54,3 +56,13 @@ def check_uri(uri: str) -> None:
 
 def default_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{RunDir(run_dir).mlflow_db.resolve()}"  # four slashes: absolute path
+
+
+def check_free_space(run_dir: str | Path, min_mb: float | None = None) -> None:
+    """Refuse to start on a (nearly) full file system: a sweep that cannot write its Parquet rows and
+    checkpoints would fail trial after trial. `TUNEVLSEG_MIN_FREE_MB` (default 200) sets the floor."""
+    floor = float(os.environ.get("TUNEVLSEG_MIN_FREE_MB", "200")) if min_mb is None else min_mb
+    free = shutil.disk_usage(run_dir).free / 2**20
+    if free < floor:
+        raise ConfigError(f"storage {run_dir} has {free:.0f} MB free (< {floor:g} MB): free space there or pass "
+                          "another --storage (TUNEVLSEG_MIN_FREE_MB sets this floor)")

@@ -90,6 +90,28 @@ def mark_told(search, trial_id: str) -> None:
     search._completed_trials.add(trial_id)
 
 
+def reopen_failed(search, trial_id: str) -> None:
+    """Make a FAIL Optuna trial RUNNING again, so its retry is told as what it became (COMPLETE, ...).
+
+    Optuna never updates a finished trial through its API; a retried Tune trial keeps its id and its
+    parameters, so it is the same Optuna trial. Done on the searcher's in-memory study (a storage without
+    `_set_trial` keeps the FAIL; the Parquet row is right either way); the RDB copy follows at the next
+    `StudyStore.sync`, which rebuilds a study whose stored trial was told differently."""
+    import optuna
+
+    ot_trial = search._ot_trials.get(trial_id)
+    storage = search._ot_study._storage
+    if ot_trial is None or not hasattr(storage, "_set_trial"):
+        return
+    with storage._lock:
+        frozen = copy.copy(storage._get_trial(ot_trial._trial_id))
+        if frozen.state != optuna.trial.TrialState.FAIL:
+            return
+        frozen.state, frozen.values, frozen.datetime_complete = optuna.trial.TrialState.RUNNING, None, None
+        storage._set_trial(ot_trial._trial_id, frozen)
+    search._completed_trials.discard(trial_id)
+
+
 def stored_id(frozen) -> int:
     """The storage's id of a FrozenTrial (Optuna's storage API takes it; the trial shows only its number)."""
     return frozen._trial_id
@@ -251,6 +273,8 @@ class StudyLinks(Callback):
         self.mirror = mirror
 
     def _link(self, trial) -> None:
+        if getattr(self.mirror, "disabled", None):  # MLflow turned itself off: nothing to link, no timeouts
+            return
         cid = trial.config.get("cell_id")
         try:
             run_id = self.mirror.find_trial_run(trial.trial_id)

@@ -11,7 +11,9 @@ the driver (a single writer), through a Tune callback:
   leaves the first RUNNING forever. Here a trial's run is found again by its `trial_id` tag and reused;
   runs of trials the restored experiment no longer knows (started after its last snapshot, then re-run
   under a new id) are deleted, and `finalize` leaves nothing RUNNING when the driver returns.
-- A broken tracking server never stops a sweep: failures are logged as warnings.
+- A broken tracking server never stops a sweep: HTTP calls get short timeouts and no retries
+  (`_short_http_timeouts`), and the first failure turns the mirror off for the rest of the sweep with one
+  warning line; `tunevlseg mlflow sync RUN` (benchmark/sweep/backfill.py) fills MLflow from Parquet later.
 
 Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`cell`, `trial` or `sweep`), `cell_id`,
 `vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`; children carry
@@ -56,17 +58,32 @@ def _numeric(v: Any) -> bool:
 
 
 def _quiet(method):
-    """MLflow is a mirror: log and carry on when it fails."""
+    """MLflow is a mirror: on the first failure it turns itself off (one warning) and the sweep carries on."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        mirror = getattr(self, "mirror", self)
+        if mirror.disabled:
+            return None
         try:
             return method(self, *args, **kwargs)
         except Exception as e:  # noqa: BLE001
-            logger.warning("MLflow mirror: %s failed: %s: %s", method.__name__, type(e).__name__, e)
+            mirror.disable(method.__name__, e)
             return None
 
     return wrapper
+
+
+# MLflow's HTTP defaults (120 s timeout, 7 retries with backoff) block the driver's callbacks ~4 min per
+# call when the server is down; a mirror should cost seconds. Set before the first request (MLflow caches
+# its HTTP session); a user's own values win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def _short_http_timeouts() -> None:
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
 
 
 class MLflowMirror:
@@ -86,20 +103,37 @@ class MLflowMirror:
         self._client = None
         self._exp_id: str | None = None
         self._parents: dict[str, str] = {}
+        self.disabled: str | None = None  # why the mirror turned itself off, None while it works
+        self.sync_hint = "tunevlseg mlflow sync <run dir>"
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_client=None, _exp_id=None, _parents={})
+        state.update(_client=None, _exp_id=None, _parents={}, disabled=None)
         state.pop("_logged", None)
         return state
 
     def _system(self) -> dict[str, str]:
         return dict(getattr(self, "tags", None) or {})
 
+    def disable(self, what: str, error: BaseException) -> None:
+        """Off for the rest of this sweep, with one warning line: a dead server must not cost minutes per call."""
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        self.disabled = f"{what}: {type(error).__name__}: {first}"
+        logger.warning("MLflow mirror off for the rest of this sweep (%s failed at %s: %s: %s); every trial is still "
+                       "recorded in Parquet; when the server is back run: %s", self.uri, what, type(error).__name__,
+                       first, self.sync_hint)
+
+    @_quiet
+    def connect(self) -> str | None:
+        """The experiment id, creating the store in the driver before any trial; None (mirror off) on failure."""
+        return self.ensure_experiment()
+
     @property
     def client(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
+
+            _short_http_timeouts()
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
@@ -165,6 +199,7 @@ class MLflowMirror:
             self.client.update_run(run_id, status="RUNNING")
             for key in _REPEATED_AT_END:  # what the first life of this trial logged (one value per step)
                 self._seen(run_id).update((key, m.step) for m in self.client.get_metric_history(run_id, key))
+            self._clear_failure(run_id)
             return run_id
         from mlflow.entities import Param
 
@@ -179,6 +214,20 @@ class MLflowMirror:
         params.update({f"hp.{k}": v for k, v in (config.get("hp") or {}).items()})
         self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run_id
+
+    def _clear_failure(self, run_id: str) -> None:
+        """A retried trial starts clean: the failed attempt's `error` tag and error.txt would outlive it."""
+        run = self.client.get_run(run_id)
+        if "error" in run.data.tags:
+            self.client.delete_tag(run_id, "error")
+        if any(f.path == "error.txt" for f in self.client.list_artifacts(run_id)):
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            try:
+                get_artifact_repository(run.info.artifact_uri).delete_artifacts("error.txt")
+            except Exception as e:  # noqa: BLE001 - a store without deletes: the text says it is stale
+                logger.debug("cannot delete error.txt of %s: %s", run_id, e)
+                self.client.log_text(run_id, "(an earlier attempt failed; this trial was retried)", "error.txt")
 
     def log_result(self, run_id: str, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -219,6 +268,7 @@ class MLflowMirror:
                 n += 1
         return n
 
+    @_quiet
     def finalize(self, known_trial_ids: set[str], cell_states: dict[str, dict[str, Any]]) -> None:
         """After `fit` returns: no run stays RUNNING. `cell_states[cid]` = {"done": bool, "best": row|None}."""
         self.delete_orphans(known_trial_ids)
@@ -228,21 +278,26 @@ class MLflowMirror:
         for cid, state in cell_states.items():
             if cid not in self._parents and not state.get("started"):
                 continue
-            run_id = self.parent_run(cid)
-            best = state.get("best")
-            if best:
-                from mlflow.entities import Metric
-
-                names = {"objective": "selected_objective", "test_dice": "selected_test_dice",
-                         "test_iou": "selected_test_iou", "best_val_dice": "selected_val_dice",
-                         "val_loss": "selected_val_loss"}
-                metrics = [Metric(name, float(best[k]), 0, 0) for k, name in names.items()
-                           if _numeric(best.get(k)) and math.isfinite(best[k])]
-                if metrics:
-                    self.client.log_batch(run_id, metrics=metrics)
-                self.client.set_tag(run_id, "selected_trial", f"{cid}#{best['trial_index']}")
-            self.client.set_tag(run_id, "trials_done", str(state.get("trials_done", 0)))
+            run_id = self.record_cell(cid, state.get("best"), state.get("trials_done", 0))
             self.client.set_terminated(run_id, "FINISHED" if state.get("done") else "KILLED")
+
+    def record_cell(self, cid: str, best: dict[str, Any] | None, trials_done: int) -> str:
+        """The cell's parent run with its selected trial (`selected_*` metrics, `selected_trial` tag) and
+        `trials_done`; returns its run id. Used by `finalize` and by `mlflow sync` (benchmark/sweep/backfill.py)."""
+        run_id = self.parent_run(cid)
+        if best:
+            from mlflow.entities import Metric
+
+            names = {"objective": "selected_objective", "test_dice": "selected_test_dice",
+                     "test_iou": "selected_test_iou", "best_val_dice": "selected_val_dice",
+                     "val_loss": "selected_val_loss"}
+            metrics = [Metric(name, float(best[k]), 0, 0) for k, name in names.items()
+                       if _numeric(best.get(k)) and math.isfinite(best[k])]
+            if metrics:
+                self.client.log_batch(run_id, metrics=metrics)
+            self.client.set_tag(run_id, "selected_trial", f"{cid}#{best['trial_index']}")
+        self.client.set_tag(run_id, "trials_done", str(trials_done))
+        return run_id
 
 
 class MLflowCallback(Callback):

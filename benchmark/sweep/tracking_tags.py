@@ -30,11 +30,30 @@ def system_tags(source: str) -> dict[str, str]:
 def cell_params(cell) -> dict[str, str]:
     """A cell parent run's params: its fixed settings (the nested trial config before the searched values)
     and its search space, one `search.<name>` per searched parameter."""
-    params = {k: v for k, v in flatten(cell.config).items()}
+    import json
+
+    # As plan.json holds it (tuples as lists), so `mlflow sync` rebuilding it from there writes the same strings.
+    params = {k: v for k, v in flatten(json.loads(json.dumps(cell.config, default=str))).items()}
     params.update({f"search.{p.name}": p.domain() for p in cell.params})
     params.update({"trials": cell.trials, "seed": cell.seed if cell.params else None, "space": cell.space,
                    "resources.cpu": cell.resources["cpu"], "resources.gpu": cell.resources["gpu"]})
     return {k: str(v) for k, v in params.items()}
+
+
+def cell_params_from_plan(entry: dict[str, Any]) -> dict[str, str]:
+    """`cell_params` of a cell as the run's plan.json fingerprint (version 2) records it: what `tunevlseg
+    mlflow sync` gives a parent run it creates, equal to what the live mirror gave it."""
+    from types import SimpleNamespace
+
+    from benchmark.plan.search_space import Param
+
+    params = tuple(Param(name=name, kind=p["kind"], target=p["target"], applies_to=(), low=p.get("low"),
+                         high=p.get("high"), log=bool(p.get("log")),
+                         choices=tuple(p["choices"]) if p.get("choices") is not None else None)
+                   for name, p in (entry.get("params") or {}).items())
+    return cell_params(SimpleNamespace(config=entry.get("config") or {}, params=params, trials=entry.get("trials"),
+                                       seed=entry.get("seed"), space=entry.get("space"),
+                                       resources=entry.get("resources") or {"cpu": None, "gpu": None}))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,339 @@
+"""What users do to a sweep and its run directory (issue 16): two drivers, a moved run, a dead MLflow,
+an edited spec, predict over its own input, corrupt data. Fast unit-level checks; the end-to-end
+fault-injection runs are in tests/test_faults.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "smoke.yaml"
+
+
+# ---- predict never writes over its input ----------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", [False, True])
+def test_predict_refuses_to_write_into_its_input_folder(tmp_path, capsys, overlay):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(images / "a.png")
+    before = (images / "a.png").read_bytes()
+    for out in (images, images / "." , images / ".." / "images"):
+        code = cli.main(["predict", "--artifact", str(tmp_path / "no-artifact"), "--images", str(images),
+                         "--out", str(out)] + (["--overlay"] if overlay else []))
+        assert code == 2
+        assert "input folder" in capsys.readouterr().err
+    # a single input file with --out its own folder
+    code = cli.main(["predict", "--artifact", str(tmp_path / "x"), "--images", str(images / "a.png"),
+                     "--out", str(images)])
+    assert code == 2 and "input folder" in capsys.readouterr().err
+    assert (images / "a.png").read_bytes() == before
+
+
+def test_predict_refuses_an_output_file_that_is_an_input(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(images / "a.png")  # the mask file would be the input image itself
+    code = cli.main(["predict", "--artifact", str(tmp_path / "x"), "--images", str(images), "--out", str(out)])
+    assert code == 2 and "would overwrite the input image" in capsys.readouterr().err
+
+
+# ---- one driver per run directory -------------------------------------------------------------------------
+
+def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
+    from benchmark.sweep.lock import LOCK_FILE, LockHeld, RunLock
+
+    run = tmp_path / "run"
+    first = RunLock(run, command="tunevlseg run a.yaml").acquire()
+    try:
+        with pytest.raises(LockHeld) as e:
+            RunLock(run).acquire()
+        msg = str(e.value)
+        assert "\n" not in msg
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in msg and "since " in msg
+        assert "tunevlseg run a.yaml" in msg and "taken over automatically" in msg and str(run / LOCK_FILE) in msg
+    finally:
+        first.release()
+    assert not (run / LOCK_FILE).exists()
+    RunLock(run).acquire().release()  # free again
+
+
+def test_a_dead_drivers_lock_is_taken_over(tmp_path):
+    from benchmark.sweep.lock import LOCK_FILE, RunLock
+
+    run = tmp_path / "run"
+    # A driver on this host that was killed (-9): its pid is gone.
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from benchmark.sweep.lock import RunLock; "
+                             f"RunLock({str(run)!r}).acquire(); print('held', flush=True); "
+                             "import time; time.sleep(60)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    proc.kill()
+    proc.wait()
+    lock = RunLock(run).acquire()
+    assert lock.took_over and lock.took_over["pid"] == proc.pid and "is gone" in lock.took_over["reason"]
+    lock.release()
+
+    # A driver on another machine whose heartbeat stopped long ago.
+    (run / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
+                                              "heartbeat_at": time.time() - 500}))
+    lock = RunLock(run, stale_s=120).acquire()
+    assert lock.took_over["host"] == "elsewhere" and "no heartbeat" in lock.took_over["reason"]
+    lock.release()
+
+    # ... but not while its heartbeat is fresh.
+    from benchmark.sweep.lock import LockHeld
+
+    (run / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
+                                              "heartbeat_at": time.time()}))
+    with pytest.raises(LockHeld, match="120 s after its last heartbeat"):
+        RunLock(run, stale_s=120).acquire()
+
+
+def test_the_heartbeat_refreshes_and_a_lost_lock_stops_the_driver(tmp_path, monkeypatch):
+    from benchmark.sweep import lock as lock_mod
+
+    kills = []
+    monkeypatch.setattr(lock_mod.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    lock = lock_mod.RunLock(tmp_path, heartbeat_s=0.05).acquire()
+    first = json.loads(lock.path.read_text())["heartbeat_at"]
+    time.sleep(0.3)
+    assert json.loads(lock.path.read_text())["heartbeat_at"] > first
+    lock.path.write_text(json.dumps({"host": "other", "pid": 2, "token": "theirs", "heartbeat_at": time.time()}))
+    deadline = time.time() + 5
+    while not kills and time.time() < deadline:
+        time.sleep(0.05)
+    assert kills == [(os.getpid(), signal.SIGINT)]
+    lock.release()
+    assert json.loads(lock.path.read_text())["token"] == "theirs"  # not ours to remove
+
+
+def test_sweep_refuses_a_locked_run_directory_before_anything_is_written(tmp_path):
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.lock import LockHeld, RunLock
+
+    holder = RunLock(tmp_path / "runs" / "smoke").acquire()
+    try:
+        t0 = time.time()
+        with pytest.raises(LockHeld, match="in use by another driver"):
+            run_sweep(load_spec(SMOKE), tmp_path / "runs")
+        assert time.time() - t0 < 10
+        assert sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir()) == ["driver.lock"]
+    finally:
+        holder.release()
+
+
+# ---- storage checked before Ray starts ---------------------------------------------------------------------
+
+def test_full_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNEVLSEG_MIN_FREE_MB", str(10**12))
+    code = cli.main(["run", str(SMOKE), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "MB free" in err and "another --storage" in err
+    assert not (tmp_path / "runs" / "smoke" / "driver.lock").exists()
+
+
+def test_read_only_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    import errno
+
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):
+        if str(path).endswith("driver.lock") and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a, **k)
+
+    from benchmark.sweep import lock as lock_mod
+
+    monkeypatch.setattr(lock_mod.os, "open", read_only)
+    code = cli.main(["run", str(SMOKE), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Read-only file system" in err and "writable" in err
+
+
+# ---- the plan fingerprint covers what shapes a trial -------------------------------------------------------
+
+@pytest.mark.parametrize("changes, named", [
+    ({"fixed__train": {"max_epochs": 5}}, "config.train.max_epochs: 3 -> 5"),
+    ({"search__bounds": {"prompt_depth": [1, 6]}}, "params.prompt_depth.high: 11 -> 6"),
+    ({"data": {"roots": {"kvasir": "/var"}}}, 'cells.<2 cells>.config.data.root: "/tmp" -> "/var"'),
+    ({"rules": [{"when": {"learner": "coop"}, "set": {"train.batch_size": 2}}]},
+     "cells.clipseg_coop_kvasir.config.train.batch_size"),
+])
+def test_a_changed_setting_is_refused_naming_old_and_new(tmp_path, changes, named):
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.coordinator import _plan_state
+    from trainables.config import ConfigError
+
+    run_dir = tmp_path / "smoke"
+    _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
+    (run_dir / "tune").mkdir()
+    with pytest.raises(ConfigError) as e:
+        _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=False)
+    assert named in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # --force is the way through
+    _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
+
+
+def test_a_run_started_with_the_old_fingerprint_resumes(tmp_path):
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.coordinator import _plan_state
+
+    plan = build_plan(load_spec(SMOKE))
+    run_dir = tmp_path / "smoke"
+    (run_dir / "tune").mkdir(parents=True)
+    (run_dir / "plan.json").write_text(json.dumps({"sweep_id": "abc", "fingerprint": plan.legacy_fingerprint()}))
+    assert _plan_state(run_dir, plan, force=False)["sweep_id"] == "abc"
+    assert json.loads((run_dir / "plan.json").read_text())["fingerprint"]["version"] == 2
+
+
+def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
+    """Names are canonicalised before the fingerprint is taken (issue 17): a run started with
+    `shared-attention`/`mini-polyp` resumes with `shared_attention`/`mini_polyp` and vice versa."""
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.coordinator import _plan_state
+
+    def spec(learner: str, dataset: str):
+        return load_spec(_spec_file(tmp_path, axes={"vlsm": ["clipseg"], "learner": ["coop", learner],
+                                                    "dataset": [dataset]}, data={"roots": {dataset: "/tmp"}}))
+
+    dashed, snake = build_plan(spec("shared-attention", "mini-polyp")), build_plan(spec("shared_attention", "mini_polyp"))
+    assert dashed.fingerprint() == snake.fingerprint()
+    assert "clipseg_shared-attention_mini-polyp" in dashed.fingerprint()["cells"]
+    run_dir = tmp_path / "run"
+    sweep_id = _plan_state(run_dir, dashed, force=False)["sweep_id"]
+    (run_dir / "tune").mkdir()
+    assert _plan_state(run_dir, snake, force=False)["sweep_id"] == sweep_id  # no "changed" refusal
+
+
+@pytest.mark.parametrize("spec_name", ["table3", "mini", "smoke"])
+def test_sync_gives_a_cell_the_params_the_live_mirror_gave_it(spec_name):
+    """`mlflow sync` rebuilds a parent run's params from plan.json's fingerprint; they must be the strings
+    the live mirror logged from the Cell."""
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.tracking_tags import cell_params, cell_params_from_plan
+
+    plan = build_plan(load_spec(REPO / "experiments" / f"{spec_name}.yaml"))
+    stored = json.loads(json.dumps(plan.fingerprint()))["cells"]  # as plan.json holds it
+    for cell in plan.cells:
+        assert cell_params_from_plan(stored[cell.id]) == cell_params(cell), cell.id
+
+
+# ---- one-line errors --------------------------------------------------------------------------------------
+
+def test_yaml_errors_give_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\naxes:\n  learner: [coop, maple\n  vlsm: [clipseg]\n")
+    assert cli.main(["run", str(bad), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "line 4" in err and str(bad) in err
+
+
+def _spec_file(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path = tmp_path / "experiments" / "smoke.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"axes__learner": ["coop", "mapel"]}, "smoke.yaml: axes.learner: unknown learner 'mapel'"),
+    ({"fixed__train": {"max_epoch": 3}}, "smoke.yaml: fixed/rules, cell clipseg_coop_kvasir: "),
+])
+def test_spec_errors_name_the_file_and_the_field(tmp_path, capsys, changes, expected, monkeypatch):
+    path = _spec_file(tmp_path, **changes)
+    if "fixed__train" in changes:  # the real trainable's config loader checks fixed.train
+        spec = yaml.safe_load(path.read_text())
+        spec["trainable"] = "trainables.trial.tune_trainable"
+        spec["fixed"].pop("fake")
+        path.write_text(yaml.safe_dump(spec))
+    assert cli.main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err, err
+    if "fixed__train" in changes:
+        assert "max_epoch" in err
+
+
+def test_a_disk_filling_up_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import benchmark.commands.run as run_cmd
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/smoke/trials/x.parquet.tmp")
+
+    monkeypatch.setattr(run_cmd, "run", full)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["benchmark.commands.run"])
+    assert cli.main(["run", str(SMOKE)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device (/runs/smoke/trials/x.parquet.tmp)" in err
+
+
+# ---- MLflow is a mirror ------------------------------------------------------------------------------------
+
+def test_a_dying_mlflow_server_turns_the_mirror_off_with_one_warning(monkeypatch, caplog):
+    """Mid-sweep: the first failing call turns the mirror off; later callbacks return at once."""
+    import logging
+    from types import SimpleNamespace
+
+    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
+
+    for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(k, raising=False)
+    mirror = MLflowMirror("http://127.0.0.1:9", "smoke", "sweep1", {"c": {"vlsm": "clipseg"}})
+    mirror.sync_hint = "tunevlseg mlflow sync /runs/smoke"
+    calls = []
+
+    class Dead:
+        def __getattr__(self, name):
+            def fail(*a, **k):
+                calls.append(name)
+                raise ConnectionError("connection refused")
+            return fail
+
+    _ = mirror.client  # sets the short HTTP timeouts before the first request
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    mirror._client = Dead()
+    callback = MLflowCallback(mirror)
+    trial = SimpleNamespace(trial_id="t1", config={"cell_id": "c", "trial_index": 0}, last_result={})
+    with caplog.at_level(logging.WARNING, logger="tunevlseg.tracking"):
+        t0 = time.time()
+        for i in range(50):
+            callback.on_trial_result(i, [trial], trial, {"epoch": i, "val_loss": 0.5})
+        callback.on_trial_complete(50, [trial], trial)
+        mirror.finalize({"t1"}, {})
+    assert time.time() - t0 < 1
+    assert len(calls) == 1  # one failed request, then nothing
+    warnings = [r for r in caplog.records if "MLflow mirror off" in r.getMessage()]
+    assert len(warnings) == 1 and "tunevlseg mlflow sync /runs/smoke" in warnings[0].getMessage()
+    assert "\n" not in warnings[0].getMessage()
