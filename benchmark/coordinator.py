@@ -320,14 +320,23 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
                               "search space changed); pass --force to start over (the old run is kept under "
                               "previous/), or use another --storage")
         if state.get("fingerprint") == fingerprint:
+            if "space" in state:
+                return state
+            # A plan.json written before the searched domains were recorded: add them, keep the sweep id.
+            state["space"] = plan.searched_space()
+            _write_json(path, state)
             return state
     state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
-             "created_at": records.now_utc().isoformat()}
+             "created_at": records.now_utc().isoformat(), "space": plan.searched_space()}
     run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, state)
+    return state
+
+
+def _write_json(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, path)
-    return state
 
 
 def _check_cluster(plan: Plan, run_dir: Path) -> None:

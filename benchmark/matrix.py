@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -90,6 +91,23 @@ class Plan:
         """What must not change between a sweep and its resumption."""
         return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
                                                        "searched": [p.name for p in c.params]} for c in self.cells}}
+
+    def searched_space(self) -> list[dict[str, Any]]:
+        """Every distinct searched domain of the plan (bounds applied), with the learners that searched it:
+        what Table 2 of this run must show. Recorded in plan.json beside the fingerprint."""
+        merged: dict[str, dict[str, Any]] = {}
+        for c in self.cells:
+            for p in c.params:
+                d = p.as_dict()
+                learners = d.pop("applies_to")
+                key = json.dumps(d, sort_keys=True)
+                entry = merged.setdefault(key, {**d, "applies_to": []})
+                if c.learner not in entry["applies_to"]:
+                    entry["applies_to"].append(c.learner)
+                order = {l: i for i, l in enumerate(learners)}
+                entry["applies_to"].sort(key=lambda l: order.get(l, len(order)))
+        order = {n: i for i, n in enumerate(search_space.HP_NAMES)}
+        return sorted(merged.values(), key=lambda e: order.get(e["name"], len(order)))  # stable: paper order
 
 
 def cell_id(vlsm: str, learner: str, dataset: str, variant: str = "default") -> str:

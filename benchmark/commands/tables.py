@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective-mode", choices=["min", "max"], default="min",
                    help="direction of the `objective` column for --selection val (default min: a loss)")
     p.add_argument("--spec", help="when the Parquet holds several specs, the one to tabulate")
-    p.add_argument("--space", default="paper",
-                   help="search space for Table 2: paper (default) or reference (what the original code searched)")
+    p.add_argument("--space", default=None,
+                   help="search space for Table 2: paper or reference (what the original code searched); "
+                        "default: the domains the run searched, from RUN/plan.json (else the paper's)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (with --out)")
 
 
@@ -49,11 +50,27 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--objective-mode", args.objective_mode]
     if args.spec:
         parts += ["--spec", args.spec]
-    if args.space != "paper":
+    if args.space:
         parts += ["--space", args.space]
     if args.no_figures:
         parts.append("--no-figures")
     return shlex.join(parts)
+
+
+def _table2(T, args: argparse.Namespace):
+    """Table 2 as this run searched it (RUN/plan.json), marked where it differs from the paper's; with
+    --space, that named space instead; with neither, the paper's space with a sentence saying so."""
+    if args.space:
+        return T.table2(space=args.space, mark_vs_paper=True,
+                        source=f"The `{args.space}` search space as defined (--space); not read from the run.")
+    searched = T.searched_space(args.run)
+    if searched is not None:
+        return T.table2(searched, mark_vs_paper=True,
+                        source="The domains this run searched (bounds applied), from its plan.json.")
+    return T.table2(space="paper", source=(
+        "The paper's search space. This run does not record what it searched (no plan.json with a `space` "
+        "record: a Parquet file, or a run from an older version; rerunning its spec on the finished run adds "
+        "the record), so narrower `search.bounds` would not show here."))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     trials = T.read_trials(args.run, spec=args.spec, selection=args.selection)
     skipped: list[str] = []
     try:
-        table2 = T.table2(space=args.space)
+        table2 = _table2(T, args)
     except ImportError as e:  # the search-space module is optional for reading results
         table2 = None
         skipped.append(f"Table 2 ({e})")
@@ -78,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if other:
         skipped.append(f"trials of variant(s) {', '.join(other)} (no paper table for them)")
     comparisons = {n: T.compare(t) for n, t in tables.items()} if args.vs_paper else {}
+    for n, c in comparisons.items():
+        if c.not_comparable:
+            skipped.append(f"Table {n} vs paper (no dataset in common with the paper's ten)")
 
     if not args.out:
         fmt = "md" if args.format == "all" else args.format
@@ -109,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
         for n, t in tables.items():
             write(f"table{n}.{fmt}", T.render(t, fmt))
             write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
-            if n in comparisons:
-                write(f"table{n}_vs_paper.{fmt}", T.render(comparisons[n], fmt))
+            vs_paper = out / f"table{n}_vs_paper.{fmt}"
+            if n in comparisons and not comparisons[n].not_comparable:
+                write(vs_paper.name, T.render(comparisons[n], fmt))
+            elif n in comparisons and vs_paper.is_file():
+                vs_paper.unlink()  # an earlier run's comparison would now contradict the report
     figures = []
     if not args.no_figures:
         from benchmark import figures as F
