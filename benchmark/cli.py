@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "benchmark.commands.plan",
     "benchmark.commands.run",
     "benchmark.commands.space",
+    "benchmark.commands.embeddings",
 ]
 
 
