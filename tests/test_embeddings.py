@@ -129,8 +129,20 @@ def test_cris_text_features_are_its_sentence_embedding():
     assert f.shape[0] == 2 and torch.equal(f, state) and not torch.allclose(f[0], f[1])
 
 
+def test_cli_reports_bad_input_in_one_line(tiny_data, tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert cli.main(["embeddings", "--datasets", "mini_polyp", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no data root for dataset 'mini_polyp'" in err
+    assert cli.main(["embeddings", "--datasets", "mini_polyp", "--root", "mini_polyp", "--out", str(out)]) == 2
+    assert "--root 'mini_polyp': expected NAME=DIR" in capsys.readouterr().err
+    assert cli.main(["embeddings", "--datasets", "mini_polyp", "--data", str(tiny_data), "--reference",
+                     str(tmp_path / "phrasecut.txt"), "--out", str(out)]) == 2
+    assert "phrasecut.txt: no such phrase file" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not CLIPSEG_MINI.is_dir(), reason="mini models not present")
-def test_cli_end_to_end_and_bad_input_in_one_line(tiny_data, tmp_path, capsys):
+def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     out = tmp_path / "emb"
     rc = cli.main(["embeddings", "--datasets", "mini_polyp", "mini_echo", "--data", str(tiny_data),
                    "--weights", str(CLIPSEG_MINI), "--reference", "mini-corpus", "--reference-size", "8",
@@ -149,10 +161,3 @@ def test_cli_end_to_end_and_bad_input_in_one_line(tiny_data, tmp_path, capsys):
     assert len(echo[echo["kind"] == "image"]) == len({r["img_name"] for ann in anns for r in ann}) == 8
     assert set(echo.loc[echo["kind"] == "image", "split"]) == {"train", "val", "test"}
     assert (pts["dataset"] == "mini-corpus (pretraining)").sum() > 8  # 8 images + their phrases
-
-    assert cli.main(["embeddings", "--datasets", "mini_polyp", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no data root for dataset 'mini_polyp'" in err
-    assert cli.main(["embeddings", "--datasets", "mini_polyp", "--data", str(tiny_data), "--reference",
-                     str(tmp_path / "phrasecut.txt"), "--out", str(out)]) == 2
-    assert "phrasecut.txt: no such phrase file" in capsys.readouterr().err

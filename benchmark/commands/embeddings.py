@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError("--max-images must be at least 1")
     roots = _roots(args, spec)
+    if args.reference and args.reference != "mini-corpus" and not Path(args.reference).is_file():
+        # checked before any model loads or image is embedded
+        raise FileNotFoundError(f"{args.reference}: no such phrase file (one phrase per line, e.g. PhraseCut's "
+                                "phrases); or --reference mini-corpus")
     weights = args.weights
     if weights is None and spec is not None and args.vlsm in spec.vlsms:
         weights = spec.vlsms[args.vlsm].weights
