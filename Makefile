@@ -76,8 +76,8 @@ cluster-up: install ## start a real two-node Ray cluster + MLflow server on loop
 cluster-down: ## stop the local two-node cluster started by cluster-up
 	cluster/local-two-node.sh down
 
-lint: install ## byte-compile everything (fast syntax check)
-	$(PY) -m compileall -q benchmark trainables tests
+lint: install ## ruff (config: ruff.toml): pyflakes, pycodestyle, import order, blind excepts
+	$(VENV)/bin/ruff check .
 
 clean: ## remove caches (keeps .venv and results)
 	rm -rf .pytest_cache build *.egg-info

@@ -1,6 +1,12 @@
-"""Driver side of tunevlseg: experiment specs, the search space, the coordinator, results and tables.
+"""Driver side of tunevlseg, in its three stages:
 
-Modules used by `tunevlseg tables` (spec, search_space, schema, tables, figures) must not import torch.
+- `benchmark.plan`: experiment specs, the search space, the (VLSM x learner x dataset x variant) matrix, the cost estimate;
+- `benchmark.sweep`: the coordinator on Ray Tune, the per-cell searcher and ASHA, the MLflow mirror, the cluster
+  preflight and the storage rules;
+- `benchmark.results`: trial records (Parquet), the run directory, the selection rule, tables, figures, report.
+
+Only `tunevlseg run` (and `predict`, `describe`, `convert-cris`, which build models) import torch; plan, space,
+tables and estimate read the torch-free catalog (`trainables.catalog`).
 """
 
 __version__ = "0.1.0"

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors that mean "the user asked for something wrong": one clear line, exit 2.
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from benchmark.preflight import PreflightError
+    from benchmark.sweep.preflight import PreflightError
     from trainables.config import ConfigError
     from trainables.registry import UnknownNameError
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_spec(args, scheduler: str):
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.spec import spec_from_dict
 
     raw = yaml.safe_load((REPO / "experiments" / "mini.yaml").read_text())
     raw["name"] = f"asha-savings-{scheduler}"
@@ -47,12 +47,13 @@ def make_spec(args, scheduler: str):
 
 
 def summarise(run_dir: Path) -> dict:
-    from benchmark import records
+    from benchmark.plan.spec import Selection
+    from benchmark.results.run_dir import RunDir, select
 
-    rows = records.read_trials(run_dir)
+    rows = RunDir(run_dir).frame()
     best = {}
     for cid, cell in rows.groupby("cell_id"):
-        sel = records.select(cell.to_dict("records"), "objective", "min")
+        sel = select(cell.to_dict("records"), Selection())
         best[cid] = None if sel is None else sel.get("test_dice")
     return {"trials": len(rows), "pruned": int((rows["status"] == "pruned").sum()),
             "epochs": int(rows["epochs_run"].fillna(0).sum()), "seconds": float(rows["seconds"].fillna(0).sum()),
@@ -74,7 +75,7 @@ def main() -> int:
 
     import ray
 
-    from benchmark.coordinator import run_sweep
+    from benchmark.sweep.coordinator import run_sweep
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     out = {}

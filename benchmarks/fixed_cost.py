@@ -35,7 +35,7 @@ MINI_WEIGHTS = {"clipseg": REPO / "models" / "clipseg-mini", "cris": REPO / "mod
 def child(cfg: dict) -> None:
     """Runs in the fresh process; prints one JSON line of stage timestamps (time.time())."""
     marks = {"started": time.time()}
-    import torch  # noqa: F401
+    import torch
 
     marks["import torch"] = time.time()
     import ray  # noqa: F401  (a Ray worker imports it before the trainable runs)
@@ -180,7 +180,7 @@ def main() -> int:
         if not args.no_full_size:
             from transformers import CLIPSegForImageSegmentation
 
-            from trainables.vlsm.clipseg import _hf_config, load_config_dict
+            from trainables.vlsm.clipseg.adapter import _hf_config, load_config_dict
 
             full = Path(tmp) / "clipseg-rd64"
             CLIPSegForImageSegmentation(_hf_config(load_config_dict("clipseg-rd64"))).save_pretrained(full)

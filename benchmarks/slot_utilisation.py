@@ -30,7 +30,7 @@ LEARNERS = ["coop", "maple", "vpt", "shared_separate", "cocoop", "shared_attenti
 
 
 def make_spec(learners: list[str], trials: int, slots: int, epoch_seconds: float, name: str, reuse: bool = False):
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.spec import spec_from_dict
 
     # Cell k's epochs take (1 + k) x epoch_seconds: cells differ by up to several times, as real learners do.
     rules = [{"when": {"learner": lrn}, "set": {"fake.epoch_seconds": epoch_seconds * (1 + k)}}
@@ -79,7 +79,7 @@ def main() -> int:
 
     import ray
 
-    from benchmark.coordinator import run_sweep
+    from benchmark.sweep.coordinator import run_sweep
 
     learners = LEARNERS[: args.cells]
     total = args.cells * args.trials

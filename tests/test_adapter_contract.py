@@ -8,8 +8,8 @@ from torch import nn
 
 from trainables.model import build_model
 from trainables.vlsm.base import Prompts
-from trainables.vlsm.clipseg import build_clipseg
-from trainables.vlsm.cris import cris_factory
+from trainables.vlsm.clipseg.adapter import build_clipseg
+from trainables.vlsm.cris.adapter import cris_factory
 
 TEXTS = ["polyp.", "a photo of a tumour.", "polyp.", "polyp."]
 

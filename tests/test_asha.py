@@ -1,4 +1,4 @@
-"""Early stopping in sweeps: per-cell ASHA (benchmark/scheduler.py), PRUNED in each cell's Optuna study,
+"""Early stopping in sweeps: per-cell ASHA (benchmark/sweep/scheduler.py), PRUNED in each cell's Optuna study,
 and a complete Parquet row (status `pruned`) for every stopped trial."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark import records
-from benchmark.scheduler import CellASHA, milestones
-from benchmark.spec import spec_from_dict
+from benchmark.plan.spec import spec_from_dict
+from benchmark.results.run_dir import RunDir
+from benchmark.sweep.scheduler import CellASHA, milestones
 from trainables.config import ConfigError
 
 CONTINUE, STOP = "CONTINUE", "STOP"
@@ -58,8 +58,8 @@ def test_spec_accepts_asha_and_rejects_bad_settings():
 def test_asha_sweep_prunes_trials_tells_optuna_and_records_every_trial(tmp_path, local_ray):
     import optuna
 
-    from benchmark.coordinator import run_sweep
-    from benchmark.searcher import load_studies
+    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.searcher import load_studies
 
     epochs = 6
     spec = spec_from_dict({
@@ -76,7 +76,7 @@ def test_asha_sweep_prunes_trials_tells_optuna_and_records_every_trial(tmp_path,
     result = run_sweep(spec, tmp_path / "runs")
     assert result.done == result.planned == 16 and result.failed == 0
 
-    rows = records.read_trials(tmp_path / "runs" / "asha")
+    rows = RunDir(tmp_path / "runs" / "asha").frame()
     assert len(rows) == 16 and set(rows["status"]) <= {"ok", "pruned"}
     pruned, ok = rows[rows["status"] == "pruned"], rows[rows["status"] == "ok"]
     assert len(pruned) >= 2, "ASHA stopped no trial"

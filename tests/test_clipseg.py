@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from trainables.catalog import VLSMS
 from trainables.config import ConfigError
 from trainables.model import build_model
 from trainables.upsampler import PatchUpsampler, ResidualUpsampler
-from trainables.vlsm.base import VLSMS, Prompts
-from trainables.vlsm.clipseg import CLIPSegAdapter, build_clipseg
+from trainables.vlsm.base import Prompts
+from trainables.vlsm.clipseg.adapter import CLIPSegAdapter, build_clipseg
 
 TEXTS = ["polyp.", "a big red polyp in the middle of the colon.", "left ventricle of the heart"]
 EOS_VARIANTS = {"legacy_eos_2": "tiny",  # CIDAS configs: eos_token_id 2 -> HF pools at the max token id

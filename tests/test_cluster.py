@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.preflight import (PreflightError, _make_probe, _node_problems, code_fingerprint, connection_problem,
-                                 require_preflight, run_preflight)
+from benchmark.sweep.preflight import (
+    PreflightError,
+    _make_probe,
+    _node_problems,
+    code_fingerprint,
+    connection_problem,
+    require_preflight,
+    run_preflight,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -255,8 +262,8 @@ select: {{by: objective, mode: min, report: test_dice}}
 
 DRIVER = """\
 import sys
-from benchmark.coordinator import run_sweep
-from benchmark.spec import load_spec
+from benchmark.sweep.coordinator import run_sweep
+from benchmark.plan.spec import load_spec
 r = run_sweep(load_spec(sys.argv[1]), sys.argv[2], address=sys.argv[3], mlflow_uri=sys.argv[4])
 print(f"DRIVER planned={r.planned} done={r.done} failed={r.failed} interrupted={r.interrupted}", flush=True)
 sys.exit(r.exit_code)
@@ -270,7 +277,7 @@ def test_two_node_sweep_survives_losing_the_worker_node():
     raylet is SIGKILLed mid-trial. Every planned trial must finish, the interrupted one resumed from its
     checkpoint on the head, and neither Parquet nor MLflow may hold duplicates."""
     state = Path(tempfile.mkdtemp(prefix="tvc", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    log = lambda msg: print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
     driver = None
     sessions: dict[str, int] = {}
     try:
@@ -288,20 +295,20 @@ def test_two_node_sweep_survives_losing_the_worker_node():
         wrong = state / "wrong_token"
         wrong.write_text("0" * 64)
         t1 = time.time()
-        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address],
+        r = subprocess.run([PY, "-m", "benchmark.sweep.preflight", "--storage", str(storage), "--address", address],
                            env={**child_env, "RAY_AUTH_TOKEN_PATH": str(wrong)}, capture_output=True, text=True,
                            timeout=60, cwd=REPO)
         assert r.returncode == 1 and "rejected this driver's auth token" in r.stderr, r.stderr
         log(f"preflight, wrong token: refused in {time.time() - t1:.1f} s")
         t1 = time.time()
-        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address,
+        r = subprocess.run([PY, "-m", "benchmark.sweep.preflight", "--storage", str(storage), "--address", address,
                             "--mlflow", mlflow_uri, "--data", str(state / "no-such-data")],
                            env=child_env, capture_output=True, text=True, timeout=120, cwd=REPO)
         lines = [x for x in r.stderr.splitlines() if x.startswith("preflight:")]
         assert r.returncode == 1 and len(lines) == 2, r.stderr
         assert {x.split()[2] for x in lines} == {"127.0.0.2:", "127.0.0.3:"}, lines
         log(f"preflight, missing data root: both nodes named in {time.time() - t1:.1f} s")
-        r = subprocess.run([PY, "-m", "benchmark.preflight", "--storage", str(storage), "--address", address,
+        r = subprocess.run([PY, "-m", "benchmark.sweep.preflight", "--storage", str(storage), "--address", address,
                             "--mlflow", mlflow_uri, "--data", str(state)],
                            env=child_env, capture_output=True, text=True, timeout=120, cwd=REPO)
         assert r.returncode == 0 and "preflight: ok" in r.stdout, r.stderr
@@ -336,9 +343,10 @@ def test_two_node_sweep_survives_losing_the_worker_node():
         log("driver finished: " + next(x for x in text.splitlines() if x.startswith("DRIVER")))
 
         # Every planned trial, once, all ok (Parquet).
-        from benchmark import records
+        from benchmark.results import records
+        from benchmark.results.run_dir import RunDir
 
-        rows = records.read_rows(records.cell_file(run_dir, "clipseg_coop_kvasir"))
+        rows = records.read_rows(RunDir(run_dir).cell_file("clipseg_coop_kvasir"))
         assert sorted(r["trial_index"] for r in rows) == [0, 1, 2]
         assert len({r["trial_id"] for r in rows}) == 3
         assert all(r["status"] == "ok" and r["epochs_run"] == 8 for r in rows), rows
@@ -379,8 +387,8 @@ def test_two_node_sweep_survives_losing_the_worker_node():
 
 def test_spec_template_is_a_valid_spec(tmp_path):
     """The cluster test's spec must stay loadable as the spec format evolves (checked without a cluster)."""
-    from benchmark.matrix import build_plan
-    from benchmark.spec import load_spec
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
 
     path = tmp_path / "s.yaml"
     path.write_text(SPEC.format(epochs=8, seconds=1.0, logs=tmp_path, data=tmp_path))

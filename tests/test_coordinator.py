@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from benchmark import cli, records
-from benchmark.coordinator import run_sweep
-from benchmark.spec import load_spec
+from benchmark import cli
+from benchmark.plan.spec import load_spec
+from benchmark.results import records
+from benchmark.results.run_dir import RunDir
+from benchmark.sweep.coordinator import run_sweep
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,9 +52,9 @@ def _mlflow_runs(run_dir: Path, spec: str = "smoke"):
 
 def _check_complete_sweep(run_dir: Path) -> None:
     """2 cells x 4 trials: 8 rows, each cell's study 4 trials, 8 MLflow trial runs, none RUNNING."""
-    from benchmark.searcher import load_studies
+    from benchmark.sweep.searcher import load_studies
 
-    df = records.read_trials(run_dir)
+    df = RunDir(run_dir).frame()
     assert len(df) == 8
     assert df["trial_id"].is_unique
     assert not df.duplicated(["cell_id", "trial_index"]).any()
@@ -82,16 +84,16 @@ def test_sweep_records_every_trial_and_reruns_as_noop(tmp_path, local_ray, capsy
     run_dir = tmp_path / "runs" / "smoke"
     _check_complete_sweep(run_dir)
 
-    df = records.read_trials(run_dir)
+    df = RunDir(run_dir).frame()
     assert set(df["status"]) == {"ok"}
     assert df["objective"].notna().all() and df["test_dice"].between(0, 1).all()
     assert df["hp_prompt_depth"].between(1, 11).all()
     coop, maple = df[df.learner == "coop"], df[df.learner == "maple"]
     assert coop["hp_intermediate_dim"].isna().all() and maple["hp_intermediate_dim"].notna().all()
     assert (df["started_at"] <= df["finished_at"]).all() and df["git_sha"].str.len().gt(0).all()
-    assert pq.read_schema(records.cell_file(run_dir, "clipseg_coop_kvasir")).equals(records.TRIAL_SCHEMA,
+    assert pq.read_schema(RunDir(run_dir).cell_file("clipseg_coop_kvasir")).equals(records.TRIAL_SCHEMA,
                                                                                    check_metadata=False)
-    selected = pq.read_table(records.selected_file(run_dir)).to_pylist()
+    selected = pq.read_table(RunDir(run_dir).selected_file).to_pylist()
     for row in selected:  # the selected trial is the cell's best objective
         cell = df[df.cell_id == row["cell_id"]]
         assert row["objective"] == cell["objective"].min() and row["trials_done"] == 4
@@ -108,10 +110,10 @@ def test_sweep_records_every_trial_and_reruns_as_noop(tmp_path, local_ray, capsy
     assert [m.step for m in history] == [0, 1, 2]
 
     # Same command again: nothing runs, nothing changes.
-    before = {p.name: p.stat().st_mtime_ns for p in records.trials_dir(run_dir).iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in RunDir(run_dir).trials_dir.iterdir()}
     again = run_sweep(spec, tmp_path / "runs")
     assert again.noop and again.exit_code == 0 and again.done == 8
-    assert before == {p.name: p.stat().st_mtime_ns for p in records.trials_dir(run_dir).iterdir()}
+    assert before == {p.name: p.stat().st_mtime_ns for p in RunDir(run_dir).trials_dir.iterdir()}
 
 
 @pytest.mark.ray
@@ -121,13 +123,13 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, local_ray, ca
     code = cli.main(["run", str(path), "--storage", str(tmp_path / "runs")])
     assert code == 1
     run_dir = tmp_path / "runs" / "smoke"
-    df = records.read_trials(run_dir)
+    df = RunDir(run_dir).frame()
     assert len(df) == 8
     failed = df[df.status == "error"]
     assert list(failed["cell_id"]) == ["clipseg_maple_kvasir"] and list(failed["trial_index"]) == [1]
     assert "synthetic failure in clipseg_maple_kvasir trial 1 at epoch 1" in failed["error"].iloc[0]
     assert (df[df.status == "ok"]["error"].fillna("") == "").all()
-    from benchmark.searcher import load_studies
+    from benchmark.sweep.searcher import load_studies
 
     states = sorted(t.state.name for t in load_studies(str(run_dir / "tune"))["clipseg_maple_kvasir"].trials)
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
@@ -167,8 +169,8 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
 
 
 def test_changed_plan_is_refused_on_resume(tmp_path):
-    from benchmark.coordinator import _plan_state
-    from benchmark.matrix import build_plan
+    from benchmark.plan.matrix import build_plan
+    from benchmark.sweep.coordinator import _plan_state
 
     run_dir = tmp_path / "smoke"
     first = _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
@@ -197,12 +199,12 @@ def test_sigkill_mid_sweep_then_rerun_gives_exactly_the_plan(tmp_path):
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
-            if records.trials_dir(run_dir).is_dir() and len(records.read_trials(run_dir)) >= 3:
+            if RunDir(run_dir).trials_dir.is_dir() and len(RunDir(run_dir).frame()) >= 3:
                 break
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             time.sleep(0.2)
         time.sleep(1.5)  # let the next trials run an epoch or two
-        rows_at_kill = len(records.read_trials(run_dir))
+        rows_at_kill = len(RunDir(run_dir).frame())
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started (same session)
         proc.wait()

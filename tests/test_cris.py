@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from benchmark.cli import main as cli
+from trainables.catalog import VLSMS
 from trainables.config import ConfigError
-from trainables.vlsm.base import VLSMS, Prompts
-from trainables.vlsm.cris import CRISAdapter, cris_factory
-from trainables.vlsm.cris_convert import (
-    CheckpointError, load_clip_rn50, load_cris_weights, read_tensors)
-from trainables.vlsm.cris_model import CRIS, CLIPBackbone, load_cris_config
+from trainables.model import build_model
+from trainables.vlsm.base import Prompts
+from trainables.vlsm.cris.adapter import CRISAdapter, cris_factory
+from trainables.vlsm.cris.convert import CheckpointError, load_clip_rn50, load_cris_weights, read_tensors
+from trainables.vlsm.cris.model import CRIS, CLIPBackbone, load_cris_config
 
 TINY = load_cris_config("tiny")
 
@@ -118,8 +119,7 @@ def test_full_spec_and_upsampler_size(rn50_meta):
 
 
 def test_vision_learners_are_not_viable_from_modalities(tiny):
-    pytest.importorskip("trainables.learners")  # registers the learners (another part of the project)
-    from trainables.learners.base import LEARNERS, is_viable
+    from trainables.catalog import LEARNERS, is_viable
 
     viable = {n for n in LEARNERS.names() if is_viable(n, tiny.spec.modalities)}
     assert {"coop", "cocoop", "e2e"} <= viable
@@ -127,7 +127,7 @@ def test_vision_learners_are_not_viable_from_modalities(tiny):
 
 
 def test_registered_and_options_checked():
-    assert VLSMS.get("cris") is cris_factory
+    assert VLSMS.get("cris").factory == "trainables.vlsm.cris.adapter:cris_factory"
     with pytest.raises(ConfigError, match="compat_extra_first_row"):
         cris_factory(config="tiny", compat_first_row=True)
     with pytest.raises(ConfigError, match="true/false"):
@@ -321,9 +321,8 @@ def test_trainable_cris_trains_batchnorm(tiny):
     ("cocoop", {"prompt_depth": 1, "intermediate_dim": 64}, True, 135_298),
 ])
 def test_trainable_counts_match_reference(learner, learner_config, upsampler, expected):
-    model_mod = pytest.importorskip("trainables.model")
-    model = model_mod.build_model({"vlsm": "cris", "vlsm_config": "cris-rn50", "learner": learner,
-                                   "learner_config": learner_config, "upsampler": upsampler})
+    model = build_model({"vlsm": "cris", "vlsm_config": "cris-rn50", "learner": learner,
+                               "learner_config": learner_config, "upsampler": upsampler})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == expected
     assert sum(p.numel() for p in model.vlsm.parameters() if not p.requires_grad) == 146_849_122
@@ -514,9 +513,8 @@ def test_torchscript_archive_needing_code_is_refused(tmp_path):
 
 
 def test_prompted_model_step_keeps_batchnorm_statistics():
-    model_mod = pytest.importorskip("trainables.model")
-    model = model_mod.build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "cocoop",
-                                   "learner_config": {"prompt_depth": 2, "intermediate_dim": 8}, "seed": 0})
+    model = build_model({"vlsm": "cris", "vlsm_config": "tiny", "learner": "cocoop",
+                               "learner_config": {"prompt_depth": 2, "intermediate_dim": 8}, "seed": 0})
     before = snapshot(model.vlsm)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from benchmark import cli
-from benchmark import embeddings as B
-from benchmark.palette import OKABE_ITO, dataset_styles
+from benchmark.results import embeddings as B
+from benchmark.results.palette import OKABE_ITO, dataset_styles
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPSEG_MINI = REPO / "models" / "clipseg-mini"

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmark import records
-from benchmark.coordinator import run_sweep
-from benchmark.spec import load_spec
+from benchmark.plan.spec import load_spec
+from benchmark.results.run_dir import RunDir
+from benchmark.sweep.coordinator import run_sweep
 from trainables.model import find_artifact
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
     assert (result.planned, result.done, result.failed) == (4, 4, 0)
 
     run_dir = tmp_path / "runs" / spec.name
-    df = records.read_trials(run_dir)
+    df = RunDir(run_dir).frame()
     assert len(df) == 4 and df["trial_id"].is_unique
     assert set(df["status"]) == {"ok"}
     assert set(df["cell_id"]) == {"clipseg_vpt_mini-polyp", "cris_coop_mini-polyp"}
@@ -88,7 +88,7 @@ def test_reduced_mini_benchmark_end_to_end(tmp_path, mini_data):
     # A cell's selected tuned prompt segments new images, given the run and the cell.
     images = mini_data / "mini_polyp" / "images"
     masks_out = tmp_path / "pred"
-    selected = records.selected_trial_dir(run_dir, "cris_coop_mini-polyp")
+    selected = RunDir(run_dir).selected_trial_dir("cris_coop_mini-polyp")
     assert selected == trial_dirs[pd.read_parquet(run_dir / "selected.parquet").set_index("cell_id")
                                   .loc["cris_coop_mini-polyp", "trial_id"]]
     proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", "--artifact", str(run_dir),

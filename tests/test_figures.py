@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import figures as F
-from benchmark import tables as T
+from benchmark.results import figures as F
+from benchmark.results import tables as T
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -134,7 +134,7 @@ def test_lr_wd_view_has_non_overlapping_log_ticks_and_spreads_coinciding_trials(
 def test_dataset_colours_are_distinct_and_colour_blind_safe():
     from matplotlib.colors import to_hex
 
-    from benchmark.palette import OKABE_ITO
+    from benchmark.results.palette import OKABE_ITO
 
     styles = F._dataset_styles(["mini_polyp", "mini_skin", "mini_echo"])
     colours = [to_hex(c) for c, _ in styles.values()]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import tables as T
+from benchmark.results import tables as T
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,10 +76,11 @@ def _run_dir(tmp_path: Path, space: list[dict] | None) -> Path:
 
 
 def _narrowed_space() -> list[dict]:
-    from benchmark import search_space as S
+    from benchmark.plan import search_space as S
+    from trainables.catalog import prompt_learners
 
     params = S.narrow(S.params_for("shared_attention"), {"prompt_depth": [1, 6], "nhead": [16, 32]})
-    return [dict(p.as_dict(), applies_to=list(S.PROMPT_LEARNERS)) if p.name in ("lr", "weight_decay", "prompt_depth")
+    return [dict(p.as_dict(), applies_to=list(prompt_learners())) if p.name in ("lr", "weight_decay", "prompt_depth")
             else p.as_dict() for p in params]
 
 
@@ -121,9 +122,9 @@ def test_table2_without_a_recorded_space_says_it_shows_the_papers(tmp_path):
 
 
 def test_plan_records_the_searched_domains_and_backfills_an_old_plan(tmp_path):
-    from benchmark.coordinator import _plan_state
-    from benchmark.matrix import build_plan
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import spec_from_dict
+    from benchmark.sweep.coordinator import _plan_state
 
     spec = spec_from_dict({"axes": {"vlsm": ["clipseg"], "learner": ["coop", "shared_attention", "e2e"],
                                     "dataset": ["kvasir"]},

@@ -6,13 +6,10 @@ import json
 import pytest
 import torch
 
-import trainables.learners  # noqa: F401  (registers the learners)
-import trainables.vlsm  # noqa: F401  (registers the adapters)
 from benchmark.cli import main as cli_main
+from trainables.catalog import LEARNERS, TEXT, VISION, VLSMS, is_viable
 from trainables.config import ConfigError, from_dict
-from trainables.learners.base import LEARNERS, is_viable
 from trainables.model import ModelConfig, PromptedVLSM, build_model
-from trainables.vlsm.base import TEXT, VISION, VLSMS
 
 # Tiny VLSMs are narrow: shrink the widths the learners add on top of them.
 TINY_LEARNER = {"cocoop": {"intermediate_dim": 8}, "maple": {"intermediate_dim": 8},

@@ -1,6 +1,6 @@
 """`tunevlseg plan SPEC --estimate`: cost arithmetic, rates measured from a run's Parquet, the CLI output.
 
-Torch-free: the registry look-ups of the matrix are replaced by the paper's facts."""
+Torch-free: the matrix reads the torch-free catalog."""
 
 from __future__ import annotations
 
@@ -10,17 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark import cli, estimate as E, matrix, records
+from benchmark import cli
+from benchmark.plan import estimate as E
+from benchmark.results import records
+from benchmark.results.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on kvasir) x 4 trials, 3 epochs
-
-
-@pytest.fixture(autouse=True)
-def no_registries(monkeypatch):
-    monkeypatch.setattr(matrix, "learner_modalities", lambda n: matrix.KNOWN_LEARNER_MODALITIES[n])
-    monkeypatch.setattr(matrix, "vlsm_modalities", lambda n: matrix.KNOWN_VLSM_MODALITIES[n])
-    monkeypatch.setattr(matrix, "learner_config_class", lambda n: None)
 
 
 def _cell(cid, vlsm, learner, dataset, trials, max_epochs=None, gpu=0.25):
@@ -96,7 +92,7 @@ def _run_dir_with_rows(tmp_path: Path) -> Path:
             cell_id="clipseg_coop_kvasir", trial_index=i, trial_id=f"t{i}", hp={},
             result={"status": "ok", "seconds": secs, "epochs_run": epochs}, error=None, prov={},
             started_at=None, finished_at=None))
-    records.write_rows(rows, records.cell_file(run, "clipseg_coop_kvasir"))
+    records.write_rows(rows, RunDir(run).cell_file("clipseg_coop_kvasir"))
     return run
 
 

@@ -7,8 +7,10 @@ import math
 
 import optuna
 
-from benchmark import cli, search_space
-from benchmark.search_space import LEARNER_SEEDS, PAPER, params_for
+from benchmark import cli
+from benchmark.plan import search_space
+from benchmark.plan.search_space import PAPER, params_for
+from trainables.catalog import LEARNERS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -45,8 +47,9 @@ def test_reference_space_keeps_the_original_drift():
 
 
 def test_seeds_and_tpe_settings_of_the_original():
-    assert LEARNER_SEEDS == {"coop": 12345, "cocoop": 1234, "vpt": 1234, "maple": 12345,
-                             "shared_attention": 123456, "shared_separate": 4322}
+    seeds = {name: search_space.seed_for(name) for name in LEARNERS.names() if params_for(name)}
+    assert seeds == {"coop": 12345, "cocoop": 1234, "vpt": 1234, "maple": 12345,
+                     "shared_attention": 123456, "shared_separate": 4322}
     tpe = search_space.ORIGINAL_TPE
     assert (tpe.n_startup_trials, tpe.multivariate) == (10, True)
     sampler = search_space.make_sampler(12345)
@@ -101,8 +104,8 @@ def test_space_command(capsys):
 
 
 def _cells(trials=4):
-    from benchmark.matrix import build_plan
-    from benchmark.spec import spec_from_dict
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import spec_from_dict
 
     spec = spec_from_dict({"axes": {"vlsm": ["clipseg"], "learner": ["coop", "maple", "e2e"], "dataset": ["kvasir"]},
                            "search": {"trials": trials, "n_startup_trials": 2}})
@@ -112,7 +115,7 @@ def _cells(trials=4):
 def test_multicell_searcher_gives_each_cell_exactly_its_trials(tmp_path):
     from ray.tune.search import Searcher
 
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     cells = _cells()
     searcher = MultiCellSearcher(cells, metric="objective", mode="min")
@@ -146,7 +149,7 @@ def test_multicell_searcher_gives_each_cell_exactly_its_trials(tmp_path):
 
 
 def test_multicell_searcher_failures_and_concurrency():
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     searcher = MultiCellSearcher(_cells(trials=3)[:1], metric="objective", mode="min", max_concurrent_per_cell=2)
     a, b = searcher.suggest("a"), searcher.suggest("b")
@@ -161,8 +164,9 @@ def test_multicell_searcher_failures_and_concurrency():
 def test_restore_settles_trials_that_finished_after_the_snapshot(tmp_path):
     # Tune writes its experiment state, then the searcher snapshot: a driver killed in between restores
     # trials Tune knows are finished into a snapshot that still has them open. The Parquet rows settle them.
-    from benchmark import records
-    from benchmark.searcher import MultiCellSearcher
+    from benchmark.results import records
+    from benchmark.results.run_dir import RunDir
+    from benchmark.sweep.searcher import MultiCellSearcher
 
     cells = _cells()[1:2]  # the MaPLe cell
     cid = cells[0].id
@@ -176,7 +180,7 @@ def test_restore_settles_trials_that_finished_after_the_snapshot(tmp_path):
                               finished_at=None)
             for t, result, error in (("a", {"objective": 0.5}, None), ("b", {"objective": 0.25}, None),
                                      ("c", {"objective": float("inf")}, "worker died"))]
-    records.write_rows(rows, records.cell_file(tmp_path, cid))
+    records.write_rows(rows, RunDir(tmp_path).cell_file(cid))
 
     restored = MultiCellSearcher.__new__(MultiCellSearcher)
     restored.restore(str(tmp_path / "state.pkl"))

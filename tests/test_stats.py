@@ -1,4 +1,4 @@
-"""benchmark.stats: average ranks, Friedman, Wilcoxon-Holm and the CD diagram, against hand-computed values
+"""benchmark.results.stats: average ranks, Friedman, Wilcoxon-Holm and the CD diagram, against hand-computed values
 and scipy's own tests (issue 19, item 4: the statistics alone, no sweep)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import stats as S
+from benchmark.results import stats as S
 
 
 def _table(values, learners=("maple", "coop", "vpt")):

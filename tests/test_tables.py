@@ -4,21 +4,25 @@ bad input, renderers, and the `tunevlseg tables` command (which must never impor
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import selection as S
-from benchmark import tables as T
+from benchmark.plan.search_space import EVERY_PROMPT_LEARNER, Param
+from benchmark.plan.spec import Selection
+from benchmark.results import records as R
+from benchmark.results import selection as S
+from benchmark.results import tables as T
+from benchmark.results.run_dir import RunDir
+from trainables.catalog import LEARNERS, VLSMS
 from trainables.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "results" / "paper"
-VLSM_KEY = {v: k for k, v in T.VLSM_DISPLAY.items()}
-LEARNER_KEY = {v: k for k, v in T.LEARNER_DISPLAY.items()}
+VLSM_KEY = {VLSMS.get(k).display_name: k for k in VLSMS.names()}
+LEARNER_KEY = {LEARNERS.get(k).display_name: k for k in LEARNERS.names()}
 DATASET_KEY = {d.display: d.key for d in T.DATASETS}
 
 
@@ -132,19 +136,39 @@ def _cell_trials():
 
 def test_selection_val_and_best_test_pick_different_trials_and_count():
     trials = T.check_trials(_cell_trials())
-    val = S.select(trials, "val").iloc[0]
-    best = S.select(trials, "best_test").iloc[0]
+    val = S.select(trials, S.rule_for("val")).iloc[0]
+    best = S.select(trials, S.rule_for("best_test")).iloc[0]
     assert (val["trial_index"], val["test_dice"]) == (1, 0.60)
     assert (best["trial_index"], best["test_dice"]) == (4, 0.99)
     assert (val["n_trials"], val["n_ok"]) == (5, 4)
-    assert S.select(trials, "val", mode="max").iloc[0]["trial_index"] == 2
+    assert S.select(trials, Selection(mode="max")).iloc[0]["trial_index"] == 2
+
+
+def test_tables_and_selected_parquet_choose_by_one_rule_the_specs_select(tmp_path):
+    """The spec's `select` (here: highest objective) decides selected.parquet, and `tables` reads it back
+    from the run directory: the two never disagree on a cell's trial."""
+    rows = [R.trial_row(spec="mini", cell=dict(vlsm="clipseg", learner="coop", dataset="kvasir", variant="default"),
+                        cell_id="clipseg_coop_kvasir", trial_index=int(r["trial_index"]), trial_id=f"t{r['trial_index']}",
+                        hp={}, result={"objective": r["objective"], "test_dice": r["test_dice"], "status": r["status"]},
+                        error=None, prov={}, started_at=None, finished_at=None)
+            for r in _cell_trials().to_dict("records")]
+    run = RunDir(tmp_path)
+    run.write_cell("clipseg_coop_kvasir", rows)
+    rule = Selection(by="objective", mode="max")
+    run.write_selected({"clipseg_coop_kvasir": {"planned": 5}}, run.rows(), rule)
+    assert RunDir(tmp_path).selection() == rule
+    selected = R.read_rows(run.selected_file)[0]
+    table = T.table3(T.read_trials(tmp_path), "val", RunDir(tmp_path).selection())
+    coop = [i for i, r in enumerate(table.rows) if r.vlsm == "clipseg" and r.learner == "coop"][0]
+    assert selected["trial_index"] == 2 and table.dice.loc[coop, "kvasir"] == 100 * selected["test_dice"]
+    assert "the trial with the highest objective" in table.header
 
 
 def test_selection_ties_go_to_lower_trial_index_regardless_of_order():
     trials = T.check_trials(pd.DataFrame([trial(trial_index=7, objective=0.2, test_dice=0.1),
                                           trial(trial_index=3, objective=0.2, test_dice=0.9)]))
-    assert S.select(trials, "val").iloc[0]["trial_index"] == 3
-    assert S.select(trials.iloc[::-1], "val").iloc[0]["trial_index"] == 3
+    assert S.select(trials, Selection()).iloc[0]["trial_index"] == 3
+    assert S.select(trials.iloc[::-1], Selection()).iloc[0]["trial_index"] == 3
 
 
 def test_table_header_names_the_selection_rule():
@@ -154,7 +178,7 @@ def test_table_header_names_the_selection_rule():
     assert "best validation objective" in md_val and "| 60.00 |" in md_val
     assert "best test Dice" in md_best and "| 99.00 |" in md_best
     with pytest.raises(ValueError, match="allowed: val, best_test"):
-        S.select(trials, "oracle")
+        S.rule_for("oracle")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,35 +233,37 @@ def test_missing_columns_schema_version_and_non_parquet_are_clear_errors(tmp_pat
     with pytest.raises(T.SchemaError, match="missing column.*test_dice.*tunevlseg run"):
         T.check_trials(df.drop(columns=["test_dice"]), "old.parquet")
     # objective only matters for the validation rule
-    T.check_trials(df.drop(columns=["objective"]), selection="best_test")
+    T.check_trials(df.drop(columns=["objective"]), by="test_dice")
     with pytest.raises(T.SchemaError, match="objective"):
-        T.check_trials(df.drop(columns=["objective"]), selection="val")
+        T.check_trials(df.drop(columns=["objective"]), by="objective")
     with pytest.raises(T.SchemaError, match=r"schema_version \[99\]"):
         T.check_trials(df.assign(schema_version=99))
     T.check_trials(df.assign(schema_version=max(T.supported_schema_versions())))
-    bad = tmp_path / "trials.parquet"
+    (tmp_path / "trials").mkdir()
+    bad = tmp_path / "trials" / "clipseg_coop_kvasir.parquet"
     bad.write_text("not parquet")
     with pytest.raises(T.SchemaError, match="cannot be read as Parquet"):
         T.read_trials(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such run directory or Parquet file"):
         T.read_trials(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no trials.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"no trials/\*.parquet"):
         T.read_trials(tmp_path / "empty")
 
 
 def test_read_trials_dir_of_cell_files_specs_and_duplicates(tmp_path):
     a = pd.DataFrame([trial(trial_index=0, spec="mini"), trial(trial_index=1, spec="mini")])
     b = pd.DataFrame([trial(trial_index=1, spec="mini", test_dice=0.9), trial(dataset="busi", spec="mini")])
-    a.to_parquet(tmp_path / "clipseg_coop_kvasir.parquet")
-    b.to_parquet(tmp_path / "clipseg_coop_zzz.parquet")
+    (tmp_path / "trials").mkdir()
+    a.to_parquet(tmp_path / "trials" / "clipseg_coop_kvasir.parquet")
+    b.to_parquet(tmp_path / "trials" / "clipseg_coop_zzz.parquet")
     df = T.read_trials(tmp_path)
     assert len(df) == 3  # trial 1 of kvasir written twice: last write wins
     assert df.loc[(df.dataset == "kvasir") & (df.trial_index == 1), "test_dice"].item() == 0.9
-    pd.concat([a, a.assign(spec="other")]).to_parquet(tmp_path / "trials.parquet")
+    pd.concat([a, a.assign(spec="other")]).to_parquet(tmp_path / "trials" / "mixed.parquet")
     with pytest.raises(ConfigError, match=r"several specs \(mini, other\).*--spec"):
         T.read_trials(tmp_path)
-    assert len(T.read_trials(tmp_path / "trials.parquet", spec="other")) == 2
+    assert len(T.read_trials(tmp_path / "trials" / "mixed.parquet", spec="other")) == 2
     with pytest.raises(ConfigError, match="no trials of spec 'nope'"):
         T.read_trials(tmp_path, spec="nope")
 
@@ -245,7 +271,6 @@ def test_read_trials_dir_of_cell_files_specs_and_duplicates(tmp_path):
 def test_reads_the_run_layout_written_by_records(tmp_path):
     """The writer's layout: <run>/trials/<cell_id>.parquet with the pinned schema and its version in the
     Parquet metadata; selected.parquet is not mistaken for trials."""
-    R = pytest.importorskip("benchmark.records")
     from datetime import datetime, timezone
 
     t0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -257,19 +282,19 @@ def test_reads_the_run_layout_written_by_records(tmp_path):
                             result={"objective": 1.0 - i / 10, "test_dice": 0.5 + i / 10, "status": "ok"},
                             error=None, prov=prov, started_at=t0, finished_at=t0)
                 for i in range(3)]
-        R.write_rows(rows, R.cell_file(tmp_path, f"clipseg_maple_{ds}"))
-    R.write_rows([dict(rows[0], selected_by="objective", trials_done=3, trials_planned=3)],
-                 R.selected_file(tmp_path), schema=R.SELECTED_SCHEMA)
+        R.write_rows(rows, RunDir(tmp_path).cell_file(f"clipseg_maple_{ds}"))
+    R.write_rows([dict(rows[0], selected_by="min objective (reporting test_dice)", trials_done=3, trials_planned=3)],
+                 RunDir(tmp_path).selected_file, schema=R.SELECTED_SCHEMA)
     df = T.read_trials(tmp_path)
     assert len(df) == 6
     table = T.table3(df)
     maple = [i for i, r in enumerate(table.rows) if r.learner == "maple"][0]
     assert T.fmt(table.dice.loc[maple, "kvasir"]) == "70.00" and table.n_trials.loc[maple, "busi"] == 3
     with pytest.raises(T.SchemaError, match="per-cell selection"):
-        T.read_trials(R.selected_file(tmp_path))
+        T.read_trials(RunDir(tmp_path).selected_file)
     import pyarrow.parquet as pq
 
-    old = pq.read_table(R.cell_file(tmp_path, "clipseg_maple_busi"))
+    old = pq.read_table(RunDir(tmp_path).cell_file("clipseg_maple_busi"))
     pq.write_table(old.replace_schema_metadata({"tunevlseg.schema_version": "0"}), tmp_path / "old.parquet")
     with pytest.raises(T.SchemaError, match=r"schema_version \[0\].*reads \[1\]"):
         T.read_trials(tmp_path / "old.parquet")
@@ -279,22 +304,11 @@ def test_reads_the_run_layout_written_by_records(tmp_path):
 # Table 2 and renderers
 
 
-@dataclass(frozen=True)
-class _P:
-    name: str
-    kind: str
-    learners: tuple = ()
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple | None = None
-
-
-def test_table2_from_duck_typed_params():
-    params = (_P("lr", "float", T.PROMPT_LEARNERS, 1e-5, 5e-3, log=True),
-              _P("prompt_depth", "int", (), 1, 11),
-              _P("use_lora", "categorical", ("maple", "cocoop"), choices=(True, False)),
-              _P("dropout", "float", ("shared_attention",), 0.1, 0.55))
+def test_table2_from_params_and_every_prompt_learner_is_all():
+    params = (Param("lr", "float", "train.lr", EVERY_PROMPT_LEARNER, 1e-5, 5e-3, log=True),
+              Param("prompt_depth", "int", "x", tuple(LEARNERS.names()), 1, 11),
+              Param("use_lora", "categorical", "x", ("maple", "cocoop"), choices=(True, False)),
+              Param("dropout", "float", "x", ("shared_attention",), 0.1, 0.55))
     f = T.table2(params).frame()
     assert f.values.tolist() == [
         ["Learning rate", "[1e-5, 5e-3]", "ALL", "Log"],
@@ -305,7 +319,6 @@ def test_table2_from_duck_typed_params():
 
 
 def test_table2_from_search_space_module_matches_paper():
-    pytest.importorskip("benchmark.search_space")
     f = T.table2().frame()
     assert len(f) == 10 and f.iloc[0].tolist() == ["Learning rate", "[1e-5, 5e-3]", "ALL", "Log"]
     assert f.iloc[3].tolist() == ["Intermediate dimension", "{32, 64, 96, 128}", "CoCoOp, Maple", "Choice"]
@@ -342,8 +355,8 @@ def _write_run(path: Path) -> Path:
                                    versions=json.dumps({"torch": "2.13.0", "ray": "2.60.0"}),
                                    started_at="2025-01-02T03:04:05Z", finished_at="2025-01-02T04:00:00Z",
                                    seconds=30.0, error="")
-    path.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path / "trials.parquet")
+    (path / "trials").mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path / "trials" / "mini.parquet")
     return path
 
 
@@ -388,7 +401,7 @@ def test_cli_writes_tables_figures_report_without_torch_and_is_deterministic(tmp
 
 def test_cli_prints_to_stdout_and_reports_bad_input_in_one_line(tmp_path):
     run = _write_run(tmp_path / "run")
-    p = _cli("tables", str(run / "trials.parquet"), "--selection", "best_test", "--format", "csv")
+    p = _cli("tables", str(run / "trials" / "mini.parquet"), "--selection", "best_test", "--format", "csv")
     assert p.returncode == 0, p.stderr
     assert "table,vlsm,learner,BKAI" in p.stdout and ",best_test" in p.stdout
     pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "other.parquet")

@@ -150,7 +150,7 @@ def test_resume_equals_uninterrupted(tmp_path, source):
         from trainables.data import make_synthetic
 
         root = make_synthetic("mini_polyp", tmp_path / "mini_polyp", counts=(16, 4, 4))
-        data = lambda: _augmented(root)  # noqa: E731
+        data = lambda: _augmented(root)
     full, full_reports, _, _ = _run(cfg, data=data)
     _, _, saved, _ = _run(cfg, stop_after=2, tmp=tmp_path, data=data)
     resumed, resumed_reports, _, _ = _run(cfg, resume_dir=str(saved[-1]), data=data)

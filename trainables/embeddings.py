@@ -3,7 +3,7 @@
 The paper (§6.1) plots t-SNE of CLIP's text embeddings of every distinct prompt and image embeddings of
 every image of each dataset, plus the phrases of PhraseCut (CLIPSeg's pretraining set), to show the domain
 shift from open-domain to medical images. This module computes those vectors with the adapters' frozen,
-un-prompted encoders (`VLSMAdapter.text_features` / `image_features`); `benchmark.embeddings` reduces them
+un-prompted encoders (`VLSMAdapter.text_features` / `image_features`); `benchmark.results.embeddings` reduces them
 to 2-D and draws the figures (no torch there).
 
 Images go through the evaluation pipeline of the trials (resize to the VLSM's resolution, normalise, no
@@ -51,8 +51,7 @@ class Embeddings:
 
 def load_vlsm(vlsm: str, weights: str | None, config: str | None = None):
     """The frozen adapter in eval mode (random init from a shipped config when `weights` is None)."""
-    import trainables.vlsm  # noqa: F401  (registers the adapters)
-    from trainables.vlsm.base import VLSMS
+    from trainables.catalog import VLSMS
 
     adapter = VLSMS.get(vlsm)(weights=weights, config=config)
     return adapter.eval().requires_grad_(False)

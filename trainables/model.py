@@ -24,16 +24,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-import trainables.learners  # noqa: F401  (registers the learners)
-import trainables.vlsm  # noqa: F401  (registers the adapters)
+from trainables.catalog import LEARNERS, VLSMS, LearnerCard, is_viable
 from trainables.config import ConfigError, from_dict
-from trainables.learners.base import LEARNERS, ContextLearner, LearnerEntry
+from trainables.learners.base import ContextLearner
+from trainables.protocol import CHECKPOINT_ARTIFACT
 from trainables.upsampler import COMBINE_MODES, ResidualUpsampler
-from trainables.vlsm.base import VLSMS, VLSMAdapter, VLSMSpec
+from trainables.vlsm.base import VLSMAdapter, VLSMSpec
 
 ARTIFACT_CONFIG = "tunevlseg.json"
 ARTIFACT_TENSORS = "trainable.safetensors"
-CHECKPOINT_ARTIFACT = "artifact"  # the artifact's folder inside a trial's last checkpoint (trainables.trial.fit)
 ARTIFACT_FORMAT = "tunevlseg-prompt-artifact"
 ARTIFACT_VERSION = 1
 
@@ -116,10 +115,10 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
         cfg = from_dict(ModelConfig, cfg, where="model")
     entry, learner_cfg = resolve_learner_config(cfg)  # config errors before the (slow) VLSM build
     # E2E trains the VLSM itself: always a fresh copy.
-    vlsm = _build_vlsm(cfg) if entry.module_cls is None else _frozen_vlsm(cfg)
+    vlsm = _build_vlsm(cfg) if entry.model is None else _frozen_vlsm(cfg)
     missing = entry.modalities - vlsm.spec.modalities
     if missing:
-        viable = [n for n in LEARNERS.names() if LEARNERS.get(n).modalities <= vlsm.spec.modalities]
+        viable = [n for n in LEARNERS.names() if is_viable(n, vlsm.spec.modalities)]
         raise ConfigError(f"learner {cfg.learner!r} prompts the {'/'.join(sorted(missing))} encoder, which "
                           f"{cfg.vlsm} does not have; viable learners for {cfg.vlsm}: {', '.join(viable)}")
     model = PromptedVLSM(cfg, vlsm, entry, learner_cfg)
@@ -140,7 +139,7 @@ def _seeded(seed: int | None):
 
 
 class PromptedVLSM(nn.Module):
-    def __init__(self, config: ModelConfig, vlsm: VLSMAdapter, entry: LearnerEntry, learner_config):
+    def __init__(self, config: ModelConfig, vlsm: VLSMAdapter, entry: LearnerCard, learner_config):
         super().__init__()
         self.config = config
         self.entry = entry
@@ -148,7 +147,7 @@ class PromptedVLSM(nn.Module):
         self.vlsm = vlsm
         self.learner: ContextLearner | None = None
         self.upsampler: ResidualUpsampler | None = None
-        self.frozen = entry.module_cls is not None
+        self.frozen = entry.model is not None
         if not self.frozen:  # E2E: the whole VLSM trains, nothing is added
             vlsm.requires_grad_(True)
             if not getattr(learner_config, "train_encoders", True):

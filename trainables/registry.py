@@ -7,7 +7,7 @@ allowed ones, which is what users see when they mistype a learner or VLSM in a s
 from __future__ import annotations
 
 import re
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -21,9 +21,16 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, discover: Callable[[], None] | None = None):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        # Called once, on the first look-up: imports the modules whose import registers the entries.
+        self._discover = discover
+
+    def _ensure(self) -> None:
+        if self._discover is not None:
+            discover, self._discover = self._discover, None
+            discover()
 
     def register(self, name: str, entry: T) -> T:
         if not _NAME.match(name):
@@ -33,7 +40,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> None:
+        """Unregister `name` (tests that register an entry of their own remove it again)."""
+        del self._entries[name]
+
     def get(self, name: str) -> T:
+        self._ensure()
         try:
             return self._entries[name]
         except KeyError:
@@ -42,9 +54,11 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        self._ensure()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._ensure()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from trainables.config import ConfigError, from_dict
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
+from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
@@ -55,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 1e-3
     batch_size: int = 32  # per step; the effective batch is reached by gradient accumulation
     effective_batch_size: int = 32
-    max_epochs: int = 20
+    max_epochs: int = DEFAULT_MAX_EPOCHS
     min_epochs: int = 10
     early_stop_patience: int = 12  # epochs without val-loss improvement (min delta below)
     early_stop_min_delta: float = 1e-4
@@ -472,7 +473,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
         "trial_seconds": time.time() - t_start,
-        "status": "ok", "error": "",
+        "status": STATUS_OK, "error": "",
     }
     if not tc.save_artifact:
         report(final, None)
@@ -481,8 +482,6 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
     # when its worker is reused. The loop state goes along, so a trial restarted from this checkpoint
     # goes straight to the test again.
-    from trainables.model import CHECKPOINT_ARTIFACT
-
     with tempfile.TemporaryDirectory() as d:
         save_state(d)
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
@@ -536,9 +535,9 @@ def tune_trainable(config: dict) -> None:
             fit(cfg, report, resume_dir=resume_dir)
         except TrialDiverged as e:
             # A diverged trial is a result, not a crash: TPE learns that this region is bad.
-            tune.report({"objective": float("inf"), "status": "diverged", "error": str(e)})
+            tune.report({"objective": float("inf"), "status": STATUS_DIVERGED, "error": str(e)})
         except Exception as e:  # noqa: BLE001 - recorded, then re-raised so Tune marks the trial ERROR
-            tune.report({"objective": float("inf"), "status": "error", "error": _explain(e)})
+            tune.report({"objective": float("inf"), "status": STATUS_ERROR, "error": _explain(e)})
             raise
         finally:
             if torch.cuda.is_available():

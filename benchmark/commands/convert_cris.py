@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from trainables.config import ConfigError
-    from trainables.vlsm.cris_convert import (
-        CheckpointError, check_state_dict, load_clip_rn50, read_cris_state, save_converted)
-    from trainables.vlsm.cris_model import CRIS, config_to_dict, load_cris_config
+    from trainables.vlsm.cris.convert import CheckpointError, check_state_dict, load_clip_rn50, read_cris_state, save_converted
+    from trainables.vlsm.cris.model import CRIS, config_to_dict, load_cris_config
 
     if bool(args.src) == bool(args.clip_rn50):
         raise ConfigError("give either SRC (a CRIS checkpoint) or --clip-rn50 PATH, not both or neither")

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = None
     if args.spec:
-        from benchmark.spec import load_spec
+        from benchmark.plan.spec import load_spec
 
         spec = load_spec(args.spec)
     if args.max_images is not None and args.max_images < 1:
@@ -78,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     weights = args.weights
     if weights is None and spec is not None and args.vlsm in spec.vlsms:
         weights = spec.vlsms[args.vlsm].weights
+    from benchmark.results import embeddings as B
     from trainables import embeddings as E
-
-    from benchmark import embeddings as B
 
     device = args.device
     if device == "auto":

@@ -1,5 +1,5 @@
 """`tunevlseg plan SPEC [--json] [--estimate ...]`: the cells and trials a spec expands to, without running
-anything; `--estimate` prices them in GPU-hours (benchmark/estimate.py)."""
+anything; `--estimate` prices them in GPU-hours (benchmark/plan/estimate.py)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from benchmark.matrix import build_plan
-    from benchmark.spec import load_spec
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.data:
@@ -54,7 +54,7 @@ def run(args) -> int:
 
 
 def _estimate(args, spec, plan) -> int:
-    from benchmark import estimate as E
+    from benchmark.plan import estimate as E
     from trainables.config import ConfigError
 
     x = args.gpu_seconds_per_image

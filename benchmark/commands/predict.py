@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     artifact = args.artifact
     if args.cell:
-        from benchmark.records import selected_trial_dir
+        from benchmark.results.run_dir import RunDir
 
-        artifact = selected_trial_dir(args.artifact, args.cell)
+        artifact = RunDir(args.artifact).selected_trial_dir(args.cell)
     model = build_from_artifact(artifact, **({'weights': args.weights} if args.weights else {}))
     prompt = args.prompt or getattr(model, "default_prompt", None)
     if not prompt:

@@ -27,8 +27,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from benchmark.coordinator import run_sweep
-    from benchmark.spec import load_spec
+    from benchmark.plan.spec import load_spec
+    from benchmark.sweep.coordinator import run_sweep
 
     spec = load_spec(args.spec)
     if args.data:

@@ -15,13 +15,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from benchmark import search_space
-    from benchmark.matrix import learner_modalities
+    from benchmark.plan import search_space
+    from trainables.catalog import LEARNERS
 
-    learner_modalities(args.learner)  # unknown learner -> one-line error listing the allowed ones
+    LEARNERS.get(args.learner)  # unknown learner -> one-line error listing the allowed ones
     params = search_space.params_for(args.learner, args.space)
     tpe = search_space.ORIGINAL_TPE
-    sampler = {"sampler": "TPE", "seed": search_space.LEARNER_SEEDS.get(args.learner),
+    sampler = {"sampler": "TPE", "seed": search_space.seed_for(args.learner) if params else None,
                "n_startup_trials": tpe.n_startup_trials, "multivariate": tpe.multivariate,
                "trials_per_cell": search_space.ORIGINAL_TRIALS_PER_CELL if params else 1,
                "objective": "last-epoch val_loss, minimised"}

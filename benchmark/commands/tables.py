@@ -10,25 +10,26 @@ import shlex
 import sys
 
 NAME = "tables"
-HELP = "regenerate the paper's Tables 2-5, figures and a report from a run's trials.parquet"
+HELP = "regenerate the paper's Tables 2-5, figures and a report from a run's trial Parquet files"
 DESCRIPTION = (
     "Build Tables 2-5 of the paper (search space; Dice per VLSM x learner x dataset; MaPLe init ablation; "
-    "no-upsampler ablation) from RUN/trials.parquet. Without --out the tables are printed; with --out they "
-    "are written as files together with the figures (PNG) and report.md.")
+    "no-upsampler ablation) from RUN/trials/*.parquet, selecting each cell's trial by the spec's `select` "
+    "rule the run was swept with. Without --out the tables are printed; with --out they are written as files "
+    "together with the figures (PNG) and report.md.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory holding trials.parquet (or *.parquet), or a Parquet file")
+    p.add_argument("run", metavar="RUN", help="run directory written by `tunevlseg run` (RUN/trials/*.parquet), "
+                                             "or one trial Parquet file")
     p.add_argument("--format", choices=["md", "csv", "tex", "all"], default="md",
                    help="table format (default md); 'all' writes md, csv and tex (with --out)")
     p.add_argument("--out", metavar="DIR", help="write tables, figures and report.md into DIR instead of printing")
     p.add_argument("--vs-paper", action="store_true",
                    help="also show each table beside the paper's numbers (results/paper/) with the difference")
     p.add_argument("--selection", choices=["val", "best_test"], default="val",
-                   help="val: trial with the best validation objective -> its test Dice (default); "
-                        "best_test: best test Dice of the trials (the paper's apparent rule)")
-    p.add_argument("--objective-mode", choices=["min", "max"], default="min",
-                   help="direction of the `objective` column for --selection val (default min: a loss)")
+                   help="val: the spec's `select` rule, as in selected.parquet (default: lowest validation "
+                        "objective) -> its test Dice; best_test: best test Dice of the trials (the paper's "
+                        "apparent rule)")
     p.add_argument("--spec", help="when the Parquet holds several specs, the one to tabulate")
     p.add_argument("--space", default=None,
                    help="search space for Table 2: paper or reference (what the original code searched); "
@@ -46,8 +47,6 @@ def _command_line(args: argparse.Namespace) -> str:
         parts.append("--vs-paper")
     if args.selection != "val":
         parts += ["--selection", args.selection]
-    if args.objective_mode != "min":
-        parts += ["--objective-mode", args.objective_mode]
     if args.spec:
         parts += ["--spec", args.spec]
     if args.space:
@@ -76,19 +75,23 @@ def _table2(T, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmark import tables as T
+    from benchmark.plan.spec import Selection
+    from benchmark.results import selection as sel
+    from benchmark.results import tables as T
+    from benchmark.results.run_dir import RunDir
 
-    trials = T.read_trials(args.run, spec=args.spec, selection=args.selection)
+    spec_rule = RunDir(args.run).selection() if Path(args.run).is_dir() else Selection()
+    trials = T.read_trials(args.run, spec=args.spec, by=sel.rule_for(args.selection, spec_rule).by)
     skipped: list[str] = []
     try:
         table2 = _table2(T, args)
     except ImportError as e:  # the search-space module is optional for reading results
         table2 = None
         skipped.append(f"Table 2 ({e})")
-    tables = {3: T.table3(trials, args.selection, args.objective_mode)}
+    tables = {3: T.table3(trials, args.selection, spec_rule)}
     for n in (4, 5):
         if T.has_trials(trials, n):
-            tables[n] = T.TABLE_BUILDERS[n](trials, args.selection, args.objective_mode)
+            tables[n] = T.TABLE_BUILDERS[n](trials, args.selection, spec_rule)
         else:
             skipped.append(f"Table {n} (no trials with variant {T.VARIANTS[n]!r})")
     other = sorted(set(trials["variant"]) - set(T.VARIANTS.values()))
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out:
         fmt = "md" if args.format == "all" else args.format
-        blocks = ([T.render(table2, fmt)] if table2 is not None else [])
+        blocks = [T.render(table2, fmt)]
         for n, t in tables.items():
             blocks += [T.render(t, fmt), T.render(t, fmt, counts=True)]
             if n in comparisons:
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
         return 0
 
-    from benchmark import report
+    from benchmark.results import report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(path)
 
     for fmt in formats:
-        if table2 is not None:
-            write(f"table2.{fmt}", T.render(table2, fmt))
+        write(f"table2.{fmt}", T.render(table2, fmt))
         for n, t in tables.items():
             write(f"table{n}.{fmt}", T.render(t, fmt))
             write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 vs_paper.unlink()  # an earlier run's comparison would now contradict the report
     figures = []
     if not args.no_figures:
-        from benchmark import figures as F
+        from benchmark.results import figures as F
 
         figures = F.write_figures(trials, out, tables[3])
         written += figures

@@ -1,12 +1,2 @@
-"""Context learners. Importing this package registers every learner in `LEARNERS` (explicit imports, no
-discovery by side effect elsewhere)."""
-
-from trainables.learners import (  # noqa: F401
-    cocoop,
-    coop,
-    e2e,
-    maple,
-    shared_attention,
-    shared_separate,
-    vpt,
-)
+"""Context learners, one folder each: `<name>/__init__.py` (torch-free config + catalog entry) and
+`<name>/model.py` (the torch module). `trainables.catalog` finds the folders; nothing lists them."""

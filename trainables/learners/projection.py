@@ -13,11 +13,7 @@ would absorb it); the LayerNorm has a bias iff `final_bias`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
-
-from trainables.learners.base import PromptConfig
 
 
 def _head(last_in: int, out_dim: int, final_norm: bool, final_bias: bool) -> list[nn.Module]:
@@ -65,16 +61,3 @@ def per_depth(build, depth: int, identical_init: bool = False) -> nn.ModuleList:
         first = build()
         return nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(depth - 1)])
     return nn.ModuleList([build() for _ in range(depth)])
-
-
-@dataclass(frozen=True)
-class ProjectionConfig(PromptConfig):
-    """Config of the learners with per-depth projections searched over r and LoRA (CoCoOp, MaPLe)."""
-
-    intermediate_dim: int = 64  # r
-    use_lora: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.intermediate_dim < 1:
-            self.fail("intermediate_dim", f"{self.intermediate_dim} must be >= 1")

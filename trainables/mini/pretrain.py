@@ -78,7 +78,7 @@ def _to_tensor(imgs: np.ndarray, mean, std) -> torch.Tensor:
 
 
 def build_cris_mini(seed: int):
-    from trainables.vlsm.cris import cris_factory
+    from trainables.vlsm.cris.adapter import cris_factory
 
     adapter = cris_factory(config=dict(CRIS_MINI), init_seed=seed)
     adapter.requires_grad_(True)
@@ -156,7 +156,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, log=print) -> dict:
         model.config.segmentation_image_size = cfg.image_size  # read by the adapter (default 352 otherwise)
         model.to(torch.float16).save_pretrained(out_dir)
     else:
-        from trainables.vlsm.cris_convert import save_converted
+        from trainables.vlsm.cris.convert import save_converted
 
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.model.state_dict().items()}
         save_converted(state, out_dir / "cris-mini.safetensors", arch, source="make pretrain-mini")

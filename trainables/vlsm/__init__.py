@@ -1,4 +1,2 @@
-"""VLSM adapters. Importing this package registers every adapter in `VLSMS`: one module per VLSM."""
-
-from trainables.vlsm import clipseg  # noqa: F401  (registers "clipseg")
-from trainables.vlsm import cris  # noqa: F401  (registers "cris")
+"""VLSM adapters, one folder each: `<name>/__init__.py` (torch-free catalog entry) and the torch adapter
+beside it. `trainables.catalog` finds the folders; nothing lists them."""

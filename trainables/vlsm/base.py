@@ -23,11 +23,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trainables.registry import Registry
-
-TEXT = "text"
-VISION = "vision"
-
 
 @dataclass(frozen=True)
 class VLSMSpec:
@@ -134,7 +129,3 @@ class VLSMAdapter(nn.Module):
         """The pretrained text/vision encoders (E2E with `train_encoders: false` freezes exactly these).
         Optional: an adapter without it cannot run that E2E variant."""
         raise NotImplementedError
-
-
-# name -> factory(weights: str | None, **options) -> VLSMAdapter
-VLSMS: Registry[Callable[..., VLSMAdapter]] = Registry("VLSM")

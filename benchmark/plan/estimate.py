@@ -1,0 +1,218 @@
+"""What a sweep costs before it runs: `tunevlseg plan SPEC --estimate [--from RUN_DIR]`.
+
+Per cell:  images = trials x max_epochs x (train + val samples)      (sizes from the data cards' `counts`)
+           GPU-seconds = images x GPU-seconds per image
+           slot-seconds = GPU-seconds / the cell's GPU share          (how long its trials hold their slots)
+
+Seconds per image come, per (VLSM, learner), from one of three places, in this order:
+1. `--gpu-seconds-per-image X`: one figure for every cell (e.g. measured by benchmarks/gpu_step.py);
+2. `--from RUN_DIR`: a finished run's Parquet: sum(seconds) / sum(epochs_run x (train + val)) over its
+   trials of that (VLSM, learner). Those are *trial* (slot) seconds, so they fold in each trial's fixed
+   cost, and they are taken to have been measured at the GPU share this spec gives the cell;
+3. DEFAULT_GPU_SECONDS_PER_IMAGE below (an assumption, printed as one).
+
+`max_epochs` is an upper bound: early stopping and ASHA only make a sweep cheaper. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from trainables.protocol import DEFAULT_MAX_EPOCHS, STATUS_ERROR
+
+# Whole-GPU seconds per training image on an H100/H200-class GPU, from the analytic training FLOPs per
+# image at 352 px (CLIPSeg) / 416 px (CRIS) divided by 35% of 989 TFLOPS (bf16 dense): an ASSUMPTION until
+# a run measures it. CLIPSeg: 10 ViT-B/16 layers over 485 tokens are ~76 GFLOP forward; prompts in the
+# vision tower add ~76 of activation gradients (VPT, MaPLe, Shared *: ~154), text-only prompts do not
+# (CoOp ~78), CoCoOp adds an un-prompted 12-layer forward for its meta-net (~169), E2E adds weight
+# gradients (~230). CRIS RN50 ~40 GFLOP forward; text prompts back-propagate through its neck and decoder.
+ASSUMED_MFU, ASSUMED_PEAK_TFLOPS = 0.35, 989.0
+GFLOP_PER_TRAIN_IMAGE = {
+    ("clipseg", "coop"): 78, ("clipseg", "cocoop"): 169, ("clipseg", "vpt"): 152, ("clipseg", "maple"): 154,
+    ("clipseg", "shared_attention"): 154, ("clipseg", "shared_separate"): 154, ("clipseg", "e2e"): 230,
+    ("cris", "coop"): 80, ("cris", "cocoop"): 95, ("cris", "e2e"): 120,
+}
+DEFAULT_GPU_SECONDS_PER_IMAGE = {k: g * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12)
+                                 for k, g in GFLOP_PER_TRAIN_IMAGE.items()}
+FALLBACK_GFLOP = 154  # an unknown (VLSM, learner) pair: priced like a vision-prompting CLIPSeg learner
+
+
+@dataclass
+class Rate:
+    seconds_per_image: float
+    source: str  # "--gpu-seconds-per-image", "run <dir> (n trials)", "assumed"
+    slot_seconds: bool  # True: trial/slot seconds (from a run); False: whole-GPU seconds
+
+
+@dataclass
+class CellEstimate:
+    cell_id: str
+    vlsm: str
+    learner: str
+    dataset: str
+    trials: int
+    epochs: int
+    images_per_epoch: int  # train + val samples
+    gpu_share: float
+    rate: Rate
+    overhead_seconds: float = 0.0  # fixed slot-seconds per trial (worker start, weights, data) on top
+    images: int = 0
+    gpu_seconds: float = 0.0
+    slot_seconds: float = 0.0
+
+    def compute(self) -> "CellEstimate":
+        self.images = self.trials * self.epochs * self.images_per_epoch
+        if self.rate.slot_seconds:
+            self.slot_seconds = self.images * self.rate.seconds_per_image
+            self.gpu_seconds = self.slot_seconds * self.gpu_share
+        else:
+            self.gpu_seconds = self.images * self.rate.seconds_per_image
+            self.slot_seconds = self.gpu_seconds / self.gpu_share if self.gpu_share > 0 else math.nan
+        if self.overhead_seconds:
+            self.slot_seconds += self.trials * self.overhead_seconds
+            self.gpu_seconds += self.trials * self.overhead_seconds * self.gpu_share
+        return self
+
+
+@dataclass
+class Estimate:
+    cells: list[CellEstimate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(c.gpu_seconds for c in self.cells) / 3600
+
+    @property
+    def slot_hours(self) -> float:
+        return sum(c.slot_seconds for c in self.cells if math.isfinite(c.slot_seconds)) / 3600
+
+    def subtotals(self) -> dict[tuple[str, str], dict[str, float]]:
+        out: dict[tuple[str, str], dict[str, float]] = {}
+        for c in self.cells:
+            s = out.setdefault((c.vlsm, c.learner), {"cells": 0, "trials": 0, "images": 0, "gpu_hours": 0.0,
+                                                      "slot_hours": 0.0, "seconds_per_image": c.rate.seconds_per_image,
+                                                      "source": c.rate.source})
+            s["cells"] += 1
+            s["trials"] += c.trials
+            s["images"] += c.images
+            s["gpu_hours"] += c.gpu_seconds / 3600
+            if math.isfinite(c.slot_seconds):
+                s["slot_hours"] += c.slot_seconds / 3600
+        return out
+
+
+def split_sizes(dataset: str, load_card: Callable[[str], Any] | None = None) -> tuple[int, int]:
+    """(train, val) sample counts from the dataset's card."""
+    if load_card is None:
+        from trainables.data.cards import load_card
+    card = load_card(dataset)
+    train, val = card.expected_count("train"), card.expected_count("val")
+    if train is None or val is None:
+        raise ValueError(f"data card {dataset!r} has no counts for train/val; add `counts: {{train: N, val: N}}`")
+    return int(train), int(val)
+
+
+def rates_from_rows(rows: Iterable[dict[str, Any]],
+                    sizes: Callable[[str], tuple[int, int]]) -> dict[tuple[str, str], tuple[float, int]]:
+    """{(vlsm, learner): (trial seconds per image, trials used)} from Parquet rows of a finished run.
+
+    Rows without `seconds` or `epochs_run` (a trial that failed before its first epoch) are skipped, and so
+    are errored ones: their time says nothing about a trial's cost.
+    """
+    seconds: dict[tuple[str, str], float] = {}
+    images: dict[tuple[str, str], float] = {}
+    count: dict[tuple[str, str], int] = {}
+    for r in rows:
+        s, e = r.get("seconds"), r.get("epochs_run")
+        if r.get("status") == STATUS_ERROR or not _positive(s) or not _positive(e):
+            continue
+        try:
+            train, val = sizes(r["dataset"])
+        except (ValueError, FileNotFoundError, KeyError):
+            continue  # a dataset without a card: cannot normalise its time
+        key = (r["vlsm"], r["learner"])
+        seconds[key] = seconds.get(key, 0.0) + float(s)
+        images[key] = images.get(key, 0.0) + float(e) * (train + val)
+        count[key] = count.get(key, 0) + 1
+    return {k: (seconds[k] / images[k], count[k]) for k in seconds if images[k] > 0}
+
+
+def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_image: float | None = None,
+             measured: dict[tuple[str, str], tuple[float, int]] | None = None, run_label: str = "",
+             overhead_seconds: float = 0.0) -> Estimate:
+    """`cells`: objects with id, vlsm, learner, dataset, trials, config (nested trial config), resources."""
+    est = Estimate()
+    assumed: set[tuple[str, str]] = set()
+    measured = measured or {}
+    for c in cells:
+        key = (c.vlsm, c.learner)
+        if gpu_seconds_per_image is not None:
+            rate = Rate(gpu_seconds_per_image, "--gpu-seconds-per-image", slot_seconds=False)
+        elif key in measured:
+            spi, n = measured[key]
+            rate = Rate(spi, f"run {run_label} ({n} trials)", slot_seconds=True)
+        else:
+            gflop = GFLOP_PER_TRAIN_IMAGE.get(key, FALLBACK_GFLOP)
+            rate = Rate(gflop * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12), "assumed", slot_seconds=False)
+            assumed.add(key)
+        train, val = sizes(c.dataset)
+        epochs = int(c.config.get("train", {}).get("max_epochs", DEFAULT_MAX_EPOCHS))
+        est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials, epochs, train + val,
+                                      float(c.resources.get("gpu", 0.0)), rate, overhead_seconds).compute())
+    if measured and gpu_seconds_per_image is None:
+        missing = sorted({k for k in assumed})
+        if missing:
+            est.notes.append("not in the run, so assumed: " + ", ".join(f"{v}/{lrn}" for v, lrn in missing))
+    if assumed:
+        est.notes.append(
+            f"assumed seconds/image = analytic training GFLOP per image / ({ASSUMED_MFU:.0%} MFU x "
+            f"{ASSUMED_PEAK_TFLOPS:g} TFLOPS bf16, an H100/H200-class GPU), whole GPU; measure with "
+            "benchmarks/gpu_step.py and pass --gpu-seconds-per-image, or --from a finished run")
+    if measured and gpu_seconds_per_image is None:
+        est.notes.append("measured seconds are trial (slot) seconds including each trial's fixed cost, taken "
+                         "to be measured at the GPU share this spec gives the cell")
+    if overhead_seconds:
+        est.notes.append(f"plus {overhead_seconds:g} s of fixed cost per trial, holding the trial's GPU share")
+    est.notes.append("epochs = train.max_epochs (an upper bound: early stopping and ASHA end trials sooner)")
+    return est
+
+
+def format_estimate(est: Estimate, spec_name: str, gpus: int | None = None) -> str:
+    lines = [f"{spec_name}: estimated cost, {len(est.cells)} cells, {sum(c.trials for c in est.cells)} trials"]
+    head = f"{'vlsm':<8} {'learner':<17} {'cells':>5} {'trials':>6} {'M images':>9} {'ms/image':>9} " \
+           f"{'slot-h':>8} {'GPU-h':>8}  source"
+    lines += [head, "-" * len(head)]
+    for (vlsm, learner), s in est.subtotals().items():
+        lines.append(f"{vlsm:<8} {learner:<17} {s['cells']:>5} {s['trials']:>6} {s['images'] / 1e6:>9.3f} "
+                     f"{s['seconds_per_image'] * 1e3:>9.3f} {s['slot_hours']:>8.2f} {s['gpu_hours']:>8.2f}  "
+                     f"{s['source']}")
+    by_vlsm: dict[str, float] = {}
+    for c in est.cells:
+        by_vlsm[c.vlsm] = by_vlsm.get(c.vlsm, 0.0) + c.gpu_seconds / 3600
+    lines.append("-" * len(head))
+    for vlsm, h in by_vlsm.items():
+        lines.append(f"{vlsm:<8} {'(all learners)':<17} {'':>5} {'':>6} {'':>9} {'':>9} {'':>8} {h:>8.2f}")
+    lines.append(f"{'total':<26} {len(est.cells):>5} {sum(c.trials for c in est.cells):>6} "
+                 f"{sum(c.images for c in est.cells) / 1e6:>9.3f} {'':>9} {est.slot_hours:>8.2f} {est.gpu_hours:>8.2f}")
+    if gpus:
+        lines.append(f"on {gpus} GPU(s) with every slot kept busy: about {est.gpu_hours / gpus:.2f} h of wall time")
+    lines += [f"note: {n}" for n in est.notes]
+    return "\n".join(lines)
+
+
+def read_run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    from benchmark.results.run_dir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.has_trials():
+        raise FileNotFoundError(f"--from {run.path}: no trial Parquet files under {run.trials_dir} "
+                                "(expected the directory a `tunevlseg run` wrote: <storage>/<spec name>)")
+    return run.all_rows()
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0

@@ -1,0 +1,1 @@
+"""Stage 2: the sweep on Ray Tune: coordinator, per-cell searcher and ASHA, MLflow mirror, preflight, storage rules."""

@@ -1,0 +1,120 @@
+"""The torch-free catalog of learners and VLSMs: what both the driver and the trials know about them.
+
+Each learner and each VLSM is one folder (`trainables/learners/<name>/`, `trainables/vlsm/<name>/`, the
+layout of peft's `tuners/<method>/`). The folder's `__init__.py` imports no torch: it holds the config
+dataclass and one `register_learner` / `register_vlsm` call with the static facts (display name,
+modalities, TPE seed, image size, ...) and a lazy "module:attribute" reference to the torch code beside it.
+The catalog finds the folders itself, so adding one is the whole change: no list elsewhere names it.
+
+The driver (`tunevlseg plan`, `space`, `tables`, `estimate`) reads only this catalog and never imports torch;
+`trainables.model` resolves the lazy references when a trial builds its model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from trainables.registry import Registry
+
+TEXT = "text"
+VISION = "vision"
+
+
+def _load(ref: str) -> Any:
+    """'package.module:attribute' -> the attribute (imports the module, i.e. torch, on first use)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class LearnerCard:
+    """Static facts of one context learner.
+
+    `model`: "module:Class" of its torch module, None for the E2E baseline (no learner, nothing frozen).
+    `seed`: the TPE seed the original used for this learner's study (reference spec §7); 0 when it had none.
+    A learner that prompts at least one encoder is a prompt learner: it is swept over the search space's
+    common parameters (`benchmark.plan.search_space`); one that prompts none (E2E) is run once, unswept.
+    """
+
+    name: str
+    display_name: str  # as printed in the paper's tables
+    config_cls: type
+    modalities: frozenset[str]
+    model: str | None
+    seed: int = 0
+
+    @property
+    def module_cls(self) -> type | None:
+        return None if self.model is None else _load(self.model)
+
+    @property
+    def prompted(self) -> bool:
+        return bool(self.modalities)
+
+
+@dataclass(frozen=True)
+class VLSMCard:
+    """Static facts of one VLSM; calling the card builds the adapter (`factory(weights=..., config=..., **options)`).
+
+    `modalities`: the encoders that accept prompts. `image_size`: default input resolution (the adapter may
+    take another from its weights). `max_prompt_depth`: the layers of its full-size encoders that can take
+    prompts. The adapter's runtime `VLSMSpec` must agree on the modalities (checked by `trainables.model`).
+    """
+
+    name: str
+    display_name: str
+    modalities: frozenset[str]
+    factory: str
+    image_size: int
+    max_prompt_depth: int
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _load(self.factory)(*args, **kwargs)
+
+
+def _discover(package: str) -> Callable[[], None]:
+    """Import every sub-package (one folder per learner / VLSM) of `package`; their `__init__` registers."""
+
+    def run() -> None:
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.ispkg:
+                importlib.import_module(f"{package}.{info.name}")
+
+    return run
+
+
+LEARNERS: Registry[LearnerCard] = Registry("learner", discover=_discover("trainables.learners"))
+VLSMS: Registry[VLSMCard] = Registry("VLSM", discover=_discover("trainables.vlsm"))
+
+
+def register_learner(name: str, display_name: str, config_cls: type, modalities: frozenset[str] | set[str],
+                     model: str | None, seed: int = 0) -> LearnerCard:
+    return LEARNERS.register(name, LearnerCard(name, display_name, config_cls, frozenset(modalities), model, seed))
+
+
+def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,
+                  image_size: int, max_prompt_depth: int) -> VLSMCard:
+    return VLSMS.register(name, VLSMCard(name, display_name, frozenset(modalities), factory, image_size,
+                                         max_prompt_depth))
+
+
+def is_viable(learner: str, vlsm_modalities: frozenset[str]) -> bool:
+    """A learner fits a VLSM when every encoder it prompts exists on that VLSM (`VLSMCard.modalities`)."""
+    return LEARNERS.get(learner).modalities <= vlsm_modalities
+
+
+def prompt_learners() -> tuple[str, ...]:
+    """The learners swept over the search space (every learner that prompts an encoder; not E2E)."""
+    return tuple(n for n in LEARNERS.names() if LEARNERS.get(n).prompted)
+
+
+def learner_display(name: str) -> str:
+    return LEARNERS.get(name).display_name if name in LEARNERS else name
+
+
+def vlsm_display(name: str) -> str:
+    return VLSMS.get(name).display_name if name in VLSMS else name

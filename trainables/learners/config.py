@@ -1,0 +1,59 @@
+"""Config dataclasses the prompt learners share (torch-free: the driver checks learner settings with them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+DEPTH_RANGE = (1, 11)  # paper J: prompts enter layers 1..J; the search space is [1, 11]
+PHOTO_INIT = "a photo of a"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Fields every prompt learner shares (contract names). Subclasses add their own fields.
+
+    prompt_depth: J, the number of layers receiving fresh prompts (1..11, and at most the VLSM's
+        `max_prompt_depth`). num_context: B, prompt tokens per layer. context_init: "a photo of a" (row 0
+        from the frozen token embeddings, B must equal its 4 tokens) or None (all rows N(0, vector_std²)).
+    """
+
+    learner_name: ClassVar[str] = "?"
+    text_space_init: ClassVar[bool] = True  # False: the context does not live in token-embedding space
+
+    prompt_depth: int = 1
+    num_context: int = 4
+    context_init: str | None = PHOTO_INIT
+    vector_std: float = 0.02
+
+    def __post_init__(self):
+        lo, hi = DEPTH_RANGE
+        if not lo <= self.prompt_depth <= hi:
+            self.fail("prompt_depth", f"{self.prompt_depth} is outside [{lo}, {hi}]")
+        if self.num_context < 1:
+            self.fail("num_context", f"{self.num_context} must be >= 1")
+        if not self.vector_std > 0:
+            self.fail("vector_std", f"{self.vector_std} must be > 0")
+        if self.context_init is not None and not self.text_space_init:
+            self.fail("context_init", f"{self.context_init!r} is not possible: this learner's context is not in "
+                                      "the token-embedding space; allowed: null (Gaussian init)")
+        if self.context_init is not None and not self.context_init.strip():
+            self.fail("context_init", "must be a non-empty string or null")
+
+    def fail(self, field_name: str, message: str):
+        from trainables.config import ConfigError
+
+        raise ConfigError(f"learner {self.learner_name!r} {field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class ProjectionConfig(PromptConfig):
+    """Config of the learners with per-depth projections searched over r and LoRA (CoCoOp, MaPLe)."""
+
+    intermediate_dim: int = 64  # r
+    use_lora: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.intermediate_dim < 1:
+            self.fail("intermediate_dim", f"{self.intermediate_dim} must be >= 1")
