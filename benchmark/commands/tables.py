@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     other = sorted(set(trials["variant"]) - set(T.VARIANTS.values()))
     if other:
         skipped.append(f"trials of variant(s) {', '.join(other)} (no paper table for them)")
+    from benchmark.results import seeds as SD
+
+    seed_tables = {n: st for n, t in tables.items() if (st := SD.seed_table(t, trials)) is not None}
     comparisons = {n: T.compare(t) for n, t in tables.items()} if args.vs_paper else {}
     for n, c in comparisons.items():
         if c.not_comparable:
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         blocks = [T.render(table2, fmt)]
         for n, t in tables.items():
             blocks += [T.render(t, fmt), T.render(t, fmt, counts=True)]
+            if n in seed_tables:
+                blocks.append(SD.render(seed_tables[n], fmt))
             if n in comparisons:
                 blocks.append(T.render(comparisons[n], fmt))
         sys.stdout.write("\n".join(blocks))
@@ -131,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         for n, t in tables.items():
             write(f"table{n}.{fmt}", T.render(t, fmt))
             write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
+            if n in seed_tables:
+                write(f"table{n}_seeds.{fmt}", SD.render(seed_tables[n], fmt))
             vs_paper = out / f"table{n}_vs_paper.{fmt}"
             if n in comparisons and not comparisons[n].not_comparable:
                 write(vs_paper.name, T.render(comparisons[n], fmt))
@@ -140,11 +147,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_figures:
         from benchmark.results import figures as F
 
-        figures = F.write_figures(trials, out, tables[3])
+        # the search's trials only: a rerun with another seed is no further point of the search
+        figures = F.write_figures(sel.search_only(trials), out, tables[3])
         written += figures
+    from benchmark.results import ranking
+
+    rank_lines, rank_figures = ranking.section(tables[3], seed_tables.get(3),
+                                               None if args.no_figures else out)
+    written += rank_figures
     text = report.build_report(trials, source=args.run, command=_command_line(args), tables=tables,
                                table2=table2, comparisons=comparisons, figures=figures, out_dir=out,
-                               skipped=skipped)
+                               skipped=skipped, seed_tables=seed_tables, ranking=rank_lines)
     written.append(report.write_report(out / "report.md", text))
     for s in skipped:
         print(f"tunevlseg tables: skipped {s}", file=sys.stderr)

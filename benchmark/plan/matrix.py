@@ -39,6 +39,7 @@ class Cell:
     params: tuple[Param, ...]
     config: dict  # the nested trial config before the searched values are applied
     resources: dict  # {"cpu": float, "gpu": float} per trial
+    reseeds: int = 0  # trials rerunning the selected configuration with further seeds (spec select.reseed)
 
     @property
     def id(self) -> str:
@@ -61,7 +62,7 @@ class Plan:
 
     @property
     def total_trials(self) -> int:
-        return sum(c.trials for c in self.cells)
+        return sum(c.trials + c.reseeds for c in self.cells)
 
     def cell(self, cid: str) -> Cell:
         for c in self.cells:
@@ -71,8 +72,11 @@ class Plan:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a sweep and its resumption."""
+        # `reseeds` only where set, so a plan without them keeps the fingerprint it always had.
         return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
-                                                       "searched": [p.name for p in c.params]} for c in self.cells}}
+                                                       "searched": [p.name for p in c.params],
+                                                       **({"reseeds": c.reseeds} if c.reseeds else {})}
+                                                  for c in self.cells}}
 
     def searched_space(self) -> list[dict[str, Any]]:
         """Every distinct searched domain of the plan (bounds applied), with the learners that searched it:
@@ -225,7 +229,8 @@ def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) 
     # Nothing to search (E2E): one trial with the fixed settings, as the original ran it.
     trials = spec.search.trials if params else 1
     return Cell(spec=spec.name, vlsm=vlsm, learner=learner, dataset=dataset, variant=variant, trials=trials,
-                seed=seed, space=spec.search.space, params=params, config=config, resources=resources)
+                seed=seed, space=spec.search.space, params=params, config=config, resources=resources,
+                reseeds=spec.select.reseed)
 
 
 def _check_learner_configs(plan: Plan) -> None:

@@ -31,6 +31,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark.plan import search_space
+from benchmark.plan.spec import Selection
+from benchmark.sweep.reseed import Reseeds
 from trainables.protocol import STATUS_ERROR, STATUS_PRUNED
 
 
@@ -49,7 +51,7 @@ class MultiCellSearcher(Searcher):
     def __init__(self, cells, metric: str = "objective", mode: str = "min", sampler: str = "tpe",
                  n_startup_trials: int = 10, multivariate: bool = True, constant_liar: bool = True,
                  max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss",
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, select: Selection | None = None):
         super().__init__(metric=None, mode=None)
         self.run_dir = run_dir  # whose Parquet rows settle trials a restored snapshot still has open
         self.prune_metric = prune_metric  # told with a PRUNED trial that reported no per-epoch objective
@@ -78,14 +80,25 @@ class MultiCellSearcher(Searcher):
         self.live: dict[str, set[str]] = {cid: set() for cid in self.order}
         self.owner: dict[str, str] = {}
         self.finished: dict[str, set[str]] = {cid: set() for cid in self.order}
+        # spec select.reseed: the selected configuration of each cell again with further seeds (reseed.py)
+        self.reseeds = Reseeds(cells, select or Selection()) if any(c.reseeds for c in cells) else None
 
     # Tune calls this with the Tuner's metric/mode/param_space; the cells' studies already have theirs.
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict | None:
+        reseeds = getattr(self, "reseeds", None)
+        if reseeds is not None:
+            extra = reseeds.next_trial(trial_id, self.base, search_space.apply_values)
+            if extra is not None:
+                self.live[extra["cell_id"]].add(trial_id)
+                self.owner[trial_id] = extra["cell_id"]
+                return extra
         open_cells = [cid for cid in self.order if self.issued[cid] < self.planned[cid]]
         if not open_cells:
+            if reseeds is not None and any(reseeds.pending(cid) for cid in self.order):
+                return None  # reseeds wait for their cell's last search trials
             return Searcher.FINISHED
         if self.max_concurrent_per_cell:
             open_cells = [cid for cid in open_cells if len(self.live[cid]) < self.max_concurrent_per_cell]
@@ -98,6 +111,8 @@ class MultiCellSearcher(Searcher):
         self.issued[cid] += 1
         self.live[cid].add(trial_id)
         self.owner[trial_id] = cid
+        if getattr(self, "reseeds", None) is not None:
+            self.reseeds.note_suggested(trial_id, index, hp)
         base = self.base[cid]
         trial = search_space.apply_values(_deepcopy(base["config"]), base["params"], hp)
         return {"cell_id": cid, "trial_index": index, "hp": dict(hp), "trial": trial,
@@ -106,6 +121,8 @@ class MultiCellSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         cid = self.owner.get(trial_id)
         study = self.studies.get(cid) if cid else None
+        if getattr(self, "reseeds", None) is not None and trial_id in self.reseeds.trials:
+            return  # a reseed trial is never told to Optuna
         if study is not None and _is_number(result.get(self.objective_metric)):
             study.on_trial_result(trial_id, result)
 
@@ -115,6 +132,8 @@ class MultiCellSearcher(Searcher):
             return
         self.live[cid].discard(trial_id)
         self.finished[cid].add(trial_id)
+        if getattr(self, "reseeds", None) is not None and self.reseeds.on_complete(cid, trial_id, result, error):
+            return  # a reseed trial: never told to Optuna
         study = self.studies[cid]
         if study is None or trial_id in study._completed_trials:
             return
@@ -176,7 +195,8 @@ class MultiCellSearcher(Searcher):
         from benchmark.results.run_dir import RunDir
 
         for row in (r for r in RunDir(self.run_dir).all_rows() if r["trial_id"] in open_trials):
-            result = {k: v for k, v in row.items() if k in (self.objective_metric, "status")}
+            keep = (self.objective_metric, "status", *(self.reseeds.metrics() if getattr(self, "reseeds", None) else ()))
+            result = {k: v for k, v in row.items() if k in keep}
             self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 
 
