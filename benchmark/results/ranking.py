@@ -81,7 +81,8 @@ def section(table: T.Table, seed_table=None, out_dir: str | Path | None = None) 
         for r in pairs.sort_values(["p_holm", "p"], kind="stable").itertuples(index=False):
             lines.append(f"| {r.a} | {r.b} | {T.fmt_signed(r.mean_diff)} | {_p(r.p)} | {_p(r.p_holm)} | "
                          f"{'significant' if r.significant else ''} |")
-    lines += ["", f"Nemenyi critical difference (α = 0.05, {k} rows, {n} datasets): {cd:.2f} average ranks; rows "
+        lines.append("")
+    lines += [f"Nemenyi critical difference (α = 0.05, {k} rows, {n} datasets): {cd:.2f} average ranks; rows "
               "joined by a bar in the diagram are not significantly different.", ""]
     figures = []
     if out_dir is not None:
