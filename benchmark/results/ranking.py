@@ -67,8 +67,8 @@ def section(table: T.Table, seed_table=None, out_dir: str | Path | None = None) 
         + (f" Left out (no result on every one of these datasets): {', '.join(dropped)}." if dropped else ""), "",
         "| Row | Average rank | Mean Dice (%) |", "|:---|---:|---:|"]
     lines += [f"| {name} | {r:.2f} | {T.fmt(frame[name].mean())} |" for name, r in avg.items()]
-    lines += ["", f"Friedman test (all rows rank alike): χ² = {fr.chi2:.2f}, p = {_p(fr.p)}; Iman-Davenport "
-              f"F({k - 1}, {(k - 1) * (n - 1)}) = {_num(fr.f)}, p = {_p(fr.p_f)}.", ""]
+    lines += ["", f"Friedman test (all rows rank alike): χ² = {fr.chi2:.2f}, p {_p(fr.p)}; Iman-Davenport "
+              f"F({k - 1}, {(k - 1) * (n - 1)}) = {_num(fr.f)}, p {_p(fr.p_f)}.", ""]
     min_p = 2.0 / 2 ** n
     if min_p >= 0.05:
         lines += [f"Pairwise Wilcoxon signed-rank tests (two-sided, Holm over {len(pairs)} pairs): not shown. With "
@@ -79,7 +79,7 @@ def section(table: T.Table, seed_table=None, out_dir: str | Path | None = None) 
                   f"{len(pairs)} pairs (smallest possible p with {n} datasets: {min_p:.3g}).", "",
                   "| A | B | mean A − B | p | p (Holm) | |", "|:---|:---|---:|---:|---:|:---|"]
         for r in pairs.sort_values(["p_holm", "p"], kind="stable").itertuples(index=False):
-            lines.append(f"| {r.a} | {r.b} | {T.fmt_signed(r.mean_diff)} | {_p(r.p)} | {_p(r.p_holm)} | "
+            lines.append(f"| {r.a} | {r.b} | {T.fmt_signed(r.mean_diff)} | {_p(r.p, False)} | {_p(r.p_holm, False)} | "
                          f"{'significant' if r.significant else ''} |")
         lines.append("")
     lines += [f"Nemenyi critical difference (α = 0.05, {k} rows, {n} datasets): {cd:.2f} average ranks; rows "
@@ -93,10 +93,13 @@ def section(table: T.Table, seed_table=None, out_dir: str | Path | None = None) 
     return lines, figures
 
 
-def _p(p: float) -> str:
+def _p(p: float, relation: bool = True) -> str:
+    """"= 0.015" / "< 0.001" (with `relation`), else the bare number for a table cell."""
     if not math.isfinite(p):
-        return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+        return "= –" if relation else "–"
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.3f}" if relation else f"{p:.3f}"
 
 
 def _num(x: float) -> str:
