@@ -41,6 +41,7 @@ test-cluster: install ## start a real two-node Ray cluster on loopback and run t
 benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded mini benchmark) end to end; rerun to resume
 	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(MLFLOW),--mlflow $(MLFLOW))
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
+	$(if $(filter experiments/smoke.yaml smoke,$(SPEC)),@echo "smoke spec: synthetic trainable with no data to embed",$(PY) -m benchmark embeddings --spec $(SPEC) $(if $(DATA),--data $(DATA)) --max-images 500 $(if $(filter experiments/mini.yaml mini experiments/mini_seeds.yaml mini_seeds,$(SPEC)),--reference mini-corpus) --out $(RUN)/embeddings)
 	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~11 min)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "benchmark.commands.run",
     "benchmark.commands.space",
     "benchmark.commands.mlflow_sync",
+    "benchmark.commands.embeddings",
 ]
 
 

@@ -14,6 +14,8 @@ Knobs, all under the trial config's `fake` section (set them in a spec's `fixed.
                  with fail_once: true they raise on their first start only (a retry succeeds)
   diverge_trials trial indices that report status "diverged" (objective +inf) instead of training
   log_dir        absolute directory: one line per trial start is appended to <cell_id>_<index>.log
+  seed_noise     with `train.seed` set, quality moves by up to +-seed_noise/2, deterministically per seed
+                 (0: the seed changes nothing), so reruns with further seeds (select.reseed) differ
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def fake_trainable(config: dict) -> None:
     epochs = int(train.get("max_epochs", 3))
     hp = _searched(trial)
     q = quality(hp)
+    if "seed" in train and float(fake.get("seed_noise", 0.0)):
+        q = max(0.01, min(0.99, q + float(fake["seed_noise"]) * (_unit_hash("seed", train["seed"]) - 0.5)))
     seconds = float(fake.get("epoch_seconds", 0.05)) * (1.0 + float(fake.get("jitter", 0.0)) * _unit_hash(cell_id, hp))
 
     state = {"epoch": -1, "starts": 0, "history": []}

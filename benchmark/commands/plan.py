@@ -43,7 +43,10 @@ def run(args) -> int:
                           "total_trials": plan.total_trials}, indent=1))
         return 0
     width = max(len(c.id) for c in plan.cells)
-    print(f"{spec.name}: {len(plan.cells)} cells, {plan.total_trials} trials (search space: {spec.search.space})")
+    reseeds = (f", incl. {spec.select.reseed} rerun(s) per cell of its selected configuration with further seeds"
+               if spec.select.reseed else "")
+    print(f"{spec.name}: {len(plan.cells)} cells, {plan.total_trials} trials (search space: {spec.search.space}"
+          f"{reseeds})")
     print(f"{'cell':<{width}}  trials  seed    cpu   gpu  searched")
     for c in plan.cells:
         searched = ", ".join(p.name for p in c.params) or "- (fixed settings)"

@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "objective) -> its test Dice; best_test: best test Dice of the trials (the paper's "
                         "apparent rule)")
     p.add_argument("--spec", help="when the Parquet holds several specs, the one to tabulate")
-    p.add_argument("--space", default="paper",
-                   help="search space for Table 2: paper (default) or reference (what the original code searched)")
+    p.add_argument("--space", default=None,
+                   help="search space for Table 2: paper or reference (what the original code searched); "
+                        "default: the domains the run searched, from RUN/plan.json (else the paper's)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (with --out)")
     p.add_argument("--mlflow", metavar="URI", help="with --out: log the files to the sweep's MLflow run in this "
                    "tracking store (default: RUN/mlflow.db when the sweep used it)")
@@ -51,11 +52,27 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--selection", args.selection]
     if args.spec:
         parts += ["--spec", args.spec]
-    if args.space != "paper":
+    if args.space:
         parts += ["--space", args.space]
     if args.no_figures:
         parts.append("--no-figures")
     return shlex.join(parts)
+
+
+def _table2(T, args: argparse.Namespace):
+    """Table 2 as this run searched it (RUN/plan.json), marked where it differs from the paper's; with
+    --space, that named space instead; with neither, the paper's space with a sentence saying so."""
+    if args.space:
+        return T.table2(space=args.space, mark_vs_paper=True,
+                        source=f"The `{args.space}` search space as defined (--space); not read from the run.")
+    searched = T.searched_space(args.run)
+    if searched is not None:
+        return T.table2(searched, mark_vs_paper=True,
+                        source="The domains this run searched (bounds applied), from its plan.json.")
+    return T.table2(space="paper", source=(
+        "The paper's search space. This run does not record what it searched (no plan.json with a `space` "
+        "record: a Parquet file, or a run from an older version; rerunning its spec on the finished run adds "
+        "the record), so narrower `search.bounds` would not show here."))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     spec_rule = RunDir(args.run).selection() if Path(args.run).is_dir() else Selection()
     trials = T.read_trials(args.run, spec=args.spec, by=sel.rule_for(args.selection, spec_rule).by)
     skipped: list[str] = []
-    table2 = T.table2(space=args.space)
+    try:
+        table2 = _table2(T, args)
+    except ImportError as e:  # the search-space module is optional for reading results
+        table2 = None
+        skipped.append(f"Table 2 ({e})")
     tables = {3: T.table3(trials, args.selection, spec_rule)}
     for n in (4, 5):
         if T.has_trials(trials, n):
@@ -79,13 +100,21 @@ def run(args: argparse.Namespace) -> int:
     other = sorted(set(trials["variant"]) - set(T.VARIANTS.values()))
     if other:
         skipped.append(f"trials of variant(s) {', '.join(other)} (no paper table for them)")
+    from benchmark.results import seeds as SD
+
+    seed_tables = {n: st for n, t in tables.items() if (st := SD.seed_table(t, trials)) is not None}
     comparisons = {n: T.compare(t) for n, t in tables.items()} if args.vs_paper else {}
+    for n, c in comparisons.items():
+        if c.not_comparable:
+            skipped.append(f"Table {n} vs paper (no dataset in common with the paper's ten)")
 
     if not args.out:
         fmt = "md" if args.format == "all" else args.format
         blocks = [T.render(table2, fmt)]
         for n, t in tables.items():
             blocks += [T.render(t, fmt), T.render(t, fmt, counts=True)]
+            if n in seed_tables:
+                blocks.append(SD.render(seed_tables[n], fmt))
             if n in comparisons:
                 blocks.append(T.render(comparisons[n], fmt))
         sys.stdout.write("\n".join(blocks))
@@ -110,17 +139,28 @@ def run(args: argparse.Namespace) -> int:
         for n, t in tables.items():
             write(f"table{n}.{fmt}", T.render(t, fmt))
             write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
-            if n in comparisons:
-                write(f"table{n}_vs_paper.{fmt}", T.render(comparisons[n], fmt))
+            if n in seed_tables:
+                write(f"table{n}_seeds.{fmt}", SD.render(seed_tables[n], fmt))
+            vs_paper = out / f"table{n}_vs_paper.{fmt}"
+            if n in comparisons and not comparisons[n].not_comparable:
+                write(vs_paper.name, T.render(comparisons[n], fmt))
+            elif n in comparisons and vs_paper.is_file():
+                vs_paper.unlink()  # an earlier run's comparison would now contradict the report
     figures = []
     if not args.no_figures:
         from benchmark.results import figures as F
 
-        figures = F.write_figures(trials, out, tables[3])
+        # the search's trials only: a rerun with another seed is no further point of the search
+        figures = F.write_figures(sel.search_only(trials), out, tables[3])
         written += figures
+    from benchmark.results import ranking
+
+    rank_lines, rank_figures = ranking.section(tables[3], seed_tables.get(3),
+                                               None if args.no_figures else out)
+    written += rank_figures
     text = report.build_report(trials, source=args.run, command=_command_line(args), tables=tables,
                                table2=table2, comparisons=comparisons, figures=figures, out_dir=out,
-                               skipped=skipped)
+                               skipped=skipped, seed_tables=seed_tables, ranking=rank_lines)
     written.append(report.write_report(out / "report.md", text))
     for s in skipped:
         print(f"tunevlseg tables: skipped {s}", file=sys.stderr)

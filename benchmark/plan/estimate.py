@@ -181,7 +181,7 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
                         "assumed, feature cache" if saved else "assumed", slot_seconds=False)
             assumed.add(key)
         epochs = int(c.config.get("train", {}).get("max_epochs", DEFAULT_MAX_EPOCHS))
-        est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials, epochs, train + val,
+        est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials + getattr(c, "reseeds", 0), epochs, train + val,
                                       float(c.resources.get("gpu", 0.0)), rate, overhead_seconds).compute())
     if measured and gpu_seconds_per_image is None:
         missing = sorted({k for k in assumed})

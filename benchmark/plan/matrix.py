@@ -40,6 +40,7 @@ class Cell:
     params: tuple[Param, ...]
     config: dict  # the nested trial config before the searched values are applied
     resources: dict  # {"cpu": float, "gpu": float} per trial
+    reseeds: int = 0  # trials rerunning the selected configuration with further seeds (spec select.reseed)
 
     @property
     def id(self) -> str:
@@ -62,7 +63,7 @@ class Plan:
 
     @property
     def total_trials(self) -> int:
-        return sum(c.trials for c in self.cells)
+        return sum(c.trials + c.reseeds for c in self.cells)
 
     def cell(self, cid: str) -> Cell:
         cid = match_cell(cid, [c.id for c in self.cells])
@@ -85,13 +86,36 @@ class Plan:
                                "params": {p.name: {"kind": p.kind, "target": p.target, "low": p.low, "high": p.high,
                                                    "log": p.log, "choices": list(p.choices) if p.choices else None}
                                           for p in c.params},
-                               "resources": dict(c.resources), "config": c.config} for c in self.cells}}
+                               "resources": dict(c.resources), "config": c.config,
+                               # only where set, so a plan without reruns keeps the fingerprint it always had
+                               **({"reseeds": c.reseeds} if c.reseeds else {})}
+                        for c in self.cells}}
         return json.loads(json.dumps(fp, default=str))  # as read back from plan.json
 
     def legacy_fingerprint(self) -> dict[str, Any]:
-        """The fingerprint of runs started before version 2 (cells, trials, seeds, parameter names)."""
+        """The fingerprint of runs started before version 2 (cells, trials, seeds, parameter names; reruns over
+        seeds where set)."""
         return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
-                                                       "searched": [p.name for p in c.params]} for c in self.cells}}
+                                                       "searched": [p.name for p in c.params],
+                                                       **({"reseeds": c.reseeds} if c.reseeds else {})}
+                                                  for c in self.cells}}
+
+    def searched_space(self) -> list[dict[str, Any]]:
+        """Every distinct searched domain of the plan (bounds applied), with the learners that searched it:
+        what Table 2 of this run must show. Recorded in plan.json beside the fingerprint."""
+        merged: dict[str, dict[str, Any]] = {}
+        for c in self.cells:
+            for p in c.params:
+                d = p.as_dict()
+                learners = d.pop("applies_to")
+                key = json.dumps(d, sort_keys=True)
+                entry = merged.setdefault(key, {**d, "applies_to": []})
+                if c.learner not in entry["applies_to"]:
+                    entry["applies_to"].append(c.learner)
+                order = {l: i for i, l in enumerate(learners)}
+                entry["applies_to"].sort(key=lambda l: order.get(l, len(order)))
+        order = {n: i for i, n in enumerate(search_space.HP_NAMES)}
+        return sorted(merged.values(), key=lambda e: order.get(e["name"], len(order)))  # stable: paper order
 
 
 def cell_id(vlsm: str, learner: str, dataset: str, variant: str = "default") -> str:
@@ -282,7 +306,8 @@ def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) 
     # Nothing to search (E2E): one trial with the fixed settings, as the original ran it.
     trials = spec.search.trials if params else 1
     return Cell(spec=spec.name, vlsm=vlsm, learner=learner, dataset=dataset, variant=variant, trials=trials,
-                seed=seed, space=spec.search.space, params=params, config=config, resources=resources)
+                seed=seed, space=spec.search.space, params=params, config=config, resources=resources,
+                reseeds=spec.select.reseed)
 
 
 def _check_learner_configs(plan: Plan) -> None:

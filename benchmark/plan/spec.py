@@ -132,6 +132,9 @@ class Selection:
     by: str = "objective"
     mode: Literal["min", "max"] = "min"
     report: str = "test_dice"
+    # After a cell's search, rerun its selected configuration with this many further training seeds
+    # (seed = base + 1..K): variance over seeds, beyond the paper (benchmark/sweep/reseed.py).
+    reseed: int = 0
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,9 @@ def _validate(spec: Spec) -> None:
                 + f", got {value!r}")
     if s.trials < 1:
         raise ConfigError(f"search.trials: must be at least 1, got {s.trials}")
+    if isinstance(spec.select.reseed, bool) or not isinstance(spec.select.reseed, int) or spec.select.reseed < 0:
+        raise ConfigError(f"select.reseed: the number of further seeds per cell, an integer >= 0 (0: off), got "
+                          f"{spec.select.reseed!r}")
     if s.n_startup_trials < 0:
         raise ConfigError(f"search.n_startup_trials: must be >= 0, got {s.n_startup_trials}")
     if s.max_concurrent_per_cell is not None and s.max_concurrent_per_cell < 1:

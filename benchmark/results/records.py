@@ -41,12 +41,19 @@ METRIC_FIELDS = [
     ("test_dice_orig", pa.float64()), ("test_iou_orig", pa.float64()), ("epochs_run", pa.int64()),
     ("seconds", pa.float64()), ("trainable_params", pa.int64()), ("peak_gpu_mem_mb", pa.float64()),
 ]
+# Variance over seeds (spec select.reseed, benchmark/sweep/reseed.py). Null on a search trial, so files
+# written before these columns existed read the same (the columns come back null).
+RESEED_FIELDS = [
+    ("seed", pa.int64()),  # the trial's training seed (train.seed), when its config sets one
+    ("reseed", pa.int64()),  # k = 1..K on a rerun of the cell's selected configuration with a further seed
+    ("reseed_of", pa.int64()),  # that selected trial's trial_index
+]
 PROVENANCE_FIELDS = [
     ("git_sha", pa.string()), ("git_dirty", pa.bool_()), ("versions", pa.string()),  # JSON {package: version}
     ("gpu_name", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ]
-TRIAL_SCHEMA = pa.schema(KEY_FIELDS + HP_FIELDS + METRIC_FIELDS + PROVENANCE_FIELDS,
+TRIAL_SCHEMA = pa.schema(KEY_FIELDS + HP_FIELDS + METRIC_FIELDS + PROVENANCE_FIELDS + RESEED_FIELDS,
                          metadata={"tunevlseg.schema": "trials", "tunevlseg.schema_version": str(SCHEMA_VERSION)})
 SELECTED_SCHEMA = pa.schema(
     list(TRIAL_SCHEMA) + [pa.field("selected_by", pa.string()), pa.field("trials_done", pa.int64()),
@@ -102,7 +109,8 @@ def now_utc() -> datetime:
 
 def trial_row(*, spec: str, cell: dict[str, str], cell_id: str, trial_index: int, trial_id: str,
               hp: dict[str, Any], result: dict[str, Any] | None, error: str | None, prov: dict[str, Any],
-              started_at: datetime | None, finished_at: datetime | None) -> dict[str, Any]:
+              started_at: datetime | None, finished_at: datetime | None, seed: int | None = None,
+              reseed: dict[str, Any] | None = None) -> dict[str, Any]:
     """One Parquet row from a trial's config and last result. `error` (a Tune-level failure) wins over a
     reported status."""
     result = dict(result or {})
@@ -122,6 +130,7 @@ def trial_row(*, spec: str, cell: dict[str, str], cell_id: str, trial_index: int
     row.update(git_sha=prov.get("git_sha"), git_dirty=prov.get("git_dirty"), versions=prov.get("versions"),
                gpu_name=result.get("gpu_name") or prov.get("gpu_name"), started_at=started_at,
                finished_at=finished_at)
+    row.update(seed=seed, reseed=(reseed or {}).get("k"), reseed_of=(reseed or {}).get("of"))
     return _clean(row)
 
 

@@ -60,8 +60,13 @@ def _time_span(trials: pd.DataFrame) -> str:
 
 def provenance(trials: pd.DataFrame) -> list[tuple[str, str]]:
     """(field, value) pairs describing where the numbers come from."""
+    from benchmark.results.seeds import reseed_rows
+
     status = trials["status"].value_counts()
     status_text = ", ".join(f"{k} {v}" for k, v in status.items())
+    n_reseed = len(reseed_rows(trials))
+    if n_reseed:
+        status_text += f"; {n_reseed} of them reruns of a selected configuration with a further seed"
     rows = [("trials", f"{len(trials)} ({status_text})" if len(trials) else "0"),
             ("cells", str(trials.groupby(["vlsm", "learner", "dataset", "variant"]).ngroups if len(trials) else 0))]
     if "spec" in trials:
@@ -96,8 +101,15 @@ def provenance(trials: pd.DataFrame) -> list[tuple[str, str]]:
 
 def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dict[int, T.Table],
                  table2: T.Table2 | None = None, comparisons: dict[int, T.Comparison] | None = None,
-                 figures: Iterable[Path] = (), out_dir: Path | None = None, skipped: Iterable[str] = ()) -> str:
+                 figures: Iterable[Path] = (), out_dir: Path | None = None, skipped: Iterable[str] = (),
+                 seed_tables: dict | None = None, ranking: Iterable[str] = ()) -> str:
+    """`seed_tables`: {table number: benchmark.results.seeds.SeedTable}; `ranking`: the lines of
+    benchmark.results.ranking.section."""
+    from benchmark.results import seeds as SD
+    from benchmark.results.selection import search_only
+
     comparisons = comparisons or {}
+    seed_tables = seed_tables or {}
     spec = ", ".join(_unique(trials["spec"])) if "spec" in trials else ""
     out = [f"# TuneVLSeg results{f': {spec}' if spec else ''}", "",
            f"Generated from `{source}` by", "", "```", command, "```", "",
@@ -112,9 +124,12 @@ def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dic
     for number in sorted(tables):
         table = tables[number]
         out += [f"## Table {number}", "", T.render(table, "md"), T.render(table, "md", counts=True)]
+        if number in seed_tables:
+            out += [SD.render(seed_tables[number], "md")]
         if number in comparisons:
             out += [T.render(comparisons[number], "md")]
-    spread = spread_table(trials)
+    out += list(ranking)
+    spread = spread_table(search_only(trials))
     if len(spread):
         out += ["## Spread over trials", "",
                 "Test Dice (%) of every finished trial of a cell: how far a cell's number could move with "

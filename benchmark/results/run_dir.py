@@ -49,11 +49,20 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def is_reseed(row: dict[str, Any]) -> bool:
+    """Whether a row reruns a cell's selected configuration with a further seed (column `reseed` = k >= 1;
+    spec select.reseed, benchmark/sweep/reseed.py) rather than being one of the search's trials."""
+    try:
+        return int(row.get("reseed")) > 0
+    except (TypeError, ValueError):  # None, NaN, pd.NA: a search trial
+        return False
+
+
 def select(rows: Iterable[dict[str, Any]], rule: Selection) -> dict[str, Any] | None:
-    """The trial that stands for its cell: among trials with status ok and a finite `rule.by`, the best
-    `by` in `rule.mode`; ties go to the lowest trial index, so the choice does not depend on row order.
-    The one rule for selected.parquet, the sweep's summary, the tables and `predict`."""
-    ok = [r for r in rows if r.get("status") == STATUS_OK and _finite(r.get(rule.by))]
+    """The trial that stands for its cell: among the search's trials (never a reseed) with status ok and a
+    finite `rule.by`, the best `by` in `rule.mode`; ties go to the lowest trial index, so the choice does not
+    depend on row order. The one rule for selected.parquet, the sweep's summary, the tables and `predict`."""
+    ok = [r for r in rows if r.get("status") == STATUS_OK and _finite(r.get(rule.by)) and not is_reseed(r)]
     if not ok:
         return None
     sign = 1 if rule.mode == "min" else -1

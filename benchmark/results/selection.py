@@ -51,11 +51,21 @@ def header(name: str, spec_rule: Selection | None = None) -> str:
     return f"selection: per cell, the trial with the {best} {rule.by} → its {rule.report}"
 
 
+def search_only(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's trials: without the reruns of a selected configuration with further seeds (column
+    `reseed` set; spec select.reseed). Those never compete for selection and are not counted as trials."""
+    if "reseed" not in trials.columns:
+        return trials
+    return trials[pd.to_numeric(trials["reseed"], errors="coerce").fillna(0) <= 0]
+
+
 def select(trials: pd.DataFrame, rule: Selection) -> pd.DataFrame:
-    """One row per cell present in `trials`: the chosen trial's columns plus `n_trials` and `n_ok`.
+    """One row per cell present in `trials`: the chosen trial's columns plus `n_trials` and `n_ok` (of the
+    search; reseed rows are left out, see `search_only`).
 
     Cells with no usable trial keep a row with `test_dice` NaN, so a partial run still yields its counts.
     """
+    trials = search_only(trials)
     out = []
     if trials.empty:
         return pd.DataFrame(columns=CELL_KEYS + ["test_dice", "n_trials", "n_ok"])

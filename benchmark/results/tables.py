@@ -56,6 +56,7 @@ DATASETS = (
     Dataset("cityscapes", "Cityscapes", "Open Domain"),
     Dataset("voc", "PascalVOC", "Open Domain"),
 )
+PAPER_KEYS = frozenset(d.key for d in DATASETS)
 OTHER_GROUP = "Other"  # datasets a spec adds beyond the paper's ten (e.g. a mini data set)
 
 # Paper Table 3 row order: E2E baselines first, then CLIPSeg's six learners, then CRIS's two.
@@ -373,20 +374,51 @@ class Table2:
     number: int
     title: str
     params: tuple
+    source: str = ""  # one sentence under the title: where these domains come from
+    paper: tuple = ()  # the paper's params: a searched domain that differs from its namesake is marked
 
     def frame(self, tex: bool = False) -> pd.DataFrame:
-        """Columns Hyperparameter, Search Space, Applicable for, Space Type; `tex` writes numbers as LaTeX math."""
+        """Columns Hyperparameter, Search Space, Applicable for, Space Type; `tex` writes numbers as LaTeX math.
+        A domain that differs from the paper's is marked with DIFFERS_MARK (see `differences`)."""
         rows = []
+        differ = {id(p) for p, _ in self.differences()}
         for p in self.params:
-            choices = getattr(p, "choices", None)
-            if choices:
-                space = "{" + ", ".join(_num(c, tex) for c in choices) + "}"
-            else:
-                space = f"[{_num(p.low, tex)}, {_num(p.high, tex)}]"
+            space = _domain(p, tex) + (f" {DIFFERS_MARK}" if id(p) in differ else "")
             name = PARAM_DISPLAY.get(p.name) or getattr(p, "label", "") or p.name
             rows.append({"Hyperparameter": name, "Search Space": space,
                          "Applicable for": _applies(p), "Space Type": _space_type(p)})
         return pd.DataFrame(rows, columns=["Hyperparameter", "Search Space", "Applicable for", "Space Type"])
+
+    def differences(self) -> list[tuple[Any, Any]]:
+        """(searched param, the paper's param of that name) for every domain that is not the paper's; a
+        name the paper's Table 2 does not have is paired with None."""
+        if not self.paper:
+            return []
+        out = []
+        for p in self.params:
+            theirs = [q for q in self.paper if q.name == p.name]
+            if not any(_same_domain(p, q) for q in theirs):
+                out.append((p, theirs[0] if theirs else None))
+        return out
+
+
+DIFFERS_MARK = "†"
+
+
+def _domain(p: Any, tex: bool = False) -> str:
+    choices = getattr(p, "choices", None)
+    if choices:
+        return "{" + ", ".join(_num(c, tex) for c in choices) + "}"
+    return f"[{_num(p.low, tex)}, {_num(p.high, tex)}]"
+
+
+def _same_domain(a: Any, b: Any) -> bool:
+    ca, cb = getattr(a, "choices", None), getattr(b, "choices", None)
+    if ca or cb:
+        return list(ca or ()) == list(cb or ())
+    return (math.isclose(float(a.low), float(b.low), rel_tol=1e-9) and
+            math.isclose(float(a.high), float(b.high), rel_tol=1e-9) and
+            bool(getattr(a, "log", False)) == bool(getattr(b, "log", False)))
 
 
 PARAM_DISPLAY = {
@@ -437,9 +469,39 @@ def _applies(p: Any) -> str:
     return ", ".join(learner_name(name) for name in sorted(learners))
 
 
-def table2(params: Sequence[Any] | None = None, space: str = "paper") -> Table2:
-    """Paper Table 2 from the search space (`params`, else `benchmark.plan.search_space`'s `space`), in its order."""
-    return Table2(2, TITLES[2], tuple(search_space_params(space=space) if params is None else params))
+def table2(params: Sequence[Any] | None = None, space: str = "paper", *, source: str = "",
+           mark_vs_paper: bool = False) -> Table2:
+    """Paper Table 2 from the search space (`params`, else `benchmark.plan.search_space`'s `space`), in its order.
+    `mark_vs_paper`: mark every domain that differs from the paper's Table 2."""
+    params = tuple(search_space_params(space=space) if params is None else params)
+    paper = tuple(search_space_params(space="paper")) if mark_vs_paper else ()
+    return Table2(2, TITLES[2], params, source, paper)
+
+
+def searched_space(run: str | Path) -> tuple | None:
+    """The domains a run actually searched (bounds applied), as recorded by the sweep in RUN/plan.json;
+    None when RUN is not a run directory or its plan.json predates that record."""
+    import json
+
+    from benchmark.plan.search_space import Param
+    from benchmark.results.run_dir import RunDir
+
+    path = RunDir(run).plan_file
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); restore it from the run or delete it") from None
+    space = state.get("space") if isinstance(state, dict) else None
+    if not space:
+        return None
+    try:
+        return tuple(Param(**{**d, "applies_to": tuple(d["applies_to"]),
+                              **({"choices": tuple(d["choices"])} if "choices" in d else {})}) for d in space)
+    except (TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: malformed 'space' record ({e}); rerun the spec on this run to rewrite it") \
+            from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,9 +524,29 @@ class Comparison:
     paper_average: tuple[float, float] | None
 
     @property
+    def common(self) -> list[Dataset]:
+        """The table's datasets that the paper has a column for: the only cells a comparison can hold."""
+        return [d for d in self.table.datasets if d.key in PAPER_KEYS]
+
+    @property
+    def not_comparable(self) -> str:
+        """Why nothing at all is comparable (no dataset in common with the paper); "" when something is."""
+        if self.common:
+            return ""
+        ours = ", ".join(d.key for d in self.table.datasets) or "none"
+        return (f"Table {self.table.number} not compared with the paper: this run's datasets ({ours}) are none "
+                f"of the paper's ten, so no cell and no mean is over the same data.")
+
+    @property
     def partial(self) -> pd.Series:
-        """Rows whose mean covers fewer datasets than the paper's: their mean/std are not comparable."""
-        return self.table.n_mean < len(self.table.datasets)
+        """Rows whose mean is not over exactly the datasets of the paper's mean (fewer of the paper's, or any
+        other dataset): their mean/std are not comparable."""
+        ours = np.isfinite(self.table.dice.to_numpy(dtype=float))
+        theirs = np.isfinite(self.paper[[d.key for d in self.table.datasets]].to_numpy(dtype=float))
+        in_paper = np.array([d.key in PAPER_KEYS for d in self.table.datasets], dtype=bool)
+        full = ours[:, in_paper].all(axis=1) & ~ours[:, ~in_paper].any(axis=1)
+        same = (ours == theirs).all(axis=1) | ~theirs.any(axis=1)  # rows the paper has no numbers for
+        return pd.Series(~(full & same), index=self.table.dice.index)
 
     @property
     def average_comparable(self) -> bool:
@@ -651,8 +733,17 @@ def comparison_grid(cmp: Comparison) -> Grid:
 
 def table2_grid(t: Table2, tex: bool = False) -> Grid:
     f = t.frame(tex)
-    return Grid(f"Table {t.number}. {t.title}", [], [f.columns[0]], [], list(f.columns[1:]),
-                [([r[0]], list(r[1:])) for r in f.itertuples(index=False, name=None)], numeric=False)
+    foot = []
+    diffs = t.differences()
+    if diffs:
+        names = "; ".join(f"{PARAM_DISPLAY.get(p.name) or p.name}: {_domain(q, tex)}" if q is not None else
+                          f"{PARAM_DISPLAY.get(p.name) or p.name}: not in the paper's Table 2" for p, q in diffs)
+        foot.append(f"{DIFFERS_MARK} differs from the paper's Table 2 ({names}).")
+    elif t.paper:
+        foot.append("Every domain is the paper's.")
+    return Grid(f"Table {t.number}. {t.title}", [t.source] if t.source else [], [f.columns[0]], [],
+                list(f.columns[1:]), [([r[0]], list(r[1:])) for r in f.itertuples(index=False, name=None)],
+                footnotes=foot, numeric=False)
 
 
 def grid_md(g: Grid) -> str:
@@ -677,7 +768,7 @@ def grid_md(g: Grid) -> str:
 
 
 _TEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "±": r"$\pm$", "–": "--", "→": r"$\rightarrow$",
-                "−": "-", "{": r"\{", "}": r"\}"}
+                "−": "-", "†": r"$^\dagger$", "{": r"\{", "}": r"\}"}
 
 
 def _tex(s: str) -> str:
@@ -788,6 +879,9 @@ def render(obj: Table | Table2 | Comparison, fmt_: str = "md", counts: bool = Fa
             return obj.frame().to_csv(index=False, lineterminator="\n")
         return grid_md(table2_grid(obj)) if fmt_ == "md" else grid_tex(table2_grid(obj, tex=True))
     if isinstance(obj, Comparison):
+        if obj.not_comparable:  # one line saying why, never a table of unlike numbers
+            return {"md": f"*{obj.not_comparable}*\n", "tex": f"% {obj.not_comparable}\n",
+                    "csv": f"# {obj.not_comparable}\n"}[fmt_]
         if fmt_ == "csv":
             return comparison_csv(obj)
         g = comparison_grid(obj)

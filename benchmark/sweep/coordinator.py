@@ -43,6 +43,7 @@ from benchmark.plan.matrix import Plan, build_plan, check_paths
 from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
 from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
+from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
@@ -201,7 +202,8 @@ class RecordsCallback(Callback):
         row = records.trial_row(
             spec=self.spec_name, cell=self.cells[cid]["keys"], cell_id=cid, trial_index=cfg["trial_index"],
             trial_id=trial.trial_id, hp=cfg.get("hp", {}), result=trial.last_result, error=error,
-            prov=self._prov, started_at=self._started.get(trial.trial_id), finished_at=records.now_utc())
+            prov=self._prov, started_at=self._started.get(trial.trial_id), finished_at=records.now_utc(),
+            seed=cfg.get("trial", {}).get("train", {}).get("seed"), reseed=cfg.get("reseed"))
         self._rows.setdefault(cid, {})[trial.trial_id] = row
         self._write_cell(cid)
         self._write_selected()
@@ -262,7 +264,7 @@ def _say(line: str) -> None:
 
 
 def _cells_info(plan: Plan) -> dict[str, dict[str, Any]]:
-    return {c.id: {"keys": c.keys, "planned": c.trials} for c in plan.cells}
+    return {c.id: {"keys": c.keys, "planned": c.trials + c.reseeds} for c in plan.cells}
 
 
 def _read_existing(run_dir: Path, plan: Plan) -> dict[str, dict[str, dict]]:
@@ -271,8 +273,8 @@ def _read_existing(run_dir: Path, plan: Plan) -> dict[str, dict[str, dict]]:
 
 
 def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
-    return all(len(rows.get(c.id, {})) >= c.trials and all(r["status"] != STATUS_ERROR for r in rows[c.id].values())
-               for c in plan.cells)
+    return all(len(rows.get(c.id, {})) >= reseed.expected(c, rows.get(c.id, {}), plan.spec.select)
+               and all(r["status"] != STATUS_ERROR for r in rows[c.id].values()) for c in plan.cells)
 
 
 def _archive(run_dir: Path) -> Path:
@@ -347,9 +349,14 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
                               "change, pass --force to start over (the old run is kept under previous/), or use "
                               "another --storage")
         if old == fingerprint:
+            if "space" not in state:
+                # A plan.json written before the searched domains were recorded: add them, keep the sweep id.
+                state["space"] = plan.searched_space()
+                _write_plan_state(path, state)
             return state
     state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
-             "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve())}
+             "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve()),
+             "space": plan.searched_space()}
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_plan_state(path, state)
     return state
@@ -576,7 +583,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                                          n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
                                          constant_liar=s.constant_liar,
                                          max_concurrent_per_cell=s.max_concurrent_per_cell, run_dir=str(run_dir),
-                                         optuna_storage=optuna_url)
+                                         optuna_storage=optuna_url, select=spec.select)
             ex = spec.execution
             scheduler = None
             if ex.scheduler == "asha":
@@ -731,9 +738,11 @@ def _summarise(result: SweepResult, plan: Plan, rows: dict[str, dict[str, dict]]
         cell_rows = list(rows.get(c.id, {}).values())
         failed = sum(r["status"] == STATUS_ERROR for r in cell_rows)
         best = select(cell_rows, spec.select)
-        result.cells[c.id] = {"planned": c.trials, "done": len(cell_rows), "failed": failed, "best": best}
+        result.cells[c.id] = {"planned": reseed.expected(c, cell_rows, spec.select), "done": len(cell_rows),
+                              "failed": failed, "best": best}
         result.done += len(cell_rows)
         result.failed += failed
+    result.planned = sum(info["planned"] for info in result.cells.values())  # no reseeds without a selection
 
 
 def _print_summary(result: SweepResult, spec: Spec) -> None:

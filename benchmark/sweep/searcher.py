@@ -35,7 +35,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark.plan import search_space
+from benchmark.plan.spec import Selection
 from benchmark.sweep import studies as S
+from benchmark.sweep.reseed import Reseeds
 from trainables.protocol import STATUS_ERROR, STATUS_PRUNED
 
 
@@ -54,7 +56,8 @@ class MultiCellSearcher(Searcher):
     def __init__(self, cells, metric: str = "objective", mode: str = "min", sampler: str = "tpe",
                  n_startup_trials: int = 10, multivariate: bool = True, constant_liar: bool = True,
                  max_concurrent_per_cell: int | None = None, prune_metric: str = "val_loss",
-                 run_dir: str | None = None, optuna_storage: str | None = None):
+                 run_dir: str | None = None, optuna_storage: str | None = None,
+                 select: Selection | None = None):
         super().__init__(metric=None, mode=None)
         S.check_url(optuna_storage)
         self.optuna_storage = optuna_storage  # None: <run dir>/optuna.db, derived from run_dir when opened
@@ -88,14 +91,25 @@ class MultiCellSearcher(Searcher):
         self.live: dict[str, set[str]] = {cid: set() for cid in self.order}
         self.owner: dict[str, str] = {}
         self.finished: dict[str, set[str]] = {cid: set() for cid in self.order}
+        # spec select.reseed: the selected configuration of each cell again with further seeds (reseed.py)
+        self.reseeds = Reseeds(cells, select or Selection()) if any(c.reseeds for c in cells) else None
 
     # Tune calls this with the Tuner's metric/mode/param_space; the cells' studies already have theirs.
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> dict | None:
+        reseeds = getattr(self, "reseeds", None)
+        if reseeds is not None:
+            extra = reseeds.next_trial(trial_id, self.base, search_space.apply_values)
+            if extra is not None:
+                self.live[extra["cell_id"]].add(trial_id)
+                self.owner[trial_id] = extra["cell_id"]
+                return extra
         open_cells = [cid for cid in self.order if self.issued[cid] < self.planned[cid]]
         if not open_cells:
+            if reseeds is not None and any(reseeds.pending(cid) for cid in self.order):
+                return None  # reseeds wait for their cell's last search trials
             return Searcher.FINISHED
         if self.max_concurrent_per_cell:
             open_cells = [cid for cid in open_cells if len(self.live[cid]) < self.max_concurrent_per_cell]
@@ -112,6 +126,8 @@ class MultiCellSearcher(Searcher):
         self.issued[cid] += 1
         self.live[cid].add(trial_id)
         self.owner[trial_id] = cid
+        if getattr(self, "reseeds", None) is not None:
+            self.reseeds.note_suggested(trial_id, index, hp)
         base = self.base[cid]
         trial = search_space.apply_values(_deepcopy(base["config"]), base["params"], hp)
         self._sync(cid)
@@ -121,6 +137,8 @@ class MultiCellSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         cid = self.owner.get(trial_id)
         study = self.studies.get(cid) if cid else None
+        if getattr(self, "reseeds", None) is not None and trial_id in self.reseeds.trials:
+            return  # a reseed trial is never told to Optuna
         if study is not None and _is_number(result.get(self.objective_metric)):
             study.on_trial_result(trial_id, result)
 
@@ -130,6 +148,8 @@ class MultiCellSearcher(Searcher):
             return
         self.live[cid].discard(trial_id)
         self.finished[cid].add(trial_id)
+        if getattr(self, "reseeds", None) is not None and self.reseeds.on_complete(cid, trial_id, result, error):
+            return  # a reseed trial: never told to Optuna
         study = self.studies[cid]
         if study is not None and S.is_told(study, trial_id) and not error:
             # failed earlier, then retried (resume_errored, max_failures) and finished: the same Optuna trial,
@@ -239,8 +259,9 @@ class MultiCellSearcher(Searcher):
         from benchmark.results.run_dir import RunDir
 
         for row in (r for r in RunDir(self.run_dir).all_rows() if r["trial_id"] in open_trials):
-            result = {k: v for k, v in row.items() if k in (self.objective_metric, "status", "best_val_dice",
-                                                             "test_dice")}
+            keep = (self.objective_metric, "status", "best_val_dice", "test_dice",
+                    *(self.reseeds.metrics() if getattr(self, "reseeds", None) else ()))
+            result = {k: v for k, v in row.items() if k in keep}
             self.on_trial_complete(row["trial_id"], result, error=row["status"] == STATUS_ERROR)
 
 

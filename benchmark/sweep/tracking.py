@@ -208,6 +208,8 @@ class MLflowMirror:
                 **self.cells[cid],
                 "trial_id": trial_id, "trial_index": str(config.get("trial_index")), "trial_name": trial_name,
                 "mlflow.parentRunId": self.parent_run(cid)}
+        if config.get("reseed"):  # a rerun of the cell's selected configuration with a further seed
+            tags.update(reseed=str(config["reseed"]["k"]), reseed_of=str(config["reseed"]["of"]))
         run_id = self.client.create_run(self.ensure_experiment(), run_name=f"{cid}#{config.get('trial_index')}",
                                         tags=tags).info.run_id
         params = {"trial_index": config.get("trial_index"), **flatten(config.get("trial", {}))}

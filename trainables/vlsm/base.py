@@ -107,6 +107,11 @@ class VLSMAdapter(nn.Module):
         """Frozen, un-prompted global image embedding (N, image_feature_dim): what a `PromptFn` receives."""
         raise NotImplementedError
 
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Frozen, un-prompted text embedding (N, D) of tokenized texts: the sentence vector the model
+        conditions on (CLIP's projected EOS state). Used for the paper's Fig. 4 (`trainables.embeddings`)."""
+        raise NotImplementedError
+
     def forward(
         self,
         pixel_values: torch.Tensor,

@@ -123,6 +123,10 @@ class CLIPSegAdapter(VLSMAdapter):
         # CoCoOp's meta-net input: projected, post-LayerNormed CLS of the full, un-prompted vision model.
         return self.encode_vision(pixel_values, None, pool=True)[1]  # (N, P)
 
+    @torch.no_grad()
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encode_text(input_ids, attention_mask, None)  # (N, projection_dim)
+
     def make_upsampler(self) -> nn.Module:
         from trainables.upsampler import PatchUpsampler
 

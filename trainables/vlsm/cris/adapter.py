@@ -126,6 +126,12 @@ class CRISAdapter(VLSMAdapter):
         state = x[torch.arange(n, device=x.device), eos] @ bb.text_projection
         return x, state, pad
 
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The projected EOS state (N, embed_dim): CRIS's sentence feature."""
+        self._sync_mode()
+        with torch.no_grad():
+            return self.encode_text(input_ids, attention_mask)[1]
+
     def _per_sample(self, row: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
         """(B, D) or (N, B, D) prompts -> (N, B, D) in the dtype of the residual stream."""
         width = self.spec.text_width
