@@ -186,6 +186,17 @@ def _check_reseeded_sweep(run_dir: Path, k: int = K) -> None:
     assert len(rs) == 2 * k
     for cid, study in load_studies(str(run_dir / "tune")).items():
         assert len(study.trials) == 4, cid  # Optuna saw the search only
+    # ... and so did the studies in Optuna's own storage (optuna.db, issue 17): the search's trials, each
+    # linked to a search row, none of them a rerun
+    from benchmark.sweep.studies import load_studies as stored_studies
+
+    stored = stored_studies(run_dir)
+    assert set(stored) == set(df["cell_id"])
+    for cid, study in stored.items():
+        assert len(study.trials) == 4 and {t.state.name for t in study.trials} == {"COMPLETE"}, cid
+        linked = {t.user_attrs.get("ray_trial_id") for t in study.trials}
+        cell = df[df["cell_id"] == cid]
+        assert linked == set(cell[cell["reseed"].isna()]["trial_id"]), cid
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
     runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
@@ -193,6 +204,8 @@ def _check_reseeded_sweep(run_dir: Path, k: int = K) -> None:
     assert len(runs) == 8 + 2 * k and {r.info.status for r in runs} == {"FINISHED"}
     tagged = [r for r in runs if "reseed" in r.data.tags]
     assert sorted(int(r.data.tags["reseed"]) for r in tagged) == sorted(list(range(1, k + 1)) * 2)
+    of = {r["trial_id"]: str(int(r["reseed_of"])) for r in rs.to_dict("records")}
+    assert {r.data.tags["trial_id"]: r.data.tags["reseed_of"] for r in tagged} == of
     assert {r.data.params["train.seed"] for r in tagged} == {str(reseed.DEFAULT_SEED + i) for i in range(1, k + 1)}
     # selected.parquet names a search trial
     import pyarrow.parquet as pq
@@ -213,6 +226,50 @@ def test_sweep_runs_k_reseeds_per_cell_and_reruns_as_noop(tmp_path, local_ray):
     _check_reseeded_sweep(tmp_path / "runs" / "smoke")
     again = run_sweep(spec, tmp_path / "runs")
     assert again.noop and again.done == 12
+    # MLflow lost, then backfilled from Parquet (`tunevlseg mlflow sync`): the reruns keep their tags, also
+    # for a trial whose params.json is gone, and every cell's parent run counts its reruns as done
+    import shutil
+
+    from benchmark.sweep.backfill import sync
+
+    # (a copy without the MLflow store: this process keeps the original sqlite store open)
+    run_dir = tmp_path / "copy" / "smoke"
+    shutil.copytree(tmp_path / "runs" / "smoke", run_dir, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    rerun = RunDir(run_dir).frame().query("reseed == 1").iloc[0]
+    for params in (run_dir / "tune").glob(f"*_{rerun['trial_id']}/params.json"):
+        params.unlink()
+    assert sync(run_dir)["created"] == 12
+    _check_reseeded_sweep(run_dir)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("tunevlseg.role") == "cell"]
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"FINISHED"}
+    assert {r.data.tags["trials_done"] for r in parents} == {str(4 + K)}
+
+
+def test_backfill_config_of_a_rerun_without_params_json():
+    from benchmark.sweep.backfill import _config_of
+
+    row = {"cell_id": "c", "trial_index": 5, "hp_lr": 0.01, "reseed": 2, "reseed_of": 1, "seed": 12347}
+    assert _config_of(row, None)["reseed"] == {"k": 2, "of": 1, "seed": 12347}
+    assert _config_of(row, None)["trial"] == {"train": {"seed": 12347}}
+    assert "reseed" not in _config_of({**row, "reseed": None, "reseed_of": None}, None)
+
+
+def test_a_rehearsal_schedules_no_reruns(tmp_path):
+    """`run --smoke` runs one trial per cell: a spec with select.reseed must not add its reruns there (the
+    projection still prices them from the full plan)."""
+    from benchmark.sweep.smoke import build_rehearsal
+
+    data = _smoke(reseed=K)
+    (tmp_path / "kvasir").mkdir()  # a dataset folder that exists: every cell is rehearsed
+    data["data"] = {"root": str(tmp_path)}
+    reh = build_rehearsal(spec_from_dict(data, base_dir=REPO), on_gpu=False, cpus=2)
+    assert reh.plan.cells and all(c.reseeds == 0 for c in reh.plan.cells)
+    assert reh.plan.total_trials == len(reh.plan.cells) and reh.spec.select.reseed == 0
+    assert reh.full_plan.total_trials == 8 + 2 * K
 
 
 @pytest.mark.slow

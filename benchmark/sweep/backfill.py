@@ -21,9 +21,11 @@ import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from benchmark.results.run_dir import RunDir, select
+from benchmark.results.run_dir import RunDir, is_reseed, select
+from benchmark.sweep import reseed
 from trainables.config import ConfigError
 from trainables.protocol import CHECKPOINT_ARTIFACT, STATUS_ERROR
 
@@ -49,7 +51,14 @@ def _config_of(row: dict[str, Any], trial_dir: Path | None) -> dict[str, Any]:
         except ValueError:
             pass
     hp = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
-    return {"cell_id": row["cell_id"], "trial_index": row["trial_index"], "hp": hp}
+    config = {"cell_id": row["cell_id"], "trial_index": row["trial_index"], "hp": hp}
+    if row.get("seed") is not None and row["seed"] == row["seed"]:  # the training seed the row records
+        config["trial"] = {"train": {"seed": int(row["seed"])}}
+    if is_reseed(row):  # a rerun over seeds keeps its `reseed`/`reseed_of` tags without its params.json
+        of = row.get("reseed_of")
+        config["reseed"] = {"k": int(row["reseed"]), "of": None if of is None or of != of else int(of),
+                            "seed": row.get("seed")}
+    return config
 
 
 def _history(trial_dir: Path | None) -> list[dict[str, Any]]:
@@ -130,14 +139,16 @@ def _parents(rd: RunDir, mirror, rows: list[dict[str, Any]]) -> None:
     planned = {}
     if rd.plan_file.is_file():
         cells = json.loads(rd.plan_file.read_text()).get("fingerprint", {}).get("cells", {})
-        planned = {cid: c.get("trials") for cid, c in cells.items()}
+        planned = {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
+                   for cid, c in cells.items() if c.get("trials") is not None}
     rule = rd.selection()
     by_cell: dict[str, list[dict]] = {}
     for r in rows:
         by_cell.setdefault(r["cell_id"], []).append(r)
     for cid, cell_rows in by_cell.items():
         run_id = mirror.record_cell(cid, select(cell_rows, rule), len(cell_rows))
-        done = planned.get(cid) is not None and len(cell_rows) >= planned[cid]
+        # as the live driver counts: the search's trials plus its reruns over seeds (none without a selection)
+        done = cid in planned and len(cell_rows) >= reseed.expected(planned[cid], cell_rows, rule)
         run = mirror.client.get_run(run_id)
         if run.info.status == "RUNNING" or (done and run.info.status != "FINISHED"):
             mirror.client.set_terminated(run_id, "FINISHED" if done else "KILLED")

@@ -180,7 +180,9 @@ def build_rehearsal(spec, *, on_gpu: bool, cpus: float, batch_cap: int | None = 
     derived = dataclasses.replace(
         derived, name=name,
         tracking=dataclasses.replace(derived.tracking, mlflow=False),  # never into a real tracking server
-        execution=dataclasses.replace(derived.execution, max_failures=0, scheduler="none"))
+        execution=dataclasses.replace(derived.execution, max_failures=0, scheduler="none"),
+        # one trial per cell: no reruns over seeds (the projection prices them from the full plan)
+        select=dataclasses.replace(derived.select, reseed=0))
     cap = batch_cap if batch_cap is not None else (None if on_gpu else CPU_BATCH_CAP)
     if cap is not None and cap < 1:
         raise ConfigError(f"--smoke-batch-cap must be >= 1, got {cap}")
@@ -206,7 +208,7 @@ def build_rehearsal(spec, *, on_gpu: bool, cpus: float, batch_cap: int | None = 
             resources = {"cpu": min(1.0, cpus), "gpu": 0.0}
         else:
             resources["cpu"] = min(resources["cpu"], cpus)
-        cells.append(dataclasses.replace(cell, trials=1, params=(), config=config, resources=resources))
+        cells.append(dataclasses.replace(cell, trials=1, reseeds=0, params=(), config=config, resources=resources))
     return Rehearsal(spec=derived, plan=Plan(spec=derived, cells=tuple(cells)), full_plan=full_plan,
                      skipped=skipped, fallbacks=fallbacks, batch_cap=cap)
 

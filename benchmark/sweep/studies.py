@@ -276,6 +276,8 @@ class StudyLinks(Callback):
         if getattr(self.mirror, "disabled", None):  # MLflow turned itself off: nothing to link, no timeouts
             return
         cid = trial.config.get("cell_id")
+        if trial.config.get("reseed"):  # a rerun over seeds has no Optuna trial (benchmark/sweep/reseed.py)
+            return
         try:
             run_id = self.mirror.find_trial_run(trial.trial_id)
             if cid and run_id:
