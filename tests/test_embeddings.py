@@ -144,7 +144,8 @@ def test_cli_reports_bad_input_in_one_line(tiny_data, tmp_path, capsys):
 @pytest.mark.skipif(not CLIPSEG_MINI.is_dir(), reason="mini models not present")
 def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     out = tmp_path / "emb"
-    rc = cli.main(["embeddings", "--datasets", "mini_polyp", "mini_echo", "--data", str(tiny_data),
+    # either spelling of a card (issue 17): `mini-polyp`, as in cell ids, is the dataset mini_polyp
+    rc = cli.main(["embeddings", "--datasets", "mini-polyp", "mini_echo", "--data", str(tiny_data),
                    "--weights", str(CLIPSEG_MINI), "--reference", "mini-corpus", "--reference-size", "8",
                    "--out", str(out)])
     assert rc == 0

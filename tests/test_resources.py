@@ -48,6 +48,10 @@ def test_specs_by_name_and_by_path(tmp_path, monkeypatch):
     assert load_spec(REPO / "experiments" / "table3.yaml") == by_name
     # A shipped spec's relative paths resolve against the project folders, not the working directory.
     assert load_spec("mini").vlsms["clipseg"].weights == str(REPO / "models" / "clipseg-mini")
+    # ... the reruns-over-seeds mini spec too (issue 19), shipped like the others
+    seeds = load_spec("mini_seeds")
+    assert "mini_seeds" in resources.spec_names() and seeds.select.reseed == 2
+    assert seeds.vlsms["clipseg"].weights == str(REPO / "models" / "clipseg-mini")
     # A user's file of the same name wins over the shipped one.
     (tmp_path / "mini.yaml").write_text("axes: {learner: [coop], dataset: [kvasir]}\n")
     assert load_spec("mini.yaml").axes.learner == ("coop",)

@@ -39,8 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _roots(args: argparse.Namespace, spec) -> dict[str, str]:
     from trainables.config import ConfigError
+    from trainables.data.cards import card_names
+    from trainables.registry import spelling
 
-    names = list(args.datasets or (spec.axes.dataset if spec is not None else []))
+    def canonical(name: str) -> str:  # one spelling of every name: `mini-polyp` (as in cell ids) is `mini_polyp`
+        return name if name.endswith((".yaml", ".yml")) or "/" in name else spelling(name, card_names())
+
+    names = [canonical(n) for n in (args.datasets or (spec.axes.dataset if spec is not None else []))]
     if not names:
         raise ConfigError("no datasets: give --datasets CARD ... or --spec SPEC")
     explicit = {}
@@ -48,7 +53,7 @@ def _roots(args: argparse.Namespace, spec) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--root {item!r}: expected NAME=DIR")
-        explicit[name] = path
+        explicit[canonical(name)] = path
     roots = {}
     for name in names:
         root = explicit.get(name) or (str(Path(args.data) / name) if args.data else None) or \
