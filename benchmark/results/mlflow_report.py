@@ -13,7 +13,17 @@ from pathlib import Path
 
 from benchmark.results.run_dir import RunDir
 
-_MAX_NOTE = 50_000
+# MLflow keeps at most 8,000 characters in a run tag (MAX_TAG_VAL_LENGTH in 3.17) and warns when it cuts;
+# a longer report is cut here at a line, with a pointer to the whole file among the run's artifacts.
+_MAX_NOTE = 8_000
+_CUT = "\n\n*(cut to fit MLflow's note; the whole report is this run's artifact `report.md`)*\n"
+
+
+def note_text(report: str, limit: int = _MAX_NOTE) -> str:
+    if len(report) <= limit:
+        return report
+    head = report[: limit - len(_CUT)]
+    return head[: head.rfind("\n") + 1 or len(head)] + _CUT
 
 
 def default_uri(run_dir: str | Path) -> str | None:
@@ -57,7 +67,7 @@ def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path, uri
         client.log_artifact(run_id, str(f), sub or None)
     report = out_dir / "report.md"
     if report.is_file():
-        client.set_tag(run_id, "mlflow.note.content", report.read_text(encoding="utf-8")[:_MAX_NOTE])
+        client.set_tag(run_id, "mlflow.note.content", note_text(report.read_text(encoding="utf-8")))
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
