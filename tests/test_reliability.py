@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_coordinator import _spec_file
 
 from benchmark import cli
 
@@ -250,20 +251,6 @@ def test_yaml_errors_give_the_line(tmp_path, capsys):
     assert cli.main(["run", str(bad), "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "line 4" in err and str(bad) in err
-
-
-def _spec_file(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load(SMOKE.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path = tmp_path / "experiments" / "smoke.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.mark.parametrize("changes, expected", [

@@ -424,7 +424,7 @@ def _quiet_libraries(verbose: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _connect(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool) -> bool:
+def connect_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, verbose: bool) -> bool:
     """Start or join Ray; returns whether we started it (and so must shut it down)."""
     import ray
 
@@ -517,7 +517,7 @@ def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | 
         roots = {c.dataset: c.config["data"]["root"] for c in plan.cells if c.config["data"].get("root")}
         http = uri if uri and uri.startswith(("http://", "https://")) else None
         require_preflight(str(storage), roots, http, address)
-    started_ray = _connect(address, num_cpus, num_gpus, verbose)
+    started_ray = connect_ray(address, num_cpus, num_gpus, verbose)
     try:
         return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url)
     finally:

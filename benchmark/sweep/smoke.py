@@ -304,24 +304,14 @@ def measured_rates(run_dir) -> tuple[dict[tuple[str, str], tuple[float, int]], f
 def run_rehearsal(spec, storage, *, address=None, num_cpus=None, num_gpus=None, batch_cap=None,
                   verbose=False, trainable=None) -> int:
     """Run the rehearsal, print its table and projection; 0 when every present cell is ok."""
-    import logging
 
     import ray
 
-    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.coordinator import connect_ray, run_sweep
     from benchmark.sweep.storage import check_storage
 
     storage = check_storage(storage)
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.WARNING,
-                                  "log_to_driver": verbose}
-        if address:
-            kwargs["address"] = address
-        else:
-            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-        ray.init(**kwargs)
-        started = True
+    started = connect_ray(address, num_cpus, num_gpus, verbose)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         gpus = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
