@@ -96,10 +96,15 @@ def git_commit() -> tuple[str | None, bool]:
     is not available."""
     if not is_checkout() or not (_CHECKOUT / ".git").exists():
         return None, False
+    return git_at(_CHECKOUT)
+
+
+def git_at(repo: Path) -> tuple[str | None, bool]:
+    """(sha, dirty) of the git repository at `repo`; (None, False) when git cannot tell."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_CHECKOUT, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_CHECKOUT,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                 capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None, False

@@ -78,7 +78,7 @@ def provenance(repo: str | Path | None = None) -> dict[str, Any]:
     if repo is None:
         sha, dirty = resources.git_commit()
     else:  # an explicit repository (tests)
-        sha, dirty = _git(Path(repo))
+        sha, dirty = resources.git_at(Path(repo))
     versions = {"python": platform.python_version()}
     for pkg in VERSIONED_PACKAGES:
         try:
@@ -89,15 +89,6 @@ def provenance(repo: str | Path | None = None) -> dict[str, Any]:
     return {"git_sha": sha or "unknown", "git_dirty": dirty, "versions": json.dumps(versions, sort_keys=True)}
 
 
-def _git(repo: Path) -> tuple[str, bool]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "", False
-    return sha, bool(status.strip())
 
 
 # ---- rows -----------------------------------------------------------------------------------------------
