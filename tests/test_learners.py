@@ -31,11 +31,23 @@ def make(vlsm: str, learner: str, seed: int | None = 0, **learner_config):
     if not is_viable(learner, adapter.spec.modalities):
         pytest.skip(f"{learner} is not viable on {vlsm}")
     cfg = {**TINY_LEARNER.get(learner, {}), **learner_config}
-    if learner != "e2e":
+    if has_depth(learner):
         cfg.setdefault("prompt_depth", min(3, adapter.spec.max_prompt_depth))
     torch.manual_seed(0)  # same random-init VLSM every time, whether or not its factory seeds itself
     return build_model({"vlsm": vlsm, "vlsm_config": "tiny", "learner": learner, "learner_config": cfg,
                         "seed": seed})
+
+
+def has_depth(learner: str) -> bool:
+    """A prompt depth to set: prompt learners have one; E2E and the learners that attach to the encoders
+    (LoRA, adapters) do not."""
+    return "prompt_depth" in {f.name for f in dataclasses.fields(LEARNERS.get(learner).config_cls)}
+
+
+def attached_names(model) -> set[str]:
+    """Names of the trainable parameters a learner attached inside the VLSM (LoRA, adapters)."""
+    ids = {id(p) for m in model.learner.attached for p in m.parameters() if p.requires_grad}
+    return {n for n, p in model.named_trainable_parameters() if id(p) in ids}
 
 
 def batch(model, n=2, seed=0):
@@ -70,8 +82,18 @@ def test_output_shape_and_gradients_reach_exactly_the_trainable_parameters(vlsm,
         assert any(n.startswith("vlsm.model.decoder") for n in reached)
         return
     assert not model.vlsm.training and model.learner.training  # frozen VLSM stays in eval mode
-    assert trainable and all(n.startswith(("learner.", "upsampler.")) for n in trainable)
+    inside = attached_names(model) if model.learner.attaches else set()
+    assert trainable and all(n.startswith(("learner.", "upsampler.")) or n in inside for n in trainable)
     assert any(n.startswith("upsampler.") for n in trainable)
+    if model.learner.attaches:
+        assert inside and all(n.startswith("vlsm.") for n in inside)
+        assert all(m.training for m in model.learner.attached)  # e.g. LoRA dropout is live in training
+        # LoRA starts with B = 0, which blocks A's gradient at step 0: take the first step's state instead.
+        model.zero_grad()
+        with torch.no_grad():
+            for p in trainable.values():
+                p.add_(torch.randn_like(p) * 0.05)
+        (model(x, **tok) * torch.randn_like(logits)).sum().backward()
     for name, p in trainable.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
     for name, p in model.named_parameters():
@@ -105,7 +127,7 @@ def test_artifact_round_trip_reproduces_logits(vlsm, learner, tmp_path):
         assert torch.equal(fresh(x, **tok), expected)
 
 
-@pytest.mark.parametrize("vlsm, learner", [p for p in PAIRS if p[1] != "e2e"])
+@pytest.mark.parametrize("vlsm, learner", [p for p in PAIRS if has_depth(p[1])])
 def test_depth_bounds(vlsm, learner):
     for bad in (0, 12):
         with pytest.raises(ConfigError, match=rf"learner '{learner}' prompt_depth: {bad} is outside \[1, 11\]"):
@@ -128,7 +150,7 @@ def test_viability_follows_modalities(monkeypatch):
 
     monkeypatch.setitem(VLSMS._entries, "textonly", text_only)
     with pytest.raises(ConfigError, match="learner 'vpt' prompts the vision encoder, which textonly does not "
-                                          "have; viable learners for textonly: cocoop, coop, e2e"):
+                                          "have; viable learners for textonly: adapter, cocoop, coop, e2e, lora"):
         build_model({"vlsm": "textonly", "vlsm_config": "tiny", "learner": "vpt"})
 
 
@@ -243,7 +265,7 @@ def test_e2e_can_freeze_the_encoders():
 
 
 def test_unknown_learner_and_key():
-    with pytest.raises(Exception, match=r"unknown learner 'cop' \(did you mean 'coop'\?\); allowed: cocoop, coop, e2e"):
+    with pytest.raises(Exception, match=r"unknown learner 'cop' \(did you mean 'coop'\?\); allowed: adapter, cocoop, coop, e2e"):
         build_model({"learner": "cop", "vlsm_config": "tiny"})
     with pytest.raises(ConfigError, match="unknown key 'depth'; allowed: prompt_depth"):
         build_model({"learner": "coop", "vlsm_config": "tiny", "learner_config": {"depth": 2}})

@@ -49,7 +49,7 @@ def test_reference_space_keeps_the_original_drift():
 def test_seeds_and_tpe_settings_of_the_original():
     seeds = {name: search_space.seed_for(name) for name in LEARNERS.names() if params_for(name)}
     assert seeds == {"coop": 12345, "cocoop": 1234, "vpt": 1234, "maple": 12345,
-                     "shared_attention": 123456, "shared_separate": 4322}
+                     "shared_attention": 123456, "shared_separate": 4322, "lora": 1234, "adapter": 1234}
     tpe = search_space.ORIGINAL_TPE
     assert (tpe.n_startup_trials, tpe.multivariate) == (10, True)
     sampler = search_space.make_sampler(12345)

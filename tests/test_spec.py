@@ -125,7 +125,7 @@ def test_invalid_specs_name_the_key(raw, error, match):
 
 @pytest.mark.parametrize("axes, error, match", [
     ({"learner": ["copo"], "dataset": ["kvasir"]}, ConfigError,
-     r"axes.learner: unknown learner 'copo' \(did you mean 'coop'\?\); allowed: cocoop, coop"),
+     r"axes.learner: unknown learner 'copo' \(did you mean 'coop'\?\); allowed: adapter, cocoop, coop"),
     ({"vlsm": ["sam"], "learner": ["coop"], "dataset": ["kvasir"]}, ConfigError, r"axes.vlsm: unknown VLSM 'sam'"),
     ({"learner": ["coop"], "dataset": ["kvasri"]}, ConfigError, r"unknown dataset 'kvasri' "
      r"\(did you mean 'kvasir'\?\); allowed: .*kvasir"),

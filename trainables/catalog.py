@@ -47,6 +47,8 @@ class LearnerCard:
     modalities: frozenset[str]
     model: str | None
     seed: int = 0
+    # True: not one of the paper's learners (LoRA, adapters): tables list it after the paper's rows, marked.
+    beyond_paper: bool = False
 
     @property
     def module_cls(self) -> type | None:
@@ -100,8 +102,9 @@ VLSMS: Registry[VLSMCard] = Registry("VLSM", discover=_discover("trainables.vlsm
 
 
 def register_learner(name: str, display_name: str, config_cls: type, modalities: frozenset[str] | set[str],
-                     model: str | None, seed: int = 0) -> LearnerCard:
-    return LEARNERS.register(name, LearnerCard(name, display_name, config_cls, frozenset(modalities), model, seed))
+                     model: str | None, seed: int = 0, beyond_paper: bool = False) -> LearnerCard:
+    return LEARNERS.register(name, LearnerCard(name, display_name, config_cls, frozenset(modalities), model, seed,
+                                               beyond_paper=beyond_paper))
 
 
 def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,

@@ -13,6 +13,7 @@ freezes nothing and has neither learner nor upsampler.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -110,6 +111,14 @@ def _frozen_vlsm(cfg: ModelConfig) -> VLSMAdapter:
     return vlsm.requires_grad_(False).eval()
 
 
+def _private_tree(vlsm: VLSMAdapter) -> VLSMAdapter:
+    """A copy of `vlsm`'s modules that shares its (frozen) parameters and buffers: a learner may then replace
+    or wrap modules of the copy (LoRA, adapters) without touching the VLSM kept for other trials, and
+    without a second copy of the weights."""
+    memo = {id(t): t for t in (*vlsm.parameters(), *vlsm.buffers())}
+    return copy.deepcopy(vlsm, memo)
+
+
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> "PromptedVLSM":
     if not isinstance(cfg, ModelConfig):
         cfg = from_dict(ModelConfig, cfg, where="model")
@@ -148,6 +157,9 @@ class PromptedVLSM(nn.Module):
         self.learner: ContextLearner | None = None
         self.upsampler: ResidualUpsampler | None = None
         self.frozen = entry.model is not None
+        if self.frozen and entry.module_cls.attaches:
+            # LoRA, adapters: their modules go into a private module tree over the shared frozen weights.
+            vlsm = self.vlsm = _private_tree(vlsm)
         if not self.frozen:  # E2E: the whole VLSM trains, nothing is added
             vlsm.requires_grad_(True)
             if not getattr(learner_config, "train_encoders", True):
@@ -164,6 +176,8 @@ class PromptedVLSM(nn.Module):
         vlsm.eval()
         with _seeded(config.seed):
             self.learner = entry.module_cls(learner_config, vlsm.spec, vlsm.embed_tokens)
+            if self.learner.attaches:  # LoRA, adapters: change the (private) encoders instead of prompting
+                self.learner.attach(vlsm)
             if config.upsampler:
                 self.upsampler = ResidualUpsampler(vlsm.make_upsampler(), config.combine_mode())
 
@@ -186,6 +200,7 @@ class PromptedVLSM(nn.Module):
         prompt vision: CoOp, CoCoOp) and the adapter exposes its image side: the image features are then a
         function of the image alone, which the frozen-feature cache (`trainables.feature_cache`) relies on."""
         return (self.frozen and VISION not in self.entry.modalities
+                and (self.learner is None or VISION not in self.learner.modified)
                 and type(self.vlsm).image_side is not VLSMAdapter.image_side)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
@@ -207,6 +222,8 @@ class PromptedVLSM(nn.Module):
         super().train(mode)
         if self.frozen:  # a frozen VLSM stays in eval mode (e.g. CRIS BatchNorm statistics, reference §5.9)
             self.vlsm.eval()
+            if self.learner is not None:  # except what a learner attached to it (LoRA dropout)
+                self.learner.train(mode)
         return self
 
     # -- parameters ------------------------------------------------------------------------------------------
@@ -245,12 +262,15 @@ class PromptedVLSM(nn.Module):
     def describe(self) -> dict[str, Any]:
         trainable, frozen = self.count_parameters()
         by_part: dict[str, int] = {}
+        attached = {id(p) for m in (self.learner.attached if self.learner is not None else []) for p in m.parameters()}
         for name, p in self.named_trainable_parameters():
-            part = name.split(".")[0]
+            part = "learner" if id(p) in attached else name.split(".")[0]
             by_part[part] = by_part.get(part, 0) + p.numel()
         return {
             "vlsm": self.config.vlsm, "learner": self.config.learner, "display_name": self.entry.display_name,
             "modalities": sorted(self.entry.modalities), "vlsm_modalities": sorted(self.spec.modalities),
+            # the encoders a learner changed by attaching modules (LoRA, adapters); empty for prompt learners
+            "attached_to": sorted(self.learner.modified) if self.learner is not None else [],
             "learner_config": dataclasses.asdict(self.learner_config),
             "upsampler": None if self.upsampler is None else self.upsampler.mode,
             "trainable_params": trainable, "frozen_params": frozen, "trainable_by_part": by_part,

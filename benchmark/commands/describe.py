@@ -22,7 +22,7 @@ MODEL_KEYS = ("upsampler", "upsampler_combine", "seed")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vlsm", default="clipseg", help="VLSM name (clipseg, cris); default clipseg")
     parser.add_argument("--learner", required=True, help="learner name (coop, cocoop, vpt, maple, "
-                        "shared_attention, shared_separate, e2e)")
+                        "shared_attention, shared_separate, e2e, lora, adapter)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="learner config field (e.g. prompt_depth=6), or one of the model fields "
                         f"{', '.join(MODEL_KEYS)}; repeatable")
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"  weights:          {info['weights']}")
     print(f"  modalities:       {', '.join(info['modalities']) or '-'} (VLSM accepts {', '.join(info['vlsm_modalities'])})")
+    if info.get("attached_to"):
+        print(f"  attached to:      {', '.join(info['attached_to'])} encoder(s) (modules inside the frozen VLSM)")
     print(f"  upsampler:        {info['upsampler'] or 'off'}")
     print(f"  trainable_params: {info['trainable_params']:,}")
     print(f"  frozen_params:    {info['frozen_params']:,}")

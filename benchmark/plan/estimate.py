@@ -34,6 +34,12 @@ GFLOP_PER_TRAIN_IMAGE = {
     ("clipseg", "coop"): 78, ("clipseg", "cocoop"): 169, ("clipseg", "vpt"): 152, ("clipseg", "maple"): 154,
     ("clipseg", "shared_attention"): 154, ("clipseg", "shared_separate"): 154, ("clipseg", "e2e"): 230,
     ("cris", "coop"): 80, ("cris", "cocoop"): 95, ("cris", "e2e"): 120,
+    # Beyond the paper. LoRA (rank 2, q/k/v of both encoders) and VLSM-Adapter (dense) change the vision
+    # tower from its first layers, so its activation gradients run back through it as for VPT (~154); their
+    # own arithmetic is small (LoRA r=2: ~0.1 GFLOP; adapter blocks ~2 forward, ~6 with backward): ~156/~160.
+    # On CRIS, LoRA reaches the ResNet only at its attention pool (~5 GFLOP forward, as much backward): ~90;
+    # the adapter changes the text side only, like CoOp: ~81.
+    ("clipseg", "lora"): 156, ("clipseg", "adapter"): 160, ("cris", "lora"): 90, ("cris", "adapter"): 81,
 }
 DEFAULT_GPU_SECONDS_PER_IMAGE = {k: g * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12)
                                  for k, g in GFLOP_PER_TRAIN_IMAGE.items()}
@@ -44,7 +50,8 @@ FALLBACK_GFLOP = 154  # an unknown (VLSM, learner) pair: priced like a vision-pr
 # embedding; CRIS: the RN50). Cached: every val image, and the train draws that leave the pixels untouched:
 # UNTOUCHED_TRAIN_FRACTION of them, measured on the pipeline (albumentations 2.0.8 fires the affine and the
 # brightness/contrast step together, p 0.2: BENCHMARKS.md). Assumes the cell's images fit the bound.
-CACHED_IMAGE_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40}
+CACHED_IMAGE_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40,
+                      ("cris", "adapter"): 40}
 UNTOUCHED_TRAIN_FRACTION = 0.78
 
 
@@ -194,7 +201,7 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
             "benchmarks/gpu_step.py and pass --gpu-seconds-per-image, or --from a finished run")
     if any(c.rate.source == "assumed, feature cache" for c in est.cells):
         est.notes.append(
-            "feature cache: CoOp/CoCoOp skip the frozen image pass for val images and the "
+            "feature cache: the learners that leave the image encoder alone skip its frozen pass for val images and the "
             f"{UNTOUCHED_TRAIN_FRACTION:.0%} of train draws that leave the image untouched (data.feature_cache; "
             "assumes the cell's images fit its bound, docs/training.md)")
     if measured and gpu_seconds_per_image is None:

@@ -49,8 +49,15 @@ class Param:
     label: str = ""  # as printed in paper Table 2
 
     def learners(self) -> tuple[str, ...]:
-        """The learners searched over this parameter (EVERY_PROMPT_LEARNER resolved through the catalog)."""
-        return prompt_learners() if self.applies_to == EVERY_PROMPT_LEARNER else self.applies_to
+        """The learners searched over this parameter (EVERY_PROMPT_LEARNER resolved through the catalog: for a
+        learner-config field, only the learners whose config has it, so LoRA gets no prompt depth)."""
+        if self.applies_to != EVERY_PROMPT_LEARNER:
+            return self.applies_to
+        if not self.target.startswith(_LC):
+            return prompt_learners()
+        field = self.target[len(_LC):]
+        return tuple(n for n in prompt_learners()
+                     if field in {f.name for f in dataclasses.fields(LEARNERS.get(n).config_cls)})
 
     def domain(self) -> str:
         """Human-readable domain, as in Table 2."""
@@ -105,7 +112,7 @@ _ALL = EVERY_PROMPT_LEARNER
 _PROJ = ("cocoop", "maple")
 _LC = "model.learner_config."
 
-# Paper Table 2, in its row order.
+# Paper Table 2, in its row order, then the rows of the learners beyond the paper.
 PAPER: tuple[Param, ...] = (
     Param("lr", "float", "train.lr", _ALL, 1e-5, 5e-3, log=True, label="Learning rate"),
     Param("weight_decay", "float", "train.weight_decay", _ALL, 1e-5, 1e-2, log=True, label="Weight decay"),
@@ -122,6 +129,14 @@ PAPER: tuple[Param, ...] = (
           label="LayerNorm first"),
     Param("shared_dim", "categorical", _LC + "shared_dim", ("shared_separate",), choices=(32, 64),
           label="Shared dimension"),
+    # Beyond the paper (LoRA, VLSM-Adapter: `beyond_paper` in their catalog entries; Table 2 marks them).
+    # CLIP-LoRA's own setting (rank 2, alpha 1, dropout 0.25) and VLSM-Adapter's dense bottleneck (64) lie
+    # inside these domains.
+    Param("lora_rank", "categorical", _LC + "rank", ("lora",), choices=(2, 4, 8, 16), label="LoRA rank"),
+    Param("lora_alpha", "categorical", _LC + "alpha", ("lora",), choices=(1, 2, 4, 8, 16), label="LoRA alpha"),
+    Param("lora_dropout", "float", _LC + "dropout", ("lora",), 0.0, 0.5, label="LoRA dropout"),
+    Param("adapter_bottleneck", "categorical", _LC + "bottleneck", ("adapter",), choices=(16, 32, 64, 128),
+          label="Adapter bottleneck"),
 )
 
 

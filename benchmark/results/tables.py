@@ -108,8 +108,23 @@ def learner_name(key: str) -> str:
 
 
 def _in_average(learner: str) -> bool:
-    """Prompt learners count towards "Average across Methods"; a learner that prompts nothing (E2E) does not."""
-    return learner not in LEARNERS or LEARNERS.get(learner).prompted
+    """Prompt learners count towards "Average across Methods"; a learner that prompts nothing (E2E) does not,
+    nor does one beyond the paper (LoRA, VLSM-Adapter), so that the average stays the paper's."""
+    return learner not in LEARNERS or (LEARNERS.get(learner).prompted and not _beyond_paper(learner))
+
+
+def _beyond_paper(learner: str) -> bool:
+    return learner in LEARNERS and LEARNERS.get(learner).beyond_paper
+
+
+# Marks a learner the paper did not evaluate (catalog `beyond_paper`): its Table 3/5 rows and Table 2 entries.
+BEYOND_MARK = "‡"
+BEYOND_NOTE = (f"{BEYOND_MARK} beyond the paper: a learner the paper did not evaluate (docs/learners.md, "
+               "\"Beyond the paper\"); listed after the paper's rows and not in the Average across Methods.")
+
+
+def _row_label(learner: str) -> str:
+    return learner_name(learner) + (f" {BEYOND_MARK}" if _beyond_paper(learner) else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,7 +308,8 @@ def _extra_pairs(trials: pd.DataFrame, known: Iterable[tuple[str, str]]) -> list
     known = set(known)
     pairs = {(v, l) for v, l in zip(trials["vlsm"], trials["learner"])} - known
     vlsms = VLSMS.names()
-    return sorted(pairs, key=lambda p: (vlsms.index(p[0]) if p[0] in vlsms else len(vlsms), p))
+    # learners beyond the paper last, after every row the paper could have had
+    return sorted(pairs, key=lambda p: (_beyond_paper(p[1]), vlsms.index(p[0]) if p[0] in vlsms else len(vlsms), p))
 
 
 def _build(number: int, trials: pd.DataFrame, rows: list[RowSpec], stub: tuple[str, ...], selection: str,
@@ -333,7 +349,7 @@ def table3(trials: pd.DataFrame, selection: str = "val", rule: Selection | None 
     """Paper Table 3: every (VLSM, learner) row of the paper, in its order, plus any other pair the run has."""
     t = trials[trials["variant"] == VARIANTS[3]]
     pairs = list(TABLE3_ROWS) + _extra_pairs(t, TABLE3_ROWS)
-    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[3], _in_average(l)) for v, l in pairs]
+    rows = [RowSpec((vlsm_name(v), _row_label(l)), v, l, VARIANTS[3], _in_average(l)) for v, l in pairs]
     return _build(3, t, rows, ("Model", "Context Learner"), selection, rule, with_average=True)
 
 
@@ -353,7 +369,7 @@ def table5(trials: pd.DataFrame, selection: str = "val", rule: Selection | None 
     """Paper Table 5: the prompt-tuning rows trained without the new last upsampling layer."""
     t = trials[trials["variant"] == VARIANTS[5]]
     pairs = list(TABLE5_ROWS) + _extra_pairs(t, TABLE5_ROWS)
-    rows = [RowSpec((vlsm_name(v), learner_name(l)), v, l, VARIANTS[5], _in_average(l)) for v, l in pairs]
+    rows = [RowSpec((vlsm_name(v), _row_label(l)), v, l, VARIANTS[5], _in_average(l)) for v, l in pairs]
     return _build(5, t, rows, ("Model", "Context Learner"), selection, rule, with_average=True)
 
 
@@ -463,10 +479,12 @@ def _space_type(p: Any) -> str:
 
 
 def _applies(p: Any) -> str:
+    """"ALL" for every prompt learner of the paper, then the learners beyond the paper by name, marked."""
     learners = set(p.learners())
-    if set(prompt_learners()) <= learners:
-        return "ALL"
-    return ", ".join(learner_name(name) for name in sorted(learners))
+    paper = {n for n in prompt_learners() if not _beyond_paper(n)}
+    beyond = sorted(n for n in learners if _beyond_paper(n))
+    named = ["ALL"] if paper and paper <= learners else sorted(learners - set(beyond))
+    return ", ".join([learner_name(n) if n != "ALL" else n for n in named] + [_row_label(n) for n in beyond])
 
 
 def table2(params: Sequence[Any] | None = None, space: str = "paper", *, source: str = "",
@@ -666,6 +684,8 @@ def table_grid(table: Table) -> Grid:
                     "(E2E excluded), as in the paper.")
     if any(r.learner == "e2e" for r in table.rows):
         foot.append(E2E_SOURCE_NOTE)
+    if any(_beyond_paper(r.learner) for r in table.rows):
+        foot.append(BEYOND_NOTE)
     foot.append(f"{DASH}: not run yet, or no trial finished.")
     return Grid(f"Table {table.number}. {table.title}", lines, list(table.stub), _groups(table.datasets)
                 + [("Overall", 1)], [d.display for d in table.datasets] + ["Mean ± Std"], body, rule_before, foot)
@@ -739,8 +759,12 @@ def table2_grid(t: Table2, tex: bool = False) -> Grid:
         names = "; ".join(f"{PARAM_DISPLAY.get(p.name) or p.name}: {_domain(q, tex)}" if q is not None else
                           f"{PARAM_DISPLAY.get(p.name) or p.name}: not in the paper's Table 2" for p, q in diffs)
         foot.append(f"{DIFFERS_MARK} differs from the paper's Table 2 ({names}).")
-    elif t.paper:
-        foot.append("Every domain is the paper's.")
+    beyond = any(_beyond_paper(n) for p in t.params for n in p.learners())
+    if t.paper and not diffs:
+        foot.append("Every domain of the paper's rows is the paper's." if beyond else "Every domain is the paper's.")
+    if beyond:
+        foot.append(f"ALL: every prompt learner of the paper. {BEYOND_NOTE.split(';')[0]}; rows only they "
+                    "have are not in the paper's Table 2.")
     return Grid(f"Table {t.number}. {t.title}", [t.source] if t.source else [], [f.columns[0]], [],
                 list(f.columns[1:]), [([r[0]], list(r[1:])) for r in f.itertuples(index=False, name=None)],
                 footnotes=foot, numeric=False)

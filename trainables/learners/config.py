@@ -57,3 +57,32 @@ class ProjectionConfig(PromptConfig):
         super().__post_init__()
         if self.intermediate_dim < 1:
             self.fail("intermediate_dim", f"{self.intermediate_dim} must be >= 1")
+
+
+ENCODER_TARGETS = {"text": frozenset({"text"}), "vision": frozenset({"vision"}), "both": frozenset({"text", "vision"})}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Fields of the learners that change the frozen encoders instead of prompting them (LoRA, adapters).
+
+    targets: the encoders to change, "text", "vision" or "both"; a VLSM without a targeted encoder's attach
+        points is left alone on that side (see each learner's docs), and at least one must remain.
+    """
+
+    learner_name: ClassVar[str] = "?"
+
+    targets: str = "both"
+
+    def __post_init__(self):
+        if self.targets not in ENCODER_TARGETS:
+            self.fail("targets", f"{self.targets!r} is not allowed; allowed: {', '.join(ENCODER_TARGETS)}")
+
+    @property
+    def target_modalities(self) -> frozenset[str]:
+        return ENCODER_TARGETS[self.targets]
+
+    def fail(self, field_name: str, message: str):
+        from trainables.config import ConfigError
+
+        raise ConfigError(f"learner {self.learner_name!r} {field_name}: {message}")

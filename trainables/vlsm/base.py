@@ -84,6 +84,38 @@ def expand_text(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, te
     return input_ids, attention_mask, text_index
 
 
+@dataclass(frozen=True)
+class EncoderLayer:
+    """One attention layer of a pretrained encoder, as module names relative to the VLSM adapter.
+
+    `projections`: "q", "k", "v", "o" -> `nn.Linear` modules that the adapter's forward *calls* (so that a
+    wrapper of the module, e.g. a LoRA layer, takes effect). `attention` / `mlp`: the self-attention and MLP
+    sublayers whose (first) output is added to the residual stream, or None where the layer has no such
+    sublayer (CRIS's ResNet attention pool)."""
+
+    projections: dict[str, str]
+    attention: str | None = None
+    mlp: str | None = None
+    width: int = 0
+
+
+@dataclass(frozen=True)
+class AttachPoints:
+    """Where learners that change the frozen encoders (LoRA, adapters) attach, instead of producing prompts.
+
+    `layers`: per modality ("text", "vision"), the encoder's attention layers that `forward` runs, in order.
+    `decoder_taps`: 0-based indices of the vision layers whose outputs the decoder reads (CLIPSeg's
+    `extract_layers`); empty when the decoder reads only the encoders' last outputs. `condition`: an
+    identity module the adapter applies to the text conditioning vector (width `condition_width`) before the
+    decoder reads it. Attaching happens on a private copy of the module tree (`trainables.model`), never on
+    the frozen VLSM other trials share."""
+
+    layers: dict[str, list[EncoderLayer]]
+    decoder_taps: tuple[int, ...] = ()
+    condition: str | None = None
+    condition_width: int = 0
+
+
 @dataclass
 class SegmentationOutput:
     logits: torch.Tensor  # (N, 1, S, S), the frozen head's output
@@ -132,6 +164,12 @@ class VLSMAdapter(nn.Module):
         what a `PromptFn` reads, where it is not derived from the rest. Contiguous, and `forward`'s own pass
         must hand its consumers the same layout (a cached batch is stacked from per-image rows, and a
         convolution's rounding depends on its input's strides). Optional: without it nothing is cached."""
+        raise NotImplementedError
+
+    def attach_points(self) -> AttachPoints:
+        """Where weight-space learners attach (see `AttachPoints`). Optional: without it LoRA and adapter
+        learners are not available on this VLSM. May restructure the adapter's own modules (e.g. split a
+        fused attention into called projections) without changing what `forward` computes."""
         raise NotImplementedError
 
     def make_upsampler(self) -> nn.Module:

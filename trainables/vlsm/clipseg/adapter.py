@@ -28,7 +28,16 @@ from torch import nn
 
 from trainables.catalog import TEXT, VISION
 from trainables.config import ConfigError
-from trainables.vlsm.base import PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
+from trainables.vlsm.base import (
+    AttachPoints,
+    EncoderLayer,
+    PromptFn,
+    Prompts,
+    SegmentationOutput,
+    VLSMAdapter,
+    VLSMSpec,
+    expand_text,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"  # the reference configured CIDAS/clipseg-rd64 (reference §3)
@@ -103,6 +112,9 @@ class CLIPSegAdapter(VLSMAdapter):
             vision_width=cfg.vision_config.hidden_size, max_prompt_depth=max_depth, image_size=image_size,
             image_feature_dim=cfg.projection_dim, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )
+        # The text conditioning vector passes through this before the decoder reads it: an attach point
+        # (`attach_points().condition`) for learners that adapt it; the identity otherwise.
+        self.condition = nn.Identity()
         self.model.eval().requires_grad_(False)
 
     # -- inputs ------------------------------------------------------------------------------------------
@@ -134,6 +146,23 @@ class CLIPSegAdapter(VLSMAdapter):
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.clip]  # both CLIP towers and their projections; the decoder is the rest
+
+    def attach_points(self) -> AttachPoints:
+        # HF's CLIPSeg attention calls its q/k/v/out nn.Linear modules, so they are attach points as they are.
+        # Only the vision layers `forward` runs are listed (it stops after the last decoder tap).
+        def layers(prefix: str, count: int, width: int) -> list[EncoderLayer]:
+            return [EncoderLayer({p: f"{prefix}.{i}.self_attn.{p}_proj" for p in "qkv"}
+                                 | {"o": f"{prefix}.{i}.self_attn.out_proj"},
+                                 attention=f"{prefix}.{i}.self_attn", mlp=f"{prefix}.{i}.mlp", width=width)
+                    for i in range(count)]
+
+        cfg = self.model.config
+        return AttachPoints(
+            layers={TEXT: layers("model.clip.text_model.encoder.layers", cfg.text_config.num_hidden_layers,
+                                 cfg.text_config.hidden_size),
+                    VISION: layers("model.clip.vision_model.encoder.layers", self.vision_layers_run,
+                                   cfg.vision_config.hidden_size)},
+            decoder_taps=tuple(self.extract_layers), condition="condition", condition_width=cfg.projection_dim)
 
     # -- forward -----------------------------------------------------------------------------------------
 
@@ -167,7 +196,7 @@ class CLIPSegAdapter(VLSMAdapter):
         if image_side is not None and prompts.vision is not None:
             raise ValueError("image_side holds un-prompted image features; vision prompts need the image pass")
         ids, mask, gather = expand_text(input_ids, attention_mask, text_index, prompts)
-        cond = self.encode_text(ids, mask, prompts.text)
+        cond = self.condition(self.encode_text(ids, mask, prompts.text))
         if gather is not None:
             cond = cond[gather]
         if taps is None:

@@ -25,11 +25,20 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainables.catalog import TEXT
+from trainables.catalog import TEXT, VISION
 from trainables.config import ConfigError
-from trainables.vlsm.base import PromptFn, Prompts, SegmentationOutput, VLSMAdapter, VLSMSpec, expand_text
+from trainables.vlsm.base import (
+    AttachPoints,
+    EncoderLayer,
+    PromptFn,
+    Prompts,
+    SegmentationOutput,
+    VLSMAdapter,
+    VLSMSpec,
+    expand_text,
+)
 from trainables.vlsm.cris.convert import converted_config, load_cris_weights
-from trainables.vlsm.cris.model import CRIS, CRISConfig, CRISUpsampler, causal_mask, load_cris_config
+from trainables.vlsm.cris.model import CRIS, CRISConfig, CRISUpsampler, SplitSelfAttention, causal_mask, load_cris_config
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,6 +63,9 @@ class CRISAdapter(VLSMAdapter):
             mean=CLIP_MEAN,
             std=CLIP_STD,
         )
+        # The sentence state passes through this before the neck and projector read it: an attach point
+        # (`attach_points().condition`) for learners that adapt it; the identity otherwise.
+        self.condition = nn.Identity()
 
     @property
     def config(self) -> CRISConfig:
@@ -189,12 +201,29 @@ class CRISAdapter(VLSMAdapter):
         word, state, pad = self.encode_text(ids, mask, prompts.text if prompts else None)
         if gather is not None:
             word, state, pad = word[gather], state[gather], pad[gather]
-        logits, fq = self.model.decode(vis, word, state, pad, pixel_values.shape[-2:])
+        logits, fq = self.model.decode(vis, word, self.condition(state), pad, pixel_values.shape[-2:])
         return SegmentationOutput(logits=logits, tap=fq)
 
     def encoder_modules(self) -> list[nn.Module]:
         """The pretrained CLIP encoders (image + text), for E2E runs that train only the CRIS head."""
         return [self.model.backbone]
+
+    def attach_points(self) -> AttachPoints:
+        """Text: the 12 CLIP text blocks, whose fused `nn.MultiheadAttention` is first re-expressed with called
+        q/k/v/out projections sharing its weights (`SplitSelfAttention`, same result). Vision: the ResNet's one
+        attention, the attention pool (q/k/v, and `c_proj` as its output projection); it has no MLP sublayer."""
+        bb = self.model.backbone
+        for block in bb.transformer.resblocks:
+            if isinstance(block.attn, nn.MultiheadAttention):
+                block.attn = SplitSelfAttention(block.attn)
+        prefix = "model.backbone.transformer.resblocks"
+        text = [EncoderLayer({p: f"{prefix}.{i}.attn.{p}_proj" for p in "qkv"} | {"o": f"{prefix}.{i}.attn.out_proj"},
+                             attention=f"{prefix}.{i}.attn", mlp=f"{prefix}.{i}.mlp", width=self.config.transformer_width)
+                for i in range(len(bb.transformer.resblocks))]
+        pool = "model.backbone.visual.attnpool"
+        vision = [EncoderLayer({"q": f"{pool}.q_proj", "k": f"{pool}.k_proj", "v": f"{pool}.v_proj", "o": f"{pool}.c_proj"})]
+        return AttachPoints(layers={TEXT: text, VISION: vision}, condition="condition",
+                            condition_width=self.config.embed_dim)
 
     def make_upsampler(self) -> nn.Module:
         return CRISUpsampler(self.config.vis_dim, 64, self.config.img_size, 5)

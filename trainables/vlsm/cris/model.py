@@ -164,15 +164,9 @@ class AttentionPool2d(nn.Module):
         residual = self.connect(x)
         tokens = x.flatten(2).permute(2, 0, 1)  # (HW, N, C)
         tokens = tokens + self.spatial_positions(h, w).to(tokens.dtype)[:, None]
-        out, _ = F.multi_head_attention_forward(
-            query=tokens, key=tokens, value=tokens, embed_dim_to_check=c, num_heads=self.num_heads,
-            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias, training=self.training,
-            need_weights=False, use_separate_proj_weight=True,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
-        )
-        out = out.permute(1, 2, 0).reshape(n, -1, h, w)
+        # The projections are called as modules (not read as weights), so that a wrapper of one (LoRA) acts.
+        out = _attend(self.q_proj(tokens), self.k_proj(tokens), self.v_proj(tokens), self.num_heads)
+        out = self.c_proj(out).permute(1, 2, 0).reshape(n, -1, h, w)
         return F.relu(out + residual)
 
 
@@ -240,6 +234,52 @@ class ResidualAttentionBlock(nn.Module):
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask, key_padding_mask=key_padding_mask)[0]
         return x + self.mlp(self.ln_2(x))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of projected (L, N, D) sequences over `heads` heads -> (L, N, D), before
+    the output projection. `mask` (N or 1, 1, L, S) bool, True = may attend."""
+    length, n, d = q.shape
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (L, N, D) -> (N, heads, L, D / heads)
+        return t.reshape(t.shape[0], n, heads, d // heads).permute(1, 2, 0, 3)
+
+    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v), attn_mask=mask)
+    return out.permute(2, 0, 1, 3).reshape(length, n, d)
+
+
+class SplitSelfAttention(nn.Module):
+    """An `nn.MultiheadAttention` self-attention re-expressed with separate q/k/v/out `nn.Linear` modules that
+    share its frozen weights (views of `in_proj_weight`): what weight-space learners attach to. CLIP-LoRA
+    does the same with CLIP's fused attention; peft's own `nn.MultiheadAttention` LoRA merges the update into
+    the fused weight before every forward and subtracts it after, which would let the shared frozen weights
+    drift by rounding, and has one LoRA A for q, k and v together. Same call and result as the module it
+    replaces: (x, x, x, attn_mask=(L, L) bool True = blocked, key_padding_mask=(N, L) bool True = pad)."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        d = mha.embed_dim
+        self.num_heads = mha.num_heads
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            lin = nn.Linear(d, d, device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype)
+            lin.weight = nn.Parameter(mha.in_proj_weight[i * d:(i + 1) * d], requires_grad=mha.in_proj_weight.requires_grad)
+            lin.bias = nn.Parameter(mha.in_proj_bias[i * d:(i + 1) * d], requires_grad=mha.in_proj_bias.requires_grad)
+            setattr(self, name, lin)
+        self.out_proj = mha.out_proj
+
+    def forward(self, x: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        blocked = None
+        if attn_mask is not None:
+            blocked = attn_mask[None, None]
+        if key_padding_mask is not None:
+            pad = key_padding_mask[:, None, None, :]
+            blocked = pad if blocked is None else blocked | pad
+        mask = None if blocked is None else ~blocked
+        out = _attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads, mask)
+        return self.out_proj(out), None
 
 
 class Transformer(nn.Module):

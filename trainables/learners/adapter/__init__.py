@@ -1,0 +1,57 @@
+"""VLSM-Adapter (Dhakal et al., MICCAI 2024): catalog entry and config (torch-free); the torch module is
+`adapter/model.py`.
+
+Beyond the paper: the original authors' group's follow-up to TuneVLSeg, on the same medical sets. Bottleneck
+adapters inside the frozen encoders instead of prompts. Facts read from naamiinepal/vlsm-adapter
+(`src/models/clipseg_adapter.py`, `configs/model/clipseg_*_adapter.yaml`, `scripts/finetune.py`):
+
+- adapter block: x + ReLU(up(ReLU(down(x)))), down width -> bottleneck and up bottleneck -> width, both
+  Linear with bias (2·w·b + b + w parameters); no residual scaling;
+- dense: one block after the self-attention and one after the MLP of a layer, each before its residual
+  addition, in the first max(extract_layers) = 9 layers of both encoders (so CLIPSeg's tenth vision layer,
+  whose output is the deepest decoder tap, has none); bottleneck 64; lr 1e-3, weight decay 1e-3;
+- shallow: blocks on the decoder's taps and the text states of the same layers; bottleneck 512; lr 3e-4;
+- variants V / VL / VLC: vision encoder only, both encoders, both plus a block (bottleneck 256) on the
+  text conditioning vector. Here `targets` (vision / both) and `condition`.
+
+Only the dense variant is implemented (see docs/learners.md, "Beyond the paper").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from trainables.catalog import TEXT, register_learner
+from trainables.learners.config import EncoderConfig
+
+VARIANTS = ("dense",)
+
+
+@dataclass(frozen=True)
+class AdapterConfig(EncoderConfig):
+    """variant: where the blocks sit ("dense"); bottleneck: their hidden width (VLSM-Adapter dense: 64);
+    condition: one more block on the text conditioning vector (the paper's "C"), of width
+    `condition_bottleneck` (256 in VLSM-Adapter)."""
+
+    learner_name: ClassVar[str] = "adapter"
+
+    variant: str = "dense"
+    bottleneck: int = 64
+    condition: bool = True
+    condition_bottleneck: int = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            self.fail("variant", f"{self.variant!r} is not implemented; allowed: {', '.join(VARIANTS)}")
+        for name in ("bottleneck", "condition_bottleneck"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                self.fail(name, f"{value!r} must be an integer >= 1")
+
+
+# Modalities {TEXT}: what it needs of a VLSM; the encoders it changes are its `targets`, resolved against the
+# VLSM's attach points (a ResNet image encoder has no transformer layers to adapt).
+register_learner("adapter", "VLSM-Adapter", AdapterConfig, {TEXT},
+                 model="trainables.learners.adapter.model:VLSMAdapterLearner", seed=1234, beyond_paper=True)
