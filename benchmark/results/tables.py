@@ -478,13 +478,20 @@ def _space_type(p: Any) -> str:
     return "Integer" if str(p.kind).lower() in ("int", "integer") else "Linear"
 
 
+def _paper_learners() -> set[str]:
+    return {n for n in prompt_learners() if not _beyond_paper(n)}
+
+
 def _applies(p: Any) -> str:
-    """"ALL" for every prompt learner of the paper, then the learners beyond the paper by name, marked."""
+    """"ALL" when every prompt learner of the paper is searched over it (as the paper prints it; the learners
+    beyond the paper that share the row are named in a footnote), else the learners by name, those beyond
+    the paper marked."""
     learners = set(p.learners())
-    paper = {n for n in prompt_learners() if not _beyond_paper(n)}
+    paper = _paper_learners()
+    if paper and paper <= learners:
+        return "ALL"
     beyond = sorted(n for n in learners if _beyond_paper(n))
-    named = ["ALL"] if paper and paper <= learners else sorted(learners - set(beyond))
-    return ", ".join([learner_name(n) if n != "ALL" else n for n in named] + [_row_label(n) for n in beyond])
+    return ", ".join([learner_name(n) for n in sorted(learners - set(beyond))] + [_row_label(n) for n in beyond])
 
 
 def table2(params: Sequence[Any] | None = None, space: str = "paper", *, source: str = "",
@@ -759,12 +766,16 @@ def table2_grid(t: Table2, tex: bool = False) -> Grid:
         names = "; ".join(f"{PARAM_DISPLAY.get(p.name) or p.name}: {_domain(q, tex)}" if q is not None else
                           f"{PARAM_DISPLAY.get(p.name) or p.name}: not in the paper's Table 2" for p, q in diffs)
         foot.append(f"{DIFFERS_MARK} differs from the paper's Table 2 ({names}).")
-    beyond = any(_beyond_paper(n) for p in t.params for n in p.learners())
+    beyond = sorted({n for p in t.params for n in p.learners() if _beyond_paper(n)})
     if t.paper and not diffs:
         foot.append("Every domain of the paper's rows is the paper's." if beyond else "Every domain is the paper's.")
     if beyond:
-        foot.append(f"ALL: every prompt learner of the paper. {BEYOND_NOTE.split(';')[0]}; rows only they "
-                    "have are not in the paper's Table 2.")
+        shared = [PARAM_DISPLAY.get(p.name) or p.label or p.name for p in t.params if _applies(p) == "ALL"
+                  and set(beyond) & set(p.learners())]
+        foot.append(f"{BEYOND_NOTE.split(';')[0]}. ALL: every prompt learner of the paper"
+                    + (f"; {', '.join(_row_label(n) for n in beyond)} are searched over "
+                       f"{', '.join(shared)} too" if shared else "")
+                    + "; rows naming only them are not in the paper's Table 2.")
     return Grid(f"Table {t.number}. {t.title}", [t.source] if t.source else [], [f.columns[0]], [],
                 list(f.columns[1:]), [([r[0]], list(r[1:])) for r in f.itertuples(index=False, name=None)],
                 footnotes=foot, numeric=False)
