@@ -96,6 +96,43 @@ def test_adapter_counts_match_vlsm_adapter_on_full_size_clipseg():
     assert count() == vlc and round(vlc / 1e6) == 3
 
 
+def test_shallow_adapter_counts_match_vlsm_adapter_on_full_size_clipseg():
+    # VLSM-Adapter's shallow CLIPSeg adapters (bottleneck 512): one block per decoder tap (3) on the vision
+    # side, one per tapped text layer (3), the condition block (256).
+    def count(**cfg):
+        return learner_params(build_model({"vlsm": "clipseg", "vlsm_config": "clipseg-rd64", "learner": "adapter",
+                                           "learner_config": {"variant": "shallow", **cfg}}))
+
+    v = 3 * block(768, 512)
+    vl = v + 3 * block(512, 512)
+    assert (v, vl, vl + block(512, 256)) == (2_363_136, 3_939_072, 4_201_984)
+    assert count(targets="vision", condition=False) == v
+    assert count() == vl + block(512, 256)
+
+
+# The tiny CLIPSeg with its conditioning as wide as its text (32): shallow adds text states to it unprojected.
+SQUARE_TINY = {"base": "tiny", "projection_dim": 32}
+
+
+def test_shallow_adapter_reads_the_taps_and_leaves_both_encoders_alone():
+    model = build_model({"vlsm": "clipseg", "vlsm_config": SQUARE_TINY, "learner": "adapter",
+                         "learner_config": {"variant": "shallow", "bottleneck": 8}, "seed": 0}).eval()
+    taps = model.vlsm.extract_layers
+    assert len(model.vlsm.tap_adapters) == len(model.vlsm.text_tap_adapters) == len(taps)
+    assert model.frozen_image_side  # the vision stream is untouched: the frozen-feature cache stays usable
+    x, tok = batch(model)
+    with torch.no_grad():
+        cached = model.vlsm.image_side(x)  # un-adapted taps, as the cache stores them
+        assert torch.equal(model(x, **tok, image_side=cached), model(x, **tok))
+        side = [t.clone() for t in model.vlsm.encode_vision(x, None)]
+    for a, b in zip(cached, side):  # the encoders' own pass is the frozen one
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="'shallow' needs decoder taps, which cris does not have"):
+        tiny("cris", "adapter", variant="shallow")
+    with pytest.raises(ConfigError, match=r"'shallow' adds text states \(32 wide\) to the conditioning vector \(24 wide\)"):
+        tiny("clipseg", "adapter", variant="shallow")
+
+
 def test_adapter_counts_on_cris_adapt_the_text_transformer_only():
     model = tiny("cris", "adapter", bottleneck=8, condition_bottleneck=16)
     cfg = model.vlsm.config
@@ -121,11 +158,13 @@ def test_attaching_leaves_the_shared_frozen_vlsm_untouched(learner):
     coop = tiny("clipseg", "coop", upsampler=False)
     shared = coop.vlsm
     x, tok = batch(coop)
+    modules = [(n, type(m)) for n, m in shared.named_modules()]
     with torch.no_grad():
         before = shared(x, **tok).logits
     attached = tiny("clipseg", learner)
     assert attached.vlsm is not shared
-    assert not any("lora_" in n or "adapter" in n for n, _ in shared.named_modules())
+    assert [(n, type(m)) for n, m in shared.named_modules()] == modules  # nothing inserted or wrapped
+    assert len(list(attached.vlsm.named_modules())) > len(modules)
     # the frozen weights are shared, not copied: every frozen tensor of the attached tree is one of the shared
     frozen = {id(p) for p in attached.vlsm.parameters() if not p.requires_grad}
     assert frozen == {id(p) for p in shared.parameters()}
@@ -234,7 +273,7 @@ def test_describe_counts_lora(capsys):
     ("lora", {"projections": "qx"}, "learner 'lora' projections: 'qx': letters from 'qkvo'"),
     ("lora", {"dropout": 1.0}, r"learner 'lora' dropout: 1.0 must be in \[0, 1\)"),
     ("lora", {"targets": "all"}, "learner 'lora' targets: 'all' is not allowed; allowed: text, vision, both"),
-    ("adapter", {"variant": "shallow"}, "learner 'adapter' variant: 'shallow' is not implemented; allowed: dense"),
+    ("adapter", {"variant": "deep"}, "learner 'adapter' variant: 'deep' is not allowed; allowed: dense, shallow"),
     ("adapter", {"bottleneck": 0}, "learner 'adapter' bottleneck: 0 must be an integer >= 1"),
 ])
 def test_bad_config_is_one_line(learner, config, message):

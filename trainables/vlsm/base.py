@@ -107,13 +107,18 @@ class AttachPoints:
     `decoder_taps`: 0-based indices of the vision layers whose outputs the decoder reads (CLIPSeg's
     `extract_layers`); empty when the decoder reads only the encoders' last outputs. `condition`: an
     identity module the adapter applies to the text conditioning vector (width `condition_width`) before the
-    decoder reads it. Attaching happens on a private copy of the module tree (`trainables.model`), never on
-    the frozen VLSM other trials share."""
+    decoder reads it. `taps` / `text_taps`: empty `nn.ModuleList`s (None: not offered) that a learner fills
+    with one module per decoder tap: `taps[i]` maps tap i before the decoder reads it (the vision stream
+    is untouched), `text_taps[i]` maps the EOS state of text layer `decoder_taps[i]` to an addition to the
+    conditioning vector. Attaching happens on a private copy of the module tree (`trainables.model`),
+    never on the frozen VLSM other trials share."""
 
     layers: dict[str, list[EncoderLayer]]
     decoder_taps: tuple[int, ...] = ()
     condition: str | None = None
     condition_width: int = 0
+    taps: str | None = None
+    text_taps: str | None = None
 
 
 @dataclass

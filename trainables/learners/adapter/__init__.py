@@ -10,11 +10,13 @@ adapters inside the frozen encoders instead of prompts. Facts read from naamiine
 - dense: one block after the self-attention and one after the MLP of a layer, each before its residual
   addition, in the first max(extract_layers) = 9 layers of both encoders (so CLIPSeg's tenth vision layer,
   whose output is the deepest decoder tap, has none); bottleneck 64; lr 1e-3, weight decay 1e-3;
-- shallow: blocks on the decoder's taps and the text states of the same layers; bottleneck 512; lr 3e-4;
+- shallow: a block on each decoder tap (the vision stream itself is untouched) and, per tapped layer, a
+  block on the text EOS state of the same layer whose output is *added* to the conditioning vector
+  (unprojected: needs text width = conditioning width); bottleneck 512; lr 3e-4;
 - variants V / VL / VLC: vision encoder only, both encoders, both plus a block (bottleneck 256) on the
   text conditioning vector. Here `targets` (vision / both) and `condition`.
 
-Only the dense variant is implemented (see docs/learners.md, "Beyond the paper").
+CLIPSeg has both variants; CRIS has no decoder taps, so only dense (see docs/learners.md, "Beyond the paper").
 """
 
 from __future__ import annotations
@@ -25,30 +27,36 @@ from typing import ClassVar
 from trainables.catalog import TEXT, register_learner
 from trainables.learners.config import EncoderConfig
 
-VARIANTS = ("dense",)
+VARIANTS = {"dense": 64, "shallow": 512}  # variant -> VLSM-Adapter's bottleneck for it
 
 
 @dataclass(frozen=True)
 class AdapterConfig(EncoderConfig):
-    """variant: where the blocks sit ("dense"); bottleneck: their hidden width (VLSM-Adapter dense: 64);
-    condition: one more block on the text conditioning vector (the paper's "C"), of width
-    `condition_bottleneck` (256 in VLSM-Adapter)."""
+    """variant: where the blocks sit, "dense" or "shallow"; bottleneck: their hidden width (None: VLSM-Adapter's
+    for the variant, 64 dense, 512 shallow); condition: one more block on the text conditioning vector (the
+    paper's "C"), of width `condition_bottleneck` (256 in VLSM-Adapter)."""
 
     learner_name: ClassVar[str] = "adapter"
 
     variant: str = "dense"
-    bottleneck: int = 64
+    bottleneck: int | None = None
     condition: bool = True
     condition_bottleneck: int = 256
 
     def __post_init__(self):
         super().__post_init__()
         if self.variant not in VARIANTS:
-            self.fail("variant", f"{self.variant!r} is not implemented; allowed: {', '.join(VARIANTS)}")
+            self.fail("variant", f"{self.variant!r} is not allowed; allowed: {', '.join(VARIANTS)}")
         for name in ("bottleneck", "condition_bottleneck"):
             value = getattr(self, name)
+            if value is None and name == "bottleneck":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 self.fail(name, f"{value!r} must be an integer >= 1")
+
+    @property
+    def hidden(self) -> int:
+        return VARIANTS[self.variant] if self.bottleneck is None else self.bottleneck
 
 
 # Modalities {TEXT}: what it needs of a VLSM; the encoders it changes are its `targets`, resolved against the

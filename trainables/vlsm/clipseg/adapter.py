@@ -115,6 +115,11 @@ class CLIPSegAdapter(VLSMAdapter):
         # The text conditioning vector passes through this before the decoder reads it: an attach point
         # (`attach_points().condition`) for learners that adapt it; the identity otherwise.
         self.condition = nn.Identity()
+        # Attach points of the decoder's taps (one module per tap, applied to the tap the decoder reads; the
+        # vision stream itself is untouched) and of the tapped text layers (each maps the EOS state of text
+        # layer extract_layers[i] to an addition to the conditioning vector). Empty: nothing attached.
+        self.tap_adapters = nn.ModuleList()
+        self.text_tap_adapters = nn.ModuleList()
         self.model.eval().requires_grad_(False)
 
     # -- inputs ------------------------------------------------------------------------------------------
@@ -162,7 +167,8 @@ class CLIPSegAdapter(VLSMAdapter):
                                  cfg.text_config.hidden_size),
                     VISION: layers("model.clip.vision_model.encoder.layers", self.vision_layers_run,
                                    cfg.vision_config.hidden_size)},
-            decoder_taps=tuple(self.extract_layers), condition="condition", condition_width=cfg.projection_dim)
+            decoder_taps=tuple(self.extract_layers), condition="condition", condition_width=cfg.projection_dim,
+            taps="tap_adapters", text_taps="text_tap_adapters")
 
     # -- forward -----------------------------------------------------------------------------------------
 
@@ -196,17 +202,25 @@ class CLIPSegAdapter(VLSMAdapter):
         if image_side is not None and prompts.vision is not None:
             raise ValueError("image_side holds un-prompted image features; vision prompts need the image pass")
         ids, mask, gather = expand_text(input_ids, attention_mask, text_index, prompts)
-        cond = self.condition(self.encode_text(ids, mask, prompts.text))
+        if len(self.text_tap_adapters):
+            cond, states = self.encode_text(ids, mask, prompts.text, text_taps=True)
+            cond = self.condition(cond) + sum(a(h) for a, h in zip(self.text_tap_adapters, states))
+        else:
+            cond = self.condition(self.encode_text(ids, mask, prompts.text))
         if gather is not None:
             cond = cond[gather]
         if taps is None:
             taps = self.encode_vision(pixel_values, prompts.vision)
+        if len(self.tap_adapters):
+            taps = [a(t) for a, t in zip(self.tap_adapters, taps)]
         num_vision = 0 if prompts.vision is None else prompts.vision[0].shape[-2]
         logits, grid = self.decode(taps, cond, num_vision)
         return SegmentationOutput(logits=logits, tap=grid)
 
-    def encode_text(self, input_ids, attention_mask, rows: list[torch.Tensor] | None) -> torch.Tensor:
-        """Conditional embedding (N, projection_dim); `rows[k]` are the prompts entering layer k+1."""
+    def encode_text(self, input_ids, attention_mask, rows: list[torch.Tensor] | None, text_taps: bool = False):
+        """Conditional embedding (N, projection_dim); `rows[k]` are the prompts entering layer k+1. With
+        `text_taps`, also the EOS states (N, text width) of the text layers at `extract_layers` (before the
+        final LayerNorm), for `text_tap_adapters`."""
         tm = self.model.clip.text_model
         max_len = tm.config.max_position_embeddings
         n, length = input_ids.shape
@@ -227,16 +241,20 @@ class CLIPSegAdapter(VLSMAdapter):
         positions = torch.arange(embeds.shape[1], device=embeds.device)
         hidden = embeds + tm.embeddings.position_embedding(positions)[None]
         mask = self._text_mask(attention_mask, hidden)
+        ids = input_ids.to(torch.int)
+        eos = ids.argmax(-1) if tm.eos_token_id == 2 else (ids == tm.eos_token_id).int().argmax(-1)
+        eos = (eos + num).clamp(max=hidden.shape[1] - 1)  # HF's pooling rule (legacy eos id 2: max id) shifted by B
+        rows_n = torch.arange(n, device=hidden.device)
+        states = []
         for k, layer in enumerate(tm.encoder.layers, start=1):
             hidden = layer(hidden, mask, is_causal=True)
             if rows and k < len(rows):  # fresh prompts for layer k+1 replace this layer's prompt outputs
                 hidden = torch.cat([hidden[:, :1], _per_sample(rows[k], n).to(hidden.dtype), hidden[:, 1 + num:]], 1)
+            if text_taps and k - 1 in self.extract_layers:
+                states.append(hidden[rows_n, eos.to(hidden.device)])
         hidden = tm.final_layer_norm(hidden)
-        ids = input_ids.to(torch.int)
-        eos = ids.argmax(-1) if tm.eos_token_id == 2 else (ids == tm.eos_token_id).int().argmax(-1)
-        eos = (eos + num).clamp(max=hidden.shape[1] - 1)  # HF's pooling rule (legacy eos id 2: max id) shifted by B
-        pooled = hidden[torch.arange(n, device=hidden.device), eos.to(hidden.device)]
-        return self.model.clip.text_projection(pooled)
+        cond = self.model.clip.text_projection(hidden[rows_n, eos.to(hidden.device)])
+        return (cond, states) if text_taps else cond
 
     def _text_mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor):
         """The causal + padding mask of the text layers, (N, 1, L, L), made with tensor ops only.
