@@ -193,7 +193,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, local_ray, ca
 @pytest.mark.parametrize("changes, storage, error, match", [
     ({"axes__colour": "red"}, None, ConfigError, r"unknown key 'colour'; allowed: vlsm, learner"),
     ({"axes__learner": ["coop", "mapel"]}, None, Exception, r"unknown learner 'mapel' \(did you mean 'maple'\?\); allowed: "
-     r"cocoop, coop"),
+     r"adapter, cocoop, coop"),
     ({"axes__pairs": [["cris", "vpt"]]}, None, ConfigError, r"\(cris, vpt\) is not viable"),
     ({"data": {"root": "/nonexistent/datasets"}}, None, FileNotFoundError,
      r"dataset root for 'kvasir' does not exist: /nonexistent/datasets/kvasir"),
