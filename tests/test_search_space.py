@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import optuna
+import pytest
 
 from benchmark import cli
 from benchmark.plan import search_space
-from benchmark.plan.search_space import PAPER, params_for
-from trainables.catalog import LEARNERS
+from benchmark.plan.search_space import PAPER, Param, params_for
+from trainables import catalog
+from trainables.catalog import LEARNERS, TEXT
+from trainables.learners.config import PromptConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -36,6 +41,89 @@ def test_table2_exactly():
     assert _names("shared_separate") == common + ["shared_dim"]
     assert _names("e2e") == []
     assert by["prompt_depth"].target == "model.learner_config.prompt_depth" and by["lr"].target == "train.lr"
+
+
+# Paper Table 2 written out as one literal, as this module held it before the learner-specific rows moved into
+# the learners' folders: the space gathered from the catalog must be this, record for record, in this order.
+_LC, _PROJ, _SA = "model.learner_config.", ("cocoop", "maple"), ("shared_attention",)
+TABLE2 = (
+    Param("lr", "float", "train.lr", ("*",), 1e-5, 5e-3, log=True, label="Learning rate"),
+    Param("weight_decay", "float", "train.weight_decay", ("*",), 1e-5, 1e-2, log=True, label="Weight decay"),
+    Param("prompt_depth", "int", _LC + "prompt_depth", ("*",), 1, 11, label="Prompt depth"),
+    Param("intermediate_dim", "categorical", _LC + "intermediate_dim", _PROJ, choices=(32, 64, 96, 128),
+          label="Intermediate dimension"),
+    Param("use_lora", "categorical", _LC + "use_lora", _PROJ, choices=(True, False), label="Use LoRA"),
+    Param("nhead", "categorical", _LC + "nhead", _SA, choices=(16, 20, 32), label="Number of heads"),
+    Param("dropout", "float", _LC + "dropout", _SA, 0.1, 0.55, label="Dropout"),
+    Param("dim_feedforward", "categorical", _LC + "dim_feedforward", _SA, choices=(1280, 1420),
+          label="Feed-forward dimension"),
+    Param("norm_first", "categorical", _LC + "norm_first", _SA, choices=(True, False), label="LayerNorm first"),
+    Param("shared_dim", "categorical", _LC + "shared_dim", ("shared_separate",), choices=(32, 64),
+          label="Shared dimension"),
+)
+# The rows of the learners beyond the paper (LoRA, VLSM-Adapter), declared in their folders: after the paper's.
+BEYOND = (
+    Param("adapter_bottleneck", "categorical", _LC + "bottleneck", ("adapter",), choices=(16, 32, 64, 128),
+          label="Adapter bottleneck"),
+    Param("lora_rank", "categorical", _LC + "rank", ("lora",), choices=(2, 4, 8, 16), label="LoRA rank"),
+    Param("lora_alpha", "categorical", _LC + "alpha", ("lora",), choices=(1, 2, 4, 8, 16), label="LoRA alpha"),
+    Param("lora_dropout", "float", _LC + "dropout", ("lora",), 0.0, 0.5, label="LoRA dropout"),
+)
+REFERENCE = TABLE2[:3] + (
+    Param("intermediate_dim", "categorical", _LC + "intermediate_dim", ("cocoop",), choices=(32, 129, 32),
+          label="Intermediate dimension"),
+    Param("intermediate_dim", "categorical", _LC + "intermediate_dim", ("maple",), choices=(32, 64, 96),
+          label="Intermediate dimension"),
+) + TABLE2[4:]
+
+
+def _tpe_sequence(params, seed, n=14):
+    study = optuna.create_study(sampler=search_space.make_sampler(seed))
+    out = []
+    for i in range(n):  # past the 10 random start-up trials, into TPE proper
+        trial = study.ask()
+        search_space.define_by_run(trial, params)
+        out.append(trial.params)
+        study.tell(trial, (i % 5) / (i + 1))
+    return out
+
+
+def test_gathered_space_is_table2_record_for_record_and_samples_alike():
+    assert search_space.SPACES["paper"] == PAPER == TABLE2 + BEYOND
+    assert search_space.SPACES["reference"] == REFERENCE + BEYOND
+    assert search_space.HP_NAMES == tuple(dict.fromkeys(p.name for p in TABLE2 + BEYOND))
+    # the shared rows' learners resolve through the catalog; prompt depth only where the config has it
+    assert {"lora", "adapter"} <= set(PAPER[0].learners()) and not {"lora", "adapter"} & set(PAPER[2].learners())
+    for learner in ("cocoop", "shared_attention", "shared_separate"):
+        literal = tuple(p for p in TABLE2 if learner in p.learners())
+        assert params_for(learner) == literal
+        seed = search_space.seed_for(learner)
+        assert _tpe_sequence(params_for(learner), seed) == _tpe_sequence(literal, seed)
+    assert params_for("maple", "reference") == tuple(p for p in REFERENCE if "maple" in p.learners())
+
+
+@dataclass(frozen=True)
+class _WidthConfig(PromptConfig):
+    learner_name: ClassVar[str] = "my_wide"
+    width: int = 8
+
+
+def test_a_learner_declares_its_own_rows_in_its_registration():
+    catalog.register_learner("my_wide", "My Wide", _WidthConfig, {TEXT}, model="nowhere:Model", search=(
+        Param("width", "categorical", "model.learner_config.width", choices=(8, 16), label="Width"),
+        Param("use_lora", "categorical", "model.learner_config.use_lora", choices=(True, False), label="Use LoRA")))
+    try:
+        assert _names("my_wide") == ["lr", "weight_decay", "prompt_depth", "width", "use_lora"]
+        by = {p.name: p for p in search_space.PAPER}  # read now: gathered from the catalog as it is
+        assert by["use_lora"].applies_to == ("cocoop", "maple", "my_wide")  # declared alike: one Table 2 row
+        assert by["width"].applies_to == ("my_wide",) and "width" in search_space.HP_NAMES
+    finally:
+        LEARNERS.remove("my_wide")
+    assert "width" not in search_space.HP_NAMES
+    with pytest.raises(ValueError, match="learner 'my_other'.*'width' names \\('coop',\\)"):
+        catalog.register_learner("my_other", "Other", _WidthConfig, {TEXT}, model=None,
+                                 search=(Param("width", "int", "x", ("coop",), 1, 2),))
+    assert "my_other" not in LEARNERS
 
 
 def test_reference_space_keeps_the_original_drift():

@@ -326,8 +326,8 @@ def test_table2_from_search_space_module_matches_paper():
     assert f.iloc[2].tolist() == ["Prompt depth", "[1, 11]", "ALL", "Integer"]  # not LoRA's: it has no depth
     assert f.iloc[3].tolist() == ["Intermediate dimension", "{32, 64, 96, 128}", "CoCoOp, Maple", "Choice"]
     assert f.iloc[9].tolist() == ["Shared Space Dimension", "{32, 64}", "Shared Separate", "Choice"]
-    assert f.iloc[10].tolist() == ["LoRA rank", "{2, 4, 8, 16}", "LoRA ‡", "Choice"]
-    assert f.iloc[-1].tolist() == ["Adapter bottleneck", "{16, 32, 64, 128}", "VLSM-Adapter ‡", "Choice"]
+    assert f.iloc[10].tolist() == ["Adapter bottleneck", "{16, 32, 64, 128}", "VLSM-Adapter ‡", "Choice"]
+    assert f.iloc[11].tolist() == ["LoRA rank", "{2, 4, 8, 16}", "LoRA ‡", "Choice"]
     note = [line for line in T.table2_grid(t).footnotes if "‡ beyond the paper" in line]
     assert note and "VLSM-Adapter ‡, LoRA ‡ are searched over Learning rate, Weight decay too" in note[0]
 

@@ -12,14 +12,18 @@ The driver (`tunevlseg plan`, `space`, `tables`, `estimate`) reads only this cat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from trainables.hparams import Param
 
 TEXT = "text"
 VISION = "vision"
@@ -39,6 +43,8 @@ class LearnerCard:
     `seed`: the TPE seed the original used for this learner's study (reference spec §7); 0 when it had none.
     A learner that prompts at least one encoder is a prompt learner: it is swept over the search space's
     common parameters (`benchmark.plan.search_space`); one that prompts none (E2E) is run once, unswept.
+    `search`: its own searched fields (paper Table 2), searched after the common ones; `reference_search`:
+    what the original code searched instead, where that drifted from the paper (the `reference` space).
     """
 
     name: str
@@ -47,6 +53,8 @@ class LearnerCard:
     modalities: frozenset[str]
     model: str | None
     seed: int = 0
+    search: tuple[Param, ...] = ()
+    reference_search: tuple[Param, ...] | None = None  # None: as `search`
     # True: not one of the paper's learners (LoRA, adapters): tables list it after the paper's rows, marked.
     beyond_paper: bool = False
 
@@ -102,9 +110,18 @@ VLSMS: Registry[VLSMCard] = Registry("VLSM", discover=_discover("trainables.vlsm
 
 
 def register_learner(name: str, display_name: str, config_cls: type, modalities: frozenset[str] | set[str],
-                     model: str | None, seed: int = 0, beyond_paper: bool = False) -> LearnerCard:
-    return LEARNERS.register(name, LearnerCard(name, display_name, config_cls, frozenset(modalities), model, seed,
-                                               beyond_paper=beyond_paper))
+                     model: str | None, seed: int = 0, search: tuple[Param, ...] = (),
+                     reference_search: tuple[Param, ...] | None = None, beyond_paper: bool = False) -> LearnerCard:
+    def own(params: tuple[Param, ...]) -> tuple[Param, ...]:
+        for p in params:
+            if p.applies_to not in ((), (name,)):
+                raise ValueError(f"learner {name!r}: search parameter {p.name!r} names {p.applies_to}; a learner "
+                                 "declares only its own parameters (leave applies_to empty)")
+        return tuple(dataclasses.replace(p, applies_to=(name,)) for p in params)
+
+    return LEARNERS.register(name, LearnerCard(
+        name, display_name, config_cls, frozenset(modalities), model, seed, own(search),
+        None if reference_search is None else own(reference_search), beyond_paper))
 
 
 def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,

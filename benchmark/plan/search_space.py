@@ -1,12 +1,14 @@
 """The hyperparameter search space of the paper (Table 2) as data, rendered through Optuna define-by-run.
 
 One tuple of `Param` records is the single source: the sweep samples from it, `tunevlseg space` prints it
-and the tables code regenerates Table 2 from it. Two variants exist:
+and the tables code regenerates Table 2 from it. The rows every prompt learner shares (lr, weight decay,
+prompt depth) are here; a learner's own rows are declared in its folder (`register_learner(search=...)`)
+and gathered from the catalog. Two variants exist:
 
 - `paper`: Table 2 exactly (intermediate dim {32, 64, 96, 128} for CoCoOp and MaPLe).
-- `reference`: what the original code actually searched (reference spec §7/§9.6): CoCoOp
-  `choice(32, 129, 32)` -- 32 listed twice, so it is drawn twice as often by the random start-up trials --
-  and MaPLe `range(32, 97, 32)` = {32, 64, 96}.
+- `reference`: what the original code actually searched (reference spec §7/§9.6), a learner's
+  `reference_search` where it drifted: CoCoOp `choice(32, 129, 32)` -- 32 listed twice, so it is drawn
+  twice as often by the random start-up trials -- and MaPLe `range(32, 97, 32)` = {32, 64, 96}.
 
 Integer ranges are inclusive on both ends because they are rendered with `trial.suggest_int`. (Ray's
 `tune.randint(1, 11)` would be exclusive of 11 and silently drop depth 11.) The space is rendered
@@ -19,144 +21,70 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Sequence
 
-from trainables.catalog import LEARNERS, prompt_learners
+from trainables.catalog import LEARNERS, LearnerCard
 from trainables.config import ConfigError
+from trainables.hparams import EVERY_PROMPT_LEARNER, LEARNER_CONFIG, Param
 
-# `applies_to` of the parameters every prompt learner is searched over: each learner of the catalog that
-# prompts an encoder, including one registered later. E2E prompts nothing and is not swept.
-EVERY_PROMPT_LEARNER = ("*",)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched hyperparameter.
-
-    `target` is the dotted path the sampled value is written to in the nested trial config, e.g.
-    `train.lr` or `model.learner_config.prompt_depth`; `name` is the Optuna / Parquet (`hp_<name>`) name.
-    `applies_to` names learners, or is EVERY_PROMPT_LEARNER.
-    """
-
-    name: str
-    kind: Literal["float", "int", "categorical"]
-    target: str
-    applies_to: tuple[str, ...]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-    label: str = ""  # as printed in paper Table 2
-
-    def learners(self) -> tuple[str, ...]:
-        """The learners searched over this parameter (EVERY_PROMPT_LEARNER resolved through the catalog: for a
-        learner-config field, only the learners whose config has it, so LoRA gets no prompt depth)."""
-        if self.applies_to != EVERY_PROMPT_LEARNER:
-            return self.applies_to
-        if not self.target.startswith(_LC):
-            return prompt_learners()
-        field = self.target[len(_LC):]
-        return tuple(n for n in prompt_learners()
-                     if field in {f.name for f in dataclasses.fields(LEARNERS.get(n).config_cls)})
-
-    def domain(self) -> str:
-        """Human-readable domain, as in Table 2."""
-        if self.kind == "categorical":
-            return "{" + ", ".join(_fmt(c) for c in self.choices or ()) + "}"
-        lo, hi = _fmt(self.low), _fmt(self.high)
-        if self.kind == "int":
-            return f"[{lo}, {hi}] integer"
-        return f"[{lo}, {hi}]" + (" log-uniform" if self.log else " uniform")
-
-    def suggest(self, trial: Any) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(self.name, list(self.choices or ()))
-
-    def example(self) -> Any:
-        """A valid value (first choice or lower bound), for checking configs before a sweep."""
-        if self.choices:
-            return self.choices[0]
-        return int(self.low) if self.kind == "int" else self.low
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "categorical":
-            return value in (self.choices or ())
-        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            return False
-        return self.low <= value <= self.high
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "label": self.label, "kind": self.kind, "target": self.target,
-                             "applies_to": list(self.learners())}
-        if self.kind == "categorical":
-            d["choices"] = list(self.choices or ())
-        else:
-            d.update(low=self.low, high=self.high, log=self.log)
-        return d
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float) and v != 0 and (abs(v) <= 1e-2 or abs(v) >= 1e4):
-        return f"{v:.0e}".replace("e-0", "e-")
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
+__all__ = ["EVERY_PROMPT_LEARNER", "Param"]  # re-exported: defined torch-free in `trainables.hparams`
 
 _ALL = EVERY_PROMPT_LEARNER
-_PROJ = ("cocoop", "maple")
-_LC = "model.learner_config."
 
-# Paper Table 2, in its row order, then the rows of the learners beyond the paper.
-PAPER: tuple[Param, ...] = (
+# The rows of paper Table 2 every prompt learner shares. The learner-specific rows are declared in each
+# learner's folder (`register_learner(..., search=...)`) and follow these.
+SHARED: tuple[Param, ...] = (
     Param("lr", "float", "train.lr", _ALL, 1e-5, 5e-3, log=True, label="Learning rate"),
     Param("weight_decay", "float", "train.weight_decay", _ALL, 1e-5, 1e-2, log=True, label="Weight decay"),
-    Param("prompt_depth", "int", _LC + "prompt_depth", _ALL, 1, 11, label="Prompt depth"),
-    Param("intermediate_dim", "categorical", _LC + "intermediate_dim", _PROJ, choices=(32, 64, 96, 128),
-          label="Intermediate dimension"),
-    Param("use_lora", "categorical", _LC + "use_lora", _PROJ, choices=(True, False), label="Use LoRA"),
-    Param("nhead", "categorical", _LC + "nhead", ("shared_attention",), choices=(16, 20, 32),
-          label="Number of heads"),
-    Param("dropout", "float", _LC + "dropout", ("shared_attention",), 0.1, 0.55, label="Dropout"),
-    Param("dim_feedforward", "categorical", _LC + "dim_feedforward", ("shared_attention",),
-          choices=(1280, 1420), label="Feed-forward dimension"),
-    Param("norm_first", "categorical", _LC + "norm_first", ("shared_attention",), choices=(True, False),
-          label="LayerNorm first"),
-    Param("shared_dim", "categorical", _LC + "shared_dim", ("shared_separate",), choices=(32, 64),
-          label="Shared dimension"),
-    # Beyond the paper (LoRA, VLSM-Adapter: `beyond_paper` in their catalog entries; Table 2 marks them).
-    # CLIP-LoRA's own setting (rank 2, alpha 1, dropout 0.25) and VLSM-Adapter's dense bottleneck (64) lie
-    # inside these domains.
-    Param("lora_rank", "categorical", _LC + "rank", ("lora",), choices=(2, 4, 8, 16), label="LoRA rank"),
-    Param("lora_alpha", "categorical", _LC + "alpha", ("lora",), choices=(1, 2, 4, 8, 16), label="LoRA alpha"),
-    Param("lora_dropout", "float", _LC + "dropout", ("lora",), 0.0, 0.5, label="LoRA dropout"),
-    Param("adapter_bottleneck", "categorical", _LC + "bottleneck", ("adapter",), choices=(16, 32, 64, 128),
-          label="Adapter bottleneck"),
+    Param("prompt_depth", "int", LEARNER_CONFIG + "prompt_depth", _ALL, 1, 11, label="Prompt depth"),
 )
 
 
-def _reference() -> tuple[Param, ...]:
-    out: list[Param] = []
-    for p in PAPER:
-        if p.name != "intermediate_dim":
-            out.append(p)
-            continue
-        # The original's drifted choices; kept verbatim (incl. the duplicate 32) to reproduce its sampling.
-        out.append(Param(p.name, p.kind, p.target, ("cocoop",), choices=(32, 129, 32), label=p.label))
-        out.append(Param(p.name, p.kind, p.target, ("maple",), choices=(32, 64, 96), label=p.label))
+def _gather(own: Callable[[LearnerCard], tuple[Param, ...]]) -> tuple[Param, ...]:
+    """SHARED, then every learner's own records in catalog (name) order, the learners beyond the paper (LoRA,
+    VLSM-Adapter) after the paper's, as one table: a record two learners
+    declare alike (CoCoOp's and MaPLe's intermediate dim) is one row naming both, and a record is listed
+    after the others of its name. For the shipped learners this is the row order of paper Table 2."""
+    out = list(SHARED)
+    # the paper's learners first, then those beyond it (catalog `beyond_paper`): their rows follow the paper's
+    for learner in sorted(LEARNERS.names(), key=lambda n: LEARNERS.get(n).beyond_paper):
+        for p in own(LEARNERS.get(learner)):
+            alike = [i for i, q in enumerate(out)
+                     if dataclasses.replace(q, applies_to=()) == dataclasses.replace(p, applies_to=())]
+            if alike:
+                out[alike[0]] = dataclasses.replace(out[alike[0]], applies_to=out[alike[0]].applies_to + (learner,))
+                continue
+            last = max((i for i, q in enumerate(out) if q.name == p.name), default=len(out) - 1)
+            out.insert(last + 1, p)
     return tuple(out)
 
 
-REFERENCE: tuple[Param, ...] = _reference()
-SPACES: dict[str, tuple[Param, ...]] = {"paper": PAPER, "reference": REFERENCE}
+def _paper() -> tuple[Param, ...]:
+    """Paper Table 2, in its row order."""
+    return _gather(lambda card: card.search)
 
-# Every hyperparameter name any space can produce: the Parquet `hp_<name>` columns.
-HP_NAMES: tuple[str, ...] = tuple(dict.fromkeys(p.name for p in PAPER))
+
+def _reference() -> tuple[Param, ...]:
+    """What the original code searched: each learner's `reference_search` where it drifted from Table 2."""
+    return _gather(lambda card: card.search if card.reference_search is None else card.reference_search)
+
+
+_SPACES: dict[str, Callable[[], tuple[Param, ...]]] = {"paper": _paper, "reference": _reference}
+
+
+def __getattr__(name: str) -> Any:
+    """PAPER, REFERENCE, SPACES and HP_NAMES, gathered from the catalog when read (PEP 562), so that a learner
+    registered after this import (a test's, a plugin's) is in them too."""
+    if name == "PAPER":
+        return _paper()
+    if name == "REFERENCE":
+        return _reference()
+    if name == "SPACES":
+        return {key: build() for key, build in _SPACES.items()}
+    if name == "HP_NAMES":
+        # Every hyperparameter name any space can produce: the Parquet `hp_<name>` columns.
+        return tuple(dict.fromkeys(p.name for p in _paper()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -183,12 +111,19 @@ ORIGINAL_TRIALS_PER_CELL = 20
 
 
 def params_for(learner: str, space: str = "paper") -> tuple[Param, ...]:
-    """The searched parameters of one learner; empty for learners that are not swept (E2E)."""
+    """The searched parameters of one learner, in the order it declares them (the shared ones first; the order
+    Optuna suggests them in); empty for learners that are not swept (E2E)."""
     try:
-        params = SPACES[space]
+        params = _SPACES[space]()
     except KeyError:
-        raise ConfigError(f"unknown search space {space!r}; allowed: {', '.join(SPACES)}") from None
-    return tuple(p for p in params if learner in p.learners())
+        raise ConfigError(f"unknown search space {space!r}; allowed: {', '.join(_SPACES)}") from None
+    mine = [p for p in params if learner in p.learners()]
+    if learner not in LEARNERS:
+        return tuple(mine)
+    card = LEARNERS.get(learner)
+    own = card.search if space == "paper" or card.reference_search is None else card.reference_search
+    declared = [p.name for p in SHARED + own]
+    return tuple(sorted(mine, key=lambda p: declared.index(p.name) if p.name in declared else len(declared)))
 
 
 def narrow(params: Sequence[Param], bounds: dict[str, Any] | None) -> tuple[Param, ...]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trainables.hparams import LEARNER_CONFIG, Param
+
 DEPTH_RANGE = (1, 11)  # paper J: prompts enter layers 1..J; the search space is [1, 11]
 PHOTO_INIT = "a photo of a"
 
@@ -57,6 +59,13 @@ class ProjectionConfig(PromptConfig):
         super().__post_init__()
         if self.intermediate_dim < 1:
             self.fail("intermediate_dim", f"{self.intermediate_dim} must be >= 1")
+
+
+# ProjectionConfig's searched fields (paper Table 2); CoCoOp and MaPLe both declare them.
+INTERMEDIATE_DIM = Param("intermediate_dim", "categorical", LEARNER_CONFIG + "intermediate_dim",
+                         choices=(32, 64, 96, 128), label="Intermediate dimension")
+USE_LORA = Param("use_lora", "categorical", LEARNER_CONFIG + "use_lora", choices=(True, False), label="Use LoRA")
+PROJECTION_SEARCH = (INTERMEDIATE_DIM, USE_LORA)
 
 
 ENCODER_TARGETS = {"text": frozenset({"text"}), "vision": frozenset({"vision"}), "both": frozenset({"text", "vision"})}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainables.catalog import TEXT, register_learner
+from trainables.hparams import LEARNER_CONFIG, Param
 from trainables.learners.config import EncoderConfig
 
 VARIANTS = {"dense": 64, "shallow": 512}  # variant -> VLSM-Adapter's bottleneck for it
@@ -62,4 +63,7 @@ class AdapterConfig(EncoderConfig):
 # Modalities {TEXT}: what it needs of a VLSM; the encoders it changes are its `targets`, resolved against the
 # VLSM's attach points (a ResNet image encoder has no transformer layers to adapt).
 register_learner("adapter", "VLSM-Adapter", AdapterConfig, {TEXT},
-                 model="trainables.learners.adapter.model:VLSMAdapterLearner", seed=1234, beyond_paper=True)
+                 model="trainables.learners.adapter.model:VLSMAdapterLearner", seed=1234, beyond_paper=True,
+                 # beside the paper's lr and weight decay; VLSM-Adapter's dense bottleneck (64) lies inside
+                 search=(Param("adapter_bottleneck", "categorical", LEARNER_CONFIG + "bottleneck",
+                               choices=(16, 32, 64, 128), label="Adapter bottleneck"),))

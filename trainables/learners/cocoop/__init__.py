@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from trainables.catalog import TEXT, register_learner
-from trainables.learners.config import ProjectionConfig
+from trainables.learners.config import INTERMEDIATE_DIM, PROJECTION_SEARCH, USE_LORA, ProjectionConfig
 
 
 @dataclass(frozen=True)
@@ -15,4 +16,7 @@ class CoCoOpConfig(ProjectionConfig):
 
 
 register_learner("cocoop", "CoCoOp", CoCoOpConfig, {TEXT},
-                 model="trainables.learners.cocoop.model:CoCoOp", seed=1234)
+                 model="trainables.learners.cocoop.model:CoCoOp", seed=1234, search=PROJECTION_SEARCH,
+                 # The original's drifted `choice(32, 129, 32)`, kept verbatim: 32 is listed twice, so the random
+                 # start-up trials draw it twice as often (reference spec §7/§9.6).
+                 reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 129, 32)), USE_LORA))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainables.catalog import TEXT, register_learner
+from trainables.hparams import LEARNER_CONFIG, Param
 from trainables.learners.config import EncoderConfig
 
 PROJECTIONS = "qkvo"  # query, key, value, output projection of an attention layer
@@ -45,5 +46,13 @@ class LoRAConfig(EncoderConfig):
 
 # Modalities {TEXT}: what it needs of a VLSM (every VLSM has a text encoder). Which encoders it changes is
 # its `targets` field, resolved against the VLSM's attach points when the model is built.
+# Searched beside the paper's lr and weight decay (Table 2 marks these rows as beyond the paper). CLIP-LoRA's
+# own setting (rank 2, alpha 1, dropout 0.25) lies inside.
+SEARCH = (
+    Param("lora_rank", "categorical", LEARNER_CONFIG + "rank", choices=(2, 4, 8, 16), label="LoRA rank"),
+    Param("lora_alpha", "categorical", LEARNER_CONFIG + "alpha", choices=(1, 2, 4, 8, 16), label="LoRA alpha"),
+    Param("lora_dropout", "float", LEARNER_CONFIG + "dropout", low=0.0, high=0.5, label="LoRA dropout"),
+)
+
 register_learner("lora", "LoRA", LoRAConfig, {TEXT}, model="trainables.learners.lora.model:LoRA", seed=1234,
-                 beyond_paper=True)
+                 search=SEARCH, beyond_paper=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainables.catalog import TEXT, VISION, register_learner
+from trainables.hparams import LEARNER_CONFIG, Param
 from trainables.learners.config import PromptConfig
 
 
@@ -33,4 +34,12 @@ class SharedAttentionConfig(PromptConfig):
 
 
 register_learner("shared_attention", "Shared Attention", SharedAttentionConfig, {TEXT, VISION},
-                 model="trainables.learners.shared_attention.model:SharedAttention", seed=123456)
+                 model="trainables.learners.shared_attention.model:SharedAttention", seed=123456, search=(
+                     Param("nhead", "categorical", LEARNER_CONFIG + "nhead", choices=(16, 20, 32),
+                           label="Number of heads"),
+                     Param("dropout", "float", LEARNER_CONFIG + "dropout", low=0.1, high=0.55, label="Dropout"),
+                     Param("dim_feedforward", "categorical", LEARNER_CONFIG + "dim_feedforward",
+                           choices=(1280, 1420), label="Feed-forward dimension"),
+                     Param("norm_first", "categorical", LEARNER_CONFIG + "norm_first", choices=(True, False),
+                           label="LayerNorm first"),
+                 ))

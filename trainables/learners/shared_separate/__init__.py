@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainables.catalog import TEXT, VISION, register_learner
+from trainables.hparams import LEARNER_CONFIG, Param
 from trainables.learners.config import PromptConfig
 
 
@@ -26,4 +27,6 @@ class SharedSeparateConfig(PromptConfig):
 
 
 register_learner("shared_separate", "Shared Separate", SharedSeparateConfig, {TEXT, VISION},
-                 model="trainables.learners.shared_separate.model:SharedSeparate", seed=4322)
+                 model="trainables.learners.shared_separate.model:SharedSeparate", seed=4322,
+                 search=(Param("shared_dim", "categorical", LEARNER_CONFIG + "shared_dim", choices=(32, 64),
+                               label="Shared dimension"),))
