@@ -75,6 +75,22 @@ def test_registered_vlsm_and_learner_are_planned_with_their_seed_and_the_common_
     assert "my_learner" in search_space.PAPER[0].learners()
 
 
+def test_default_vlsm_axis_is_the_catalog_and_depth_bounds_follow_the_card(registered):
+    from trainables.config import ConfigError
+
+    spec = spec_from_dict({"name": "mine", "axes": {"learner": ["coop"], "dataset": ["kvasir"]}}, base_dir=REPO)
+    assert spec.axes.vlsm == ("clipseg", "cris", "my_vlsm")
+    # my_vlsm takes prompts in 6 layers: a search bound beyond them is refused, naming the field and the range
+    deep = {"name": "mine", "axes": {"vlsm": ["my_vlsm"], "learner": ["coop"], "dataset": ["kvasir"]},
+            "search": {"bounds": {"prompt_depth": [1, 8]}}}
+    with pytest.raises(ConfigError, match=r"search.bounds.prompt_depth: \[1, 8\] goes beyond what my_vlsm takes; "
+                                          r"allowed: 1..6"):
+        build_plan(spec_from_dict(deep, base_dir=REPO))
+    deep["search"]["bounds"]["prompt_depth"] = [1, 6]
+    assert [p.high for p in build_plan(spec_from_dict(deep, base_dir=REPO)).cells[0].params
+            if p.name == "prompt_depth"] == [6]
+
+
 def test_registered_names_reach_the_tables_by_their_display_names(registered):
     rows = [dict(vlsm="my_vlsm", learner="my_learner", dataset="kvasir", variant="default", status="ok",
                  trial_index=i, objective=1.0 - i / 10, test_dice=0.5 + i / 10) for i in range(3)]

@@ -86,7 +86,7 @@ def version() -> str:
     try:
         return metadata.version("tunevlseg")
     except metadata.PackageNotFoundError:
-        from benchmark import __version__
+        from trainables._version import __version__
 
         return __version__
 

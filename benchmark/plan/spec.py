@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from trainables.catalog import VLSMS
 from trainables.config import ConfigError, from_dict, read_yaml_mapping
 
 DEFAULT_TRAINABLE = "trainables.trial.tune_trainable"
@@ -45,7 +46,7 @@ class Axes:
     pair must then be viable (a non-viable pair requested explicitly is an error, not a silent skip).
     """
 
-    vlsm: tuple[str, ...] = ("clipseg", "cris")
+    vlsm: tuple[str, ...] = field(default_factory=lambda: tuple(VLSMS.names()))  # every VLSM of the catalog
     learner: tuple[str, ...] = ()
     dataset: tuple[str, ...] = ()
     variant: tuple[str, ...] = ("default",)
