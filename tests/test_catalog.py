@@ -115,6 +115,8 @@ def test_catalog_entries_agree_with_the_adapters():
     for name in VLSMS.names():
         tiny = VLSMS.get(name)(config="tiny")
         assert tiny.spec.modalities == VLSMS.get(name).modalities, name
+        # the normalisation is written once, on the card, and the adapter hands it to the data pipeline
+        assert (tuple(tiny.spec.mean), tuple(tiny.spec.std)) == (VLSMS.get(name).mean, VLSMS.get(name).std), name
     rd64 = json.loads((clipseg.CONFIG_DIR / f"{clipseg.DEFAULT_CONFIG}.json").read_text())
     card = VLSMS.get("clipseg")
     assert card.image_size == clipseg.IMAGE_SIZE
@@ -125,3 +127,24 @@ def test_catalog_entries_agree_with_the_adapters():
     for name in LEARNERS.names():
         card = LEARNERS.get(name)
         assert (card.module_cls is None) == (card.model is None), name
+
+
+def test_folder_hooks_are_found_through_the_catalog():
+    """CRIS's checkpoint converter and each VLSM's mini recipe are registered from their folders."""
+    from trainables.mini import pretrain
+
+    assert VLSMS.get("cris").converter == "trainables.vlsm.cris.convert:convert_command"
+    with pytest.raises(ValueError, match="VLSM 'clipseg' registers no checkpoint converter"):
+        VLSMS.get("clipseg").convert("a", "b")
+    assert pretrain.mini_vlsms() == ["clipseg", "cris"]
+    assert pretrain.recipe("cris").ARCHITECTURE["img_size"] == 96 and pretrain.recipe("clipseg").STEPS == 3000
+
+
+def test_one_rule_for_local_path_or_hub_id(tmp_path):
+    from trainables.resources import is_local_path
+
+    (tmp_path / "ckpt").mkdir()
+    for hub in ("CIDAS/clipseg-rd64-refined", "bert-base-uncased", "org/model.v2"):
+        assert not is_local_path(hub, tmp_path), hub
+    for local in ("/abs/dir", "./x", "~/x", "a/b/c", "ckpt", "ckpt/sub", "cris.safetensors"):
+        assert is_local_path(local, tmp_path), local

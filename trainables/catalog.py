@@ -101,6 +101,10 @@ class VLSMCard:
     take another from its weights). `max_prompt_depth`: the layers of its full-size encoders that can take
     prompts. The adapter's runtime `VLSMSpec` must agree on the modalities (checked by `trainables.model`).
     `cost`: its analytic GFLOP for the estimate; None: unpriced, `plan --estimate` says so instead of guessing.
+    `mean` / `std`: the per-channel normalisation its pretrained encoders expect (the one place they are
+    written; the adapter's `VLSMSpec` carries them to the data pipeline). `converter`: "module:function" of
+    its checkpoint converter, if it has one (`tunevlseg convert-cris` calls CRIS's through `convert`). `mini`:
+    the module of its mini model's architecture and pretraining hooks (`trainables.mini.pretrain`), if any.
     """
 
     name: str
@@ -110,9 +114,19 @@ class VLSMCard:
     image_size: int
     max_prompt_depth: int
     cost: VLSMCost | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    converter: str | None = None
+    mini: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _load(self.factory)(*args, **kwargs)
+
+    def convert(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the VLSM's checkpoint converter (imports its torch code on first use)."""
+        if self.converter is None:
+            raise ValueError(f"VLSM {self.name!r} registers no checkpoint converter")
+        return _load(self.converter)(*args, **kwargs)
 
     @property
     def config_dir(self) -> Path:
@@ -157,9 +171,12 @@ def register_learner(name: str, display_name: str, config_cls: type, modalities:
 
 
 def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,
-                  image_size: int, max_prompt_depth: int, cost: VLSMCost | None = None) -> VLSMCard:
+                  image_size: int, max_prompt_depth: int, cost: VLSMCost | None = None,
+                  mean: tuple[float, float, float] | None = None,
+                  std: tuple[float, float, float] | None = None, converter: str | None = None,
+                  mini: str | None = None) -> VLSMCard:
     return VLSMS.register(name, VLSMCard(name, display_name, frozenset(modalities), factory, image_size,
-                                         max_prompt_depth, cost))
+                                         max_prompt_depth, cost, mean, std, converter, mini))
 
 
 def is_viable(learner: str, vlsm_modalities: frozenset[str]) -> bool:

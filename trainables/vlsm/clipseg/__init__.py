@@ -7,6 +7,8 @@ from trainables.catalog import TEXT, VISION, VLSMCost, register_vlsm
 # the architecture it loaded.
 register_vlsm("clipseg", "CLIPSeg", {TEXT, VISION}, factory="trainables.vlsm.clipseg.adapter:build_clipseg",
               image_size=352, max_prompt_depth=10,
+              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),  # ImageNet's, as HF's CLIPSeg processor
+              mini="trainables.vlsm.clipseg.mini",  # `make pretrain-mini`
               # clipseg-rd64 at 352 px: 10 ViT-B/16 layers over 485 tokens are ~76 GFLOP forward; prompts in the
               # vision tower add ~76 of activation gradients, text-only prompts ~2; CoCoOp's meta-net an
               # un-prompted 12-layer pass (~91); E2E's weight gradients ~154. The cache skips the 10 tapped

@@ -7,6 +7,9 @@ from trainables.catalog import TEXT, VLSMCost, register_vlsm
 # image_size and max_prompt_depth: those of cris-rn50 (416 px, 12 text transformer layers).
 register_vlsm("cris", "CRIS", {TEXT}, factory="trainables.vlsm.cris.adapter:cris_factory", image_size=416,
               max_prompt_depth=12,
+              mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),  # OpenAI CLIP's
+              converter="trainables.vlsm.cris.convert:convert_command",  # `tunevlseg convert-cris`
+              mini="trainables.vlsm.cris.mini",  # `make pretrain-mini`
               # cris-rn50 at 416 px: ~40 GFLOP forward; text prompts back-propagate through its neck and decoder
               # (~40); CoCoOp's image-conditioned prompts ~15 more; E2E's weight gradients ~80. The cache skips
               # the RN50 (40) for either kind of text-prompt learner.
