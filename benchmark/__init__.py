@@ -9,4 +9,4 @@ Only `tunevlseg run` (and `predict`, `describe`, `convert-cris`, which build mod
 tables and estimate read the torch-free catalog (`trainables.catalog`).
 """
 
-__version__ = "0.1.0"
+from trainables._version import __version__  # noqa: F401  (one version, defined torch-free on the worker side)

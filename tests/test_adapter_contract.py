@@ -1,36 +1,35 @@
-"""The adapter contract's speed paths, on both VLSMs: image-conditioned prompts (`PromptFn`) from the
-adapter's own image pass, and the text encoder run once per distinct prompt (`text_index`). Each must give
-what the plain path gives, while running the frozen encoders fewer times."""
+"""The adapter contract's speed paths, on every VLSM of the catalog: image-conditioned prompts (`PromptFn`)
+from the adapter's own image pass, and the text encoder run once per distinct prompt (`text_index`). Each must
+give what the plain path gives, while running the frozen encoders fewer times."""
 
 import pytest
 import torch
 from torch import nn
 
+from trainables.catalog import VLSMS
 from trainables.model import build_model
 from trainables.vlsm.base import Prompts
-from trainables.vlsm.clipseg.adapter import build_clipseg
-from trainables.vlsm.cris.adapter import cris_factory
 
 TEXTS = ["polyp.", "a photo of a tumour.", "polyp.", "polyp."]
 
 
-def _clipseg():
-    a = build_clipseg(config="tiny")
-    return a, a.model.clip.vision_model.embeddings, a.model.clip.text_model.embeddings.token_embedding
+def _image_entry(adapter) -> nn.Module:
+    """The module every image pass starts with: the one convolution that reads RGB pixels (a ViT's patch
+    embedding, a ResNet's stem)."""
+    (entry,) = [m for m in adapter.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3]
+    return entry
 
 
-def _cris():
-    a = cris_factory(config="tiny")
-    return a, a.model.backbone.visual, a.model.backbone.token_embedding
+def _token_embedding(adapter) -> nn.Module:
+    """The text encoder's token embedding: its largest embedding table (the vocabulary; positions are fewer)."""
+    return max((m for m in adapter.modules() if isinstance(m, nn.Embedding)), key=lambda m: m.num_embeddings)
 
 
-ADAPTERS = {"clipseg": _clipseg, "cris": _cris}
-
-
-@pytest.fixture(scope="module", params=list(ADAPTERS))
+@pytest.fixture(scope="module", params=VLSMS.names())
 def adapter(request):
-    """(adapter, its image-encoder entry module, its token embedding)."""
-    return ADAPTERS[request.param]()
+    """(adapter, its image-encoder entry module, its token embedding), built from the VLSM's tiny config."""
+    a = VLSMS.get(request.param)(config="tiny")
+    return a, _image_entry(a), _token_embedding(a)
 
 
 class _Conditioned(nn.Module):

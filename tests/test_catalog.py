@@ -75,6 +75,22 @@ def test_registered_vlsm_and_learner_are_planned_with_their_seed_and_the_common_
     assert "my_learner" in search_space.PAPER[0].learners()
 
 
+def test_default_vlsm_axis_is_the_catalog_and_depth_bounds_follow_the_card(registered):
+    from trainables.config import ConfigError
+
+    spec = spec_from_dict({"name": "mine", "axes": {"learner": ["coop"], "dataset": ["kvasir"]}}, base_dir=REPO)
+    assert spec.axes.vlsm == ("clipseg", "cris", "my_vlsm")
+    # my_vlsm takes prompts in 6 layers: a search bound beyond them is refused, naming the field and the range
+    deep = {"name": "mine", "axes": {"vlsm": ["my_vlsm"], "learner": ["coop"], "dataset": ["kvasir"]},
+            "search": {"bounds": {"prompt_depth": [1, 8]}}}
+    with pytest.raises(ConfigError, match=r"search.bounds.prompt_depth: \[1, 8\] goes beyond what my_vlsm takes; "
+                                          r"allowed: 1..6"):
+        build_plan(spec_from_dict(deep, base_dir=REPO))
+    deep["search"]["bounds"]["prompt_depth"] = [1, 6]
+    assert [p.high for p in build_plan(spec_from_dict(deep, base_dir=REPO)).cells[0].params
+            if p.name == "prompt_depth"] == [6]
+
+
 def test_registered_names_reach_the_tables_by_their_display_names(registered):
     rows = [dict(vlsm="my_vlsm", learner="my_learner", dataset="kvasir", variant="default", status="ok",
                  trial_index=i, objective=1.0 - i / 10, test_dice=0.5 + i / 10) for i in range(3)]
@@ -99,6 +115,8 @@ def test_catalog_entries_agree_with_the_adapters():
     for name in VLSMS.names():
         tiny = VLSMS.get(name)(config="tiny")
         assert tiny.spec.modalities == VLSMS.get(name).modalities, name
+        # the normalisation is written once, on the card, and the adapter hands it to the data pipeline
+        assert (tuple(tiny.spec.mean), tuple(tiny.spec.std)) == (VLSMS.get(name).mean, VLSMS.get(name).std), name
     rd64 = json.loads((clipseg.CONFIG_DIR / f"{clipseg.DEFAULT_CONFIG}.json").read_text())
     card = VLSMS.get("clipseg")
     assert card.image_size == clipseg.IMAGE_SIZE
@@ -109,3 +127,24 @@ def test_catalog_entries_agree_with_the_adapters():
     for name in LEARNERS.names():
         card = LEARNERS.get(name)
         assert (card.module_cls is None) == (card.model is None), name
+
+
+def test_folder_hooks_are_found_through_the_catalog():
+    """CRIS's checkpoint converter and each VLSM's mini recipe are registered from their folders."""
+    from trainables.mini import pretrain
+
+    assert VLSMS.get("cris").converter == "trainables.vlsm.cris.convert:convert_command"
+    with pytest.raises(ValueError, match="VLSM 'clipseg' registers no checkpoint converter"):
+        VLSMS.get("clipseg").convert("a", "b")
+    assert pretrain.mini_vlsms() == ["clipseg", "cris"]
+    assert pretrain.recipe("cris").ARCHITECTURE["img_size"] == 96 and pretrain.recipe("clipseg").STEPS == 3000
+
+
+def test_one_rule_for_local_path_or_hub_id(tmp_path):
+    from trainables.resources import is_local_path
+
+    (tmp_path / "ckpt").mkdir()
+    for hub in ("CIDAS/clipseg-rd64-refined", "bert-base-uncased", "org/model.v2"):
+        assert not is_local_path(hub, tmp_path), hub
+    for local in ("/abs/dir", "./x", "~/x", "a/b/c", "ckpt", "ckpt/sub", "cris.safetensors"):
+        assert is_local_path(local, tmp_path), local

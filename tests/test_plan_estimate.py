@@ -14,6 +14,8 @@ from benchmark import cli
 from benchmark.plan import estimate as E
 from benchmark.results import records
 from benchmark.results.run_dir import RunDir
+from trainables import catalog
+from trainables.catalog import TEXT, VLSMS
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on kvasir) x 4 trials, 3 epochs
@@ -56,9 +58,9 @@ def test_unmeasured_pairs_fall_back_to_the_documented_assumption():
     coop, vpt = est.cells
     assert coop.rate.seconds_per_image == 0.5
     assert vpt.rate.source == "assumed"
-    assert vpt.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")])
+    assert vpt.rate.seconds_per_image == pytest.approx(E.assumed_seconds_per_image("clipseg", "vpt"))
     # VPT back-propagates through the vision tower, CoOp does not: about twice the cost per image.
-    ratio = E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")] / E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "coop")]
+    ratio = E.assumed_seconds_per_image("clipseg", "vpt") / E.assumed_seconds_per_image("clipseg", "coop")
     assert 1.8 < ratio < 2.1
     assert any("clipseg/vpt" in n for n in est.notes)
 
@@ -135,9 +137,61 @@ def test_feature_cache_saving_lowers_text_only_learners_unless_turned_off():
     est = E.estimate([cell("on", "coop"), cell("off", "coop", "off"), cell("vpt", "vpt")], sizes=SIZES.__getitem__)
     on, off, vpt = est.cells
     assert off.rate.source == "assumed" and on.rate.source == "assumed, feature cache"
-    assert off.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "coop")])
+    assert off.rate.seconds_per_image == pytest.approx(E.assumed_seconds_per_image("clipseg", "coop"))
     # 80 train (78 % untouched) + 20 val of 100 images skip the 76 GFLOP frozen vision pass
     saved = 76 * (0.78 * 80 + 20) / 100
     assert on.rate.seconds_per_image / off.rate.seconds_per_image == pytest.approx((78 - saved) / 78)
-    assert vpt.rate.seconds_per_image == pytest.approx(E.DEFAULT_GPU_SECONDS_PER_IMAGE[("clipseg", "vpt")])
+    assert vpt.rate.seconds_per_image == pytest.approx(E.assumed_seconds_per_image("clipseg", "vpt"))
     assert any("feature cache" in n for n in est.notes)
+
+
+# The analytic GFLOP per training image that estimate.py held as one table before the cost facts moved into the
+# VLSM and learner folders: the catalog's facts must price every shipped pair exactly so.
+OLD_TRAIN_GFLOP = {
+    ("clipseg", "coop"): 78, ("clipseg", "cocoop"): 169, ("clipseg", "vpt"): 152, ("clipseg", "maple"): 154,
+    ("clipseg", "shared_attention"): 154, ("clipseg", "shared_separate"): 154, ("clipseg", "e2e"): 230,
+    ("cris", "coop"): 80, ("cris", "cocoop"): 95, ("cris", "e2e"): 120,
+}
+OLD_CACHED_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40}
+
+
+def test_cost_facts_in_the_folders_price_every_shipped_pair_as_before():
+    from benchmark.plan.matrix import build_plan
+    from benchmark.plan.spec import load_spec
+
+    pairs = {(c.vlsm, c.learner) for name in ("table3", "mini")
+             for c in build_plan(load_spec(REPO / "experiments" / f"{name}.yaml")).cells}
+    assert pairs == set(OLD_TRAIN_GFLOP)
+    for vlsm, learner in pairs:
+        assert E.train_gflop(vlsm, learner) == OLD_TRAIN_GFLOP[(vlsm, learner)], (vlsm, learner)
+        assert E.cached_gflop(vlsm, learner) == OLD_CACHED_GFLOP.get((vlsm, learner), 0), (vlsm, learner)
+
+
+@pytest.fixture
+def unpriced_vlsm():
+    """A VLSM registered without cost facts (formerly priced as CLIPSeg, silently)."""
+    catalog.register_vlsm("my_vlsm", "My VLSM", {TEXT}, factory="nowhere:factory", image_size=224,
+                          max_prompt_depth=6)
+    yield "my_vlsm"
+    VLSMS.remove("my_vlsm")
+
+
+def test_a_vlsm_without_cost_facts_is_unpriced_not_priced_as_clipseg(unpriced_vlsm):
+    cells = [_cell("c1", unpriced_vlsm, "coop", "a", trials=2, max_epochs=1),
+             _cell("c2", "clipseg", "coop", "a", trials=2, max_epochs=1)]
+    est = E.estimate(cells, sizes=SIZES.__getitem__)
+    mine, clipseg = est.cells
+    assert E.train_gflop(unpriced_vlsm, "coop") is None and mine.rate.source == E.UNPRICED
+    assert math.isnan(mine.gpu_seconds) and est.gpu_hours == pytest.approx(clipseg.gpu_seconds / 3600)
+    assert any(n.startswith("unpriced, left out of the totals: my_vlsm/coop") for n in est.notes)
+    text = E.format_estimate(est, "mine")
+    assert "my_vlsm  coop" in text and "unpriced" in text
+    # a measured or given rate prices it after all
+    given = E.estimate(cells, sizes=SIZES.__getitem__, gpu_seconds_per_image=0.01)
+    assert all(math.isfinite(c.gpu_seconds) for c in given.cells)
+
+
+def test_a_learner_names_only_known_cost_terms():
+    with pytest.raises(ValueError, match="learner 'my_learner': cost names lora_grad; allowed: text_grad"):
+        catalog.register_learner("my_learner", "Mine", object, {TEXT}, model=None, cost=("text_grad", "lora_grad"))
+    assert "my_learner" not in catalog.LEARNERS

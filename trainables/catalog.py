@@ -45,6 +45,8 @@ class LearnerCard:
     common parameters (`benchmark.plan.search_space`); one that prompts none (E2E) is run once, unswept.
     `search`: its own searched fields (paper Table 2), searched after the common ones; `reference_search`:
     what the original code searched instead, where that drifted from the paper (the `reference` space).
+    `cost`: what its training step pays on top of the VLSM's frozen forward, as names of `VLSMCost` fields
+    (`LEARNER_COSTS`); None: unpriced, `plan --estimate` says so instead of guessing.
     """
 
     name: str
@@ -55,6 +57,7 @@ class LearnerCard:
     seed: int = 0
     search: tuple[Param, ...] = ()
     reference_search: tuple[Param, ...] | None = None  # None: as `search`
+    cost: tuple[str, ...] | None = None
     # True: not one of the paper's learners (LoRA, adapters): tables list it after the paper's rows, marked.
     beyond_paper: bool = False
 
@@ -68,12 +71,42 @@ class LearnerCard:
 
 
 @dataclass(frozen=True)
+class VLSMCost:
+    """Analytic GFLOP per training image at the card's `image_size`: what `plan --estimate` assumes until a run
+    measures seconds per image. A learner pays `forward` plus the fields its card's `cost` names.
+
+    `text_grad` / `vision_grad`: activation gradients back through what text / vision prompts reach (None:
+    the VLSM takes no vision prompts); `weight_grad`: E2E's weight gradients on top; `image_features`: what an
+    image-conditioned learner (CoCoOp's meta-net) adds. `cached_image_pass`: what the frozen-feature cache
+    skips per cached image for a learner that leaves the image encoder alone; `cached_image_features`: the
+    same for an image-conditioned one (the pass that also gives its pooled embedding).
+    """
+
+    forward: float
+    text_grad: float
+    vision_grad: float | None
+    weight_grad: float
+    image_features: float
+    cached_image_pass: float
+    cached_image_features: float
+
+
+# The `VLSMCost` fields a learner's `cost` may name.
+LEARNER_COSTS = ("text_grad", "vision_grad", "weight_grad", "image_features")
+
+
+@dataclass(frozen=True)
 class VLSMCard:
     """Static facts of one VLSM; calling the card builds the adapter (`factory(weights=..., config=..., **options)`).
 
     `modalities`: the encoders that accept prompts. `image_size`: default input resolution (the adapter may
     take another from its weights). `max_prompt_depth`: the layers of its full-size encoders that can take
     prompts. The adapter's runtime `VLSMSpec` must agree on the modalities (checked by `trainables.model`).
+    `cost`: its analytic GFLOP for the estimate; None: unpriced, `plan --estimate` says so instead of guessing.
+    `mean` / `std`: the per-channel normalisation its pretrained encoders expect (the one place they are
+    written; the adapter's `VLSMSpec` carries them to the data pipeline). `converter`: "module:function" of
+    its checkpoint converter, if it has one (`tunevlseg convert-cris` calls CRIS's through `convert`). `mini`:
+    the module of its mini model's architecture and pretraining hooks (`trainables.mini.pretrain`), if any.
     """
 
     name: str
@@ -82,9 +115,20 @@ class VLSMCard:
     factory: str
     image_size: int
     max_prompt_depth: int
+    cost: VLSMCost | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    converter: str | None = None
+    mini: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _load(self.factory)(*args, **kwargs)
+
+    def convert(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the VLSM's checkpoint converter (imports its torch code on first use)."""
+        if self.converter is None:
+            raise ValueError(f"VLSM {self.name!r} registers no checkpoint converter")
+        return _load(self.converter)(*args, **kwargs)
 
     @property
     def config_dir(self) -> Path:
@@ -111,7 +155,8 @@ VLSMS: Registry[VLSMCard] = Registry("VLSM", discover=_discover("trainables.vlsm
 
 def register_learner(name: str, display_name: str, config_cls: type, modalities: frozenset[str] | set[str],
                      model: str | None, seed: int = 0, search: tuple[Param, ...] = (),
-                     reference_search: tuple[Param, ...] | None = None, beyond_paper: bool = False) -> LearnerCard:
+                     reference_search: tuple[Param, ...] | None = None,
+                     cost: tuple[str, ...] | None = None, beyond_paper: bool = False) -> LearnerCard:
     def own(params: tuple[Param, ...]) -> tuple[Param, ...]:
         for p in params:
             if p.applies_to not in ((), (name,)):
@@ -119,15 +164,22 @@ def register_learner(name: str, display_name: str, config_cls: type, modalities:
                                  "declares only its own parameters (leave applies_to empty)")
         return tuple(dataclasses.replace(p, applies_to=(name,)) for p in params)
 
+    unknown = sorted(set(cost or ()) - set(LEARNER_COSTS))
+    if unknown:
+        raise ValueError(f"learner {name!r}: cost names {', '.join(unknown)}; allowed: {', '.join(LEARNER_COSTS)}")
     return LEARNERS.register(name, LearnerCard(
         name, display_name, config_cls, frozenset(modalities), model, seed, own(search),
-        None if reference_search is None else own(reference_search), beyond_paper))
+        None if reference_search is None else own(reference_search), None if cost is None else tuple(cost),
+        beyond_paper))
 
 
 def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,
-                  image_size: int, max_prompt_depth: int) -> VLSMCard:
+                  image_size: int, max_prompt_depth: int, cost: VLSMCost | None = None,
+                  mean: tuple[float, float, float] | None = None,
+                  std: tuple[float, float, float] | None = None, converter: str | None = None,
+                  mini: str | None = None) -> VLSMCard:
     return VLSMS.register(name, VLSMCard(name, display_name, frozenset(modalities), factory, image_size,
-                                         max_prompt_depth))
+                                         max_prompt_depth, cost, mean, std, converter, mini))
 
 
 def is_viable(learner: str, vlsm_modalities: frozenset[str]) -> bool:

@@ -71,6 +71,19 @@ def resolve_spec(name_or_path: str | os.PathLike) -> Path:
                             f"shipped one: {', '.join(names)}")
 
 
+def is_local_path(value: str, base: str | os.PathLike | None = None) -> bool:
+    """Whether a `weights` value names a local file or folder rather than a hub id (`owner/name`, or a bare
+    `name`): the one rule the spec, the rehearsal and the adapters share. Local: absolute, `.` or `~` first,
+    more than one '/', present under `base` (default: the working directory), its first part a folder there,
+    or a single part with a file suffix (`cris.safetensors`)."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or value.startswith((".", "~")) or value.count("/") > 1:
+        return True
+    here = Path.cwd() if base is None else Path(base)
+    return ((here / p).exists() or (len(p.parts) > 1 and (here / p.parts[0]).is_dir())
+            or (len(p.parts) == 1 and bool(p.suffix)))
+
+
 def did_you_mean(word: str, choices, n: int = 1) -> str:
     """`" (did you mean 'x'?)"` for the closest of `choices`, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.6)
@@ -86,7 +99,7 @@ def version() -> str:
     try:
         return metadata.version("tunevlseg")
     except metadata.PackageNotFoundError:
-        from benchmark import __version__
+        from trainables._version import __version__
 
         return __version__
 

@@ -11,7 +11,6 @@ backbone gets them, neck/decoder/projector keep a seeded random init (CRIS's own
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "convert-cris"
 HELP = "convert the community CRIS checkpoint (or OpenAI CLIP RN50 weights) to a validated safetensors file"
@@ -31,49 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from trainables.catalog import VLSMS
 
-    import torch
-
-    from trainables.config import ConfigError
-    from trainables.vlsm.cris.convert import CheckpointError, check_state_dict, load_clip_rn50, read_cris_state, save_converted
-    from trainables.vlsm.cris.model import CRIS, config_to_dict, load_cris_config
-
-    if bool(args.src) == bool(args.clip_rn50):
-        raise ConfigError("give either SRC (a CRIS checkpoint) or --clip-rn50 PATH, not both or neither")
-    dst = Path(args.dst)
-    if dst.exists() and not args.force:
-        raise ConfigError(f"{dst} exists; pass --force to overwrite it")
-    cfg = load_cris_config(args.config)
-    limit = None if args.all_keys else 25
-
-    try:
-        if args.src:
-            with torch.device("meta"):  # shapes only: no need to allocate 147 M random weights
-                model = CRIS(cfg)
-            state = read_cris_state(args.src)
-            report = check_state_dict(state, model)
-            source = Path(args.src).name
-        else:
-            torch.manual_seed(args.seed)
-            model = CRIS(cfg)
-            report = load_clip_rn50(model, args.clip_rn50)
-            state = model.state_dict()
-            source = f"clip-rn50:{Path(args.clip_rn50).name}"
-    except CheckpointError as e:
-        if e.report is None:
-            raise
-        report = e.report
-        state = None
-
-    if state is None or not report.ok:
-        print("\n".join(report.lines(limit)))
-        print(f"tunevlseg convert-cris: error: {args.src or args.clip_rn50} does not fit CRIS "
-              f"config {args.config!r}: {report.summary()}; nothing written", file=sys.stderr)
-        return 1
-    expected = model.state_dict()
-    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
-    save_converted(state, dst, config_to_dict(cfg), source)
-    values = sum(v.numel() for v in state.values())
-    print(f"wrote {dst}: {len(state)} tensors, {values:,} values (config {args.config})")
-    return 0
+    # The converter lives in the VLSM's folder and is registered on its catalog card (`converter=`).
+    return VLSMS.get("cris").convert(args.src, args.dst, clip_rn50=args.clip_rn50, config=args.config,
+                                     seed=args.seed, force=args.force, all_keys=args.all_keys)

@@ -9,7 +9,9 @@ Seconds per image come, per (VLSM, learner), from one of three places, in this o
 2. `--from RUN_DIR`: a finished run's Parquet: sum(seconds) / sum(epochs_run x (train + val)) over its
    trials of that (VLSM, learner). Those are *trial* (slot) seconds, so they fold in each trial's fixed
    cost, and they are taken to have been measured at the GPU share this spec gives the cell;
-3. DEFAULT_GPU_SECONDS_PER_IMAGE below (an assumption, printed as one).
+3. the analytic GFLOP per image the catalog gives (an assumption, printed as one): the VLSM card's
+   `cost` (`VLSMCost`) summed over the terms its learner card's `cost` names. A VLSM or learner without
+   cost facts is "unpriced": its cells show it, and the totals leave them out.
 
 `max_epochs` is an upper bound: early stopping and ASHA only make a sweep cheaper. Torch-free.
 """
@@ -21,54 +23,71 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from trainables.catalog import LEARNERS, VLSMS, learner_display
 from trainables.protocol import DEFAULT_MAX_EPOCHS, STATUS_ERROR
 
 # Whole-GPU seconds per training image on an H100/H200-class GPU, from the analytic training FLOPs per
-# image at 352 px (CLIPSeg) / 416 px (CRIS) divided by 35% of 989 TFLOPS (bf16 dense): an ASSUMPTION until
-# a run measures it. CLIPSeg: 10 ViT-B/16 layers over 485 tokens are ~76 GFLOP forward; prompts in the
-# vision tower add ~76 of activation gradients (VPT, MaPLe, Shared *: ~154), text-only prompts do not
-# (CoOp ~78), CoCoOp adds an un-prompted 12-layer forward for its meta-net (~169), E2E adds weight
-# gradients (~230). CRIS RN50 ~40 GFLOP forward; text prompts back-propagate through its neck and decoder.
+# image (the catalog's cost facts, `train_gflop`) divided by 35% of 989 TFLOPS (bf16 dense): an ASSUMPTION
+# until a run measures it.
 ASSUMED_MFU, ASSUMED_PEAK_TFLOPS = 0.35, 989.0
-GFLOP_PER_TRAIN_IMAGE = {
-    ("clipseg", "coop"): 78, ("clipseg", "cocoop"): 169, ("clipseg", "vpt"): 152, ("clipseg", "maple"): 154,
-    ("clipseg", "shared_attention"): 154, ("clipseg", "shared_separate"): 154, ("clipseg", "e2e"): 230,
-    ("cris", "coop"): 80, ("cris", "cocoop"): 95, ("cris", "e2e"): 120,
-    # Beyond the paper. LoRA (rank 2, q/k/v of both encoders) and VLSM-Adapter (dense) change the vision
-    # tower from its first layers, so its activation gradients run back through it as for VPT (~154); their
-    # own arithmetic is small (LoRA r=2: ~0.1 GFLOP; adapter blocks ~2 forward, ~6 with backward): ~156/~160.
-    # On CRIS, LoRA reaches the ResNet only at its attention pool (~5 GFLOP forward, as much backward): ~90;
-    # the adapter changes the text side only, like CoOp: ~81.
-    ("clipseg", "lora"): 156, ("clipseg", "adapter"): 160, ("cris", "lora"): 90, ("cris", "adapter"): 81,
-}
-DEFAULT_GPU_SECONDS_PER_IMAGE = {k: g * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12)
-                                 for k, g in GFLOP_PER_TRAIN_IMAGE.items()}
-FALLBACK_GFLOP = 154  # an unknown (VLSM, learner) pair: priced like a vision-prompting CLIPSeg learner
+UNPRICED = "unpriced"
 # The frozen-feature cache (trainables/feature_cache.py, `data.feature_cache`, on unless "off"): for the
 # learners that leave the image encoder alone, an image whose features are cached skips the frozen image
-# pass, these GFLOP of the figures above (CLIPSeg: the 10 tapped ViT layers, 12 for CoCoOp's pooled
-# embedding; CRIS: the RN50). Cached: every val image, and the train draws that leave the pixels untouched:
+# pass (`cached_gflop`). Cached: every val image, and the train draws that leave the pixels untouched:
 # UNTOUCHED_TRAIN_FRACTION of them, measured on the pipeline (albumentations 2.0.8 fires the affine and the
 # brightness/contrast step together, p 0.2: BENCHMARKS.md). Assumes the cell's images fit the bound.
-CACHED_IMAGE_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40,
-                      ("cris", "adapter"): 40}
 UNTOUCHED_TRAIN_FRACTION = 0.78
+
+
+def _costs(vlsm: str, learner: str):
+    """(the VLSM's `VLSMCost`, the learner's cost terms), or None when either has no cost facts."""
+    if vlsm not in VLSMS or learner not in LEARNERS:
+        return None
+    cost, terms = VLSMS.get(vlsm).cost, LEARNERS.get(learner).cost
+    if cost is None or terms is None or any(getattr(cost, t) is None for t in terms):
+        return None
+    return cost, terms
+
+
+def train_gflop(vlsm: str, learner: str) -> float | None:
+    """Analytic GFLOP of one training image of `learner` on `vlsm`: the VLSM's frozen forward plus the terms
+    the learner's card names; None (unpriced) without cost facts."""
+    costs = _costs(vlsm, learner)
+    if costs is None:
+        return None
+    cost, terms = costs
+    return cost.forward + sum(getattr(cost, t) for t in terms)
+
+
+def cached_gflop(vlsm: str, learner: str) -> float:
+    """GFLOP a feature-cache hit skips; 0 for a learner that trains the image encoder or its input."""
+    costs = _costs(vlsm, learner)
+    if costs is None or not costs[1] or {"vision_grad", "weight_grad"} & set(costs[1]):
+        return 0.0
+    cost, terms = costs
+    return cost.cached_image_features if "image_features" in terms else cost.cached_image_pass
+
+
+def assumed_seconds_per_image(vlsm: str, learner: str) -> float | None:
+    """Whole-GPU seconds per training image at the assumed MFU, without the cache; None when unpriced."""
+    gflop = train_gflop(vlsm, learner)
+    return None if gflop is None else gflop * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12)
 
 
 def cache_saving(vlsm: str, learner: str, train: int, val: int, config: dict | None = None) -> float:
     """Analytic GFLOP saved per image (averaged over train + val) by the frozen-feature cache; 0 where
     the learner prompts the image encoder or the cell turns the cache off."""
     setting = ((config or {}).get("data") or {}).get("feature_cache", "auto")
-    if str(setting).strip().lower() in ("off", "0", "0.0") or (vlsm, learner) not in CACHED_IMAGE_GFLOP:
+    if str(setting).strip().lower() in ("off", "0", "0.0") or not cached_gflop(vlsm, learner):
         return 0.0
     hits = (UNTOUCHED_TRAIN_FRACTION * train + val) / max(train + val, 1)
-    return CACHED_IMAGE_GFLOP[(vlsm, learner)] * hits
+    return cached_gflop(vlsm, learner) * hits
 
 
 @dataclass
 class Rate:
     seconds_per_image: float
-    source: str  # "--gpu-seconds-per-image", "run <dir> (n trials)", "assumed"
+    source: str  # "--gpu-seconds-per-image", "run <dir> (n trials)", "assumed", UNPRICED (seconds NaN)
     slot_seconds: bool  # True: trial/slot seconds (from a run); False: whole-GPU seconds
 
 
@@ -109,7 +128,7 @@ class Estimate:
 
     @property
     def gpu_hours(self) -> float:
-        return sum(c.gpu_seconds for c in self.cells) / 3600
+        return sum(c.gpu_seconds for c in self.cells if math.isfinite(c.gpu_seconds)) / 3600
 
     @property
     def slot_hours(self) -> float:
@@ -124,7 +143,8 @@ class Estimate:
             s["cells"] += 1
             s["trials"] += c.trials
             s["images"] += c.images
-            s["gpu_hours"] += c.gpu_seconds / 3600
+            if math.isfinite(c.gpu_seconds):
+                s["gpu_hours"] += c.gpu_seconds / 3600
             if math.isfinite(c.slot_seconds):
                 s["slot_hours"] += c.slot_seconds / 3600
         return out
@@ -172,6 +192,7 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
     """`cells`: objects with id, vlsm, learner, dataset, trials, config (nested trial config), resources."""
     est = Estimate()
     assumed: set[tuple[str, str]] = set()
+    unpriced: set[tuple[str, str]] = set()
     measured = measured or {}
     for c in cells:
         key = (c.vlsm, c.learner)
@@ -181,9 +202,12 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
             spi, n = measured[key]
             rate = Rate(spi, f"run {run_label} ({n} trials)", slot_seconds=True)
         train, val = sizes(c.dataset)
-        if gpu_seconds_per_image is None and key not in measured:
+        if gpu_seconds_per_image is None and key not in measured and train_gflop(*key) is None:
+            rate = Rate(math.nan, UNPRICED, slot_seconds=False)
+            unpriced.add(key)
+        elif gpu_seconds_per_image is None and key not in measured:
             saved = cache_saving(c.vlsm, c.learner, train, val, c.config)
-            gflop = GFLOP_PER_TRAIN_IMAGE.get(key, FALLBACK_GFLOP) - saved
+            gflop = train_gflop(*key) - saved
             rate = Rate(gflop * 1e9 / (ASSUMED_MFU * ASSUMED_PEAK_TFLOPS * 1e12),
                         "assumed, feature cache" if saved else "assumed", slot_seconds=False)
             assumed.add(key)
@@ -199,9 +223,18 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
             f"assumed seconds/image = analytic training GFLOP per image / ({ASSUMED_MFU:.0%} MFU x "
             f"{ASSUMED_PEAK_TFLOPS:g} TFLOPS bf16, an H100/H200-class GPU), whole GPU; measure with "
             "benchmarks/gpu_step.py and pass --gpu-seconds-per-image, or --from a finished run")
-    if any(c.rate.source == "assumed, feature cache" for c in est.cells):
+    if unpriced:
         est.notes.append(
-            "feature cache: the learners that leave the image encoder alone skip its frozen pass for val images and the "
+            "unpriced, left out of the totals: " + ", ".join(f"{v}/{lrn}" for v, lrn in sorted(unpriced)) +
+            " (no cost facts: add `cost=` to the VLSM's register_vlsm and the learner's register_learner, "
+            "pass --gpu-seconds-per-image, or --from a run that has them)")
+    if any(c.rate.source == "assumed, feature cache" for c in est.cells):
+        # The learners the cache serves on these VLSMs: the estimate's first, in its order, then the catalog's.
+        vlsms = {c.vlsm for c in est.cells}
+        served = [lrn for lrn in dict.fromkeys([c.learner for c in est.cells] + LEARNERS.names())
+                  if any(cached_gflop(v, lrn) for v in vlsms)]
+        est.notes.append(
+            f"feature cache: {'/'.join(map(learner_display, served))} skip the frozen image pass for val images and the "
             f"{UNTOUCHED_TRAIN_FRACTION:.0%} of train draws that leave the image untouched (data.feature_cache; "
             "assumes the cell's images fit its bound, docs/training.md)")
     if measured and gpu_seconds_per_image is None:
@@ -224,7 +257,7 @@ def format_estimate(est: Estimate, spec_name: str, gpus: int | None = None) -> s
                      f"{s['source']}")
     by_vlsm: dict[str, float] = {}
     for c in est.cells:
-        by_vlsm[c.vlsm] = by_vlsm.get(c.vlsm, 0.0) + c.gpu_seconds / 3600
+        by_vlsm[c.vlsm] = by_vlsm.get(c.vlsm, 0.0) + (c.gpu_seconds / 3600 if math.isfinite(c.gpu_seconds) else 0.0)
     lines.append("-" * len(head))
     for vlsm, h in by_vlsm.items():
         lines.append(f"{vlsm:<8} {'(all learners)':<17} {'':>5} {'':>6} {'':>9} {'':>9} {'':>8} {h:>8.2f}")

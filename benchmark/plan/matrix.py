@@ -22,6 +22,7 @@ from benchmark.plan.search_space import Param
 from benchmark.plan.spec import Rule, Spec
 from trainables.catalog import LEARNERS, VLSMS
 from trainables.config import ConfigError, from_dict
+from trainables.learners.config import DEPTH_RANGE
 from trainables.registry import UnknownNameError
 
 PAPER_DATASETS = ("kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus", "chexlocalize", "cityscapes", "voc")
@@ -302,12 +303,28 @@ def _make_cell(spec: Spec, vlsm: str, learner: str, dataset: str, variant: str) 
         else:
             search_space.set_path(config, dotted, copy.deepcopy(value))
     params = search_space.narrow(search_space.params_for(learner, spec.search.space), spec.search.bounds)
+    if params:
+        _check_depth_bound(vlsm, spec.search.bounds)
     seed = spec.search.seed if spec.search.seed is not None else search_space.seed_for(learner)
     # Nothing to search (E2E): one trial with the fixed settings, as the original ran it.
     trials = spec.search.trials if params else 1
     return Cell(spec=spec.name, vlsm=vlsm, learner=learner, dataset=dataset, variant=variant, trials=trials,
                 seed=seed, space=spec.search.space, params=params, config=config, resources=resources,
                 reseeds=spec.select.reseed)
+
+
+def _check_depth_bound(vlsm: str, bounds: dict | None) -> None:
+    """A spec's `search.bounds.prompt_depth` must stay within the paper's range and the layers of the VLSM that
+    take prompts (its card's `max_prompt_depth`): a trial beyond them could only fail."""
+    bound = (bounds or {}).get("prompt_depth")
+    if bound is None:
+        return
+    card = VLSMS.get(vlsm)
+    lo, hi = DEPTH_RANGE[0], min(DEPTH_RANGE[1], card.max_prompt_depth)
+    if bound[0] < lo or bound[1] > hi:
+        raise ConfigError(f"search.bounds.prompt_depth: {list(bound)} goes beyond what {vlsm} takes; allowed: "
+                          f"{lo}..{hi} (the paper's {DEPTH_RANGE[0]}..{DEPTH_RANGE[1]}, at most its card's "
+                          f"max_prompt_depth {card.max_prompt_depth})")
 
 
 def _check_learner_configs(plan: Plan) -> None:

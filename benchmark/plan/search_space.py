@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from trainables.catalog import LEARNERS, LearnerCard
 from trainables.config import ConfigError
 from trainables.hparams import EVERY_PROMPT_LEARNER, LEARNER_CONFIG, Param
+from trainables.learners.config import DEPTH_RANGE
 
 __all__ = ["EVERY_PROMPT_LEARNER", "Param"]  # re-exported: defined torch-free in `trainables.hparams`
 
@@ -36,7 +37,7 @@ _ALL = EVERY_PROMPT_LEARNER
 SHARED: tuple[Param, ...] = (
     Param("lr", "float", "train.lr", _ALL, 1e-5, 5e-3, log=True, label="Learning rate"),
     Param("weight_decay", "float", "train.weight_decay", _ALL, 1e-5, 1e-2, log=True, label="Weight decay"),
-    Param("prompt_depth", "int", LEARNER_CONFIG + "prompt_depth", _ALL, 1, 11, label="Prompt depth"),
+    Param("prompt_depth", "int", LEARNER_CONFIG + "prompt_depth", _ALL, *DEPTH_RANGE, label="Prompt depth"),
 )
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from trainables.catalog import VLSMS
 from trainables.config import ConfigError, from_dict, read_yaml_mapping
+from trainables.resources import is_local_path
 
 DEFAULT_TRAINABLE = "trainables.trial.tune_trainable"
 CELL_FIELDS = ("vlsm", "learner", "dataset", "variant")
@@ -45,7 +47,7 @@ class Axes:
     pair must then be viable (a non-viable pair requested explicitly is an error, not a silent skip).
     """
 
-    vlsm: tuple[str, ...] = ("clipseg", "cris")
+    vlsm: tuple[str, ...] = field(default_factory=lambda: tuple(VLSMS.names()))  # every VLSM of the catalog
     learner: tuple[str, ...] = ()
     dataset: tuple[str, ...] = ()
     variant: tuple[str, ...] = ("default",)
@@ -282,13 +284,6 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _looks_local(value: str, base: Path) -> bool:
-    """A local path rather than a hub id like `CIDAS/clipseg-rd64`."""
-    p = Path(value).expanduser()
-    return (p.is_absolute() or value.startswith((".", "~")) or (base / p).exists() or bool(p.suffix)
-            or (len(p.parts) > 1 and (base / p.parts[0]).is_dir()))
-
-
 def _variant_spellings(names: tuple[str, ...], spec: Spec) -> tuple[str, ...]:
     """`no-upsampler` (as in cell ids) is the variant `no_upsampler`."""
     from trainables.registry import spelling
@@ -318,7 +313,7 @@ def _normalise(spec: Spec, base: Path) -> Spec:
     for name, v in spec.vlsms.items():
         # `weights` is a local path or a hub id: make it absolute only when it names something on disk.
         weights = v.weights
-        if weights is not None and _looks_local(weights, base):
+        if weights is not None and is_local_path(weights, base):
             weights = _resolve_path(weights, base)
         vlsms[name] = VLSMSettings(weights=weights, config=v.config, options=dict(v.options or {}))
     return dataclasses.replace(spec, axes=axes, data=data, vlsms=vlsms)

@@ -109,8 +109,10 @@ def weights_problem(weights: str | None) -> str | None:
     """Why `weights` cannot be loaded here, or None when they can (as far as can be told cheaply)."""
     if weights is None:
         return None
+    from trainables.resources import is_local_path
+
     p = Path(weights).expanduser()
-    if p.is_absolute() or weights.startswith((".", "~")) or weights.count("/") > 1:
+    if is_local_path(weights):
         return None if p.exists() else f"{weights} does not exist"
     return _hub_reachable(weights)
 

@@ -21,9 +21,12 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Normalisation statistics per VLSM family (the VLSM spec carries its own; these are for convenience).
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # CLIPSeg
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CRIS
+from trainables.catalog import VLSMS  # noqa: E402
+
+# Normalisation statistics per VLSM family, read from their catalog cards (the VLSM spec carries its own;
+# these are for convenience).
+IMAGENET_MEAN, IMAGENET_STD = VLSMS.get("clipseg").mean, VLSMS.get("clipseg").std  # CLIPSeg
+CLIP_MEAN, CLIP_STD = VLSMS.get("cris").mean, VLSMS.get("cris").std  # CRIS
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -19,4 +19,5 @@ register_learner("cocoop", "CoCoOp", CoCoOpConfig, {TEXT},
                  model="trainables.learners.cocoop.model:CoCoOp", seed=1234, search=PROJECTION_SEARCH,
                  # The original's drifted `choice(32, 129, 32)`, kept verbatim: 32 is listed twice, so the random
                  # start-up trials draw it twice as often (reference spec §7/§9.6).
-                 reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 129, 32)), USE_LORA))
+                 reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 129, 32)), USE_LORA),
+                 cost=("text_grad", "image_features"))

@@ -15,4 +15,5 @@ class CoOpConfig(PromptConfig):
 
 
 register_learner("coop", "CoOp", CoOpConfig, {TEXT},
-                 model="trainables.learners.coop.model:CoOp", seed=12345)
+                 model="trainables.learners.coop.model:CoOp", seed=12345,
+                 cost=("text_grad",))

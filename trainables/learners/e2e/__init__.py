@@ -20,4 +20,4 @@ class E2EConfig:
     train_encoders: bool = True
 
 
-register_learner("e2e", "E2E finetune", E2EConfig, modalities=set(), model=None)
+register_learner("e2e", "E2E finetune", E2EConfig, modalities=set(), model=None, cost=("weight_grad",))

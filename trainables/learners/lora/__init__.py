@@ -55,4 +55,8 @@ SEARCH = (
 )
 
 register_learner("lora", "LoRA", LoRAConfig, {TEXT}, model="trainables.learners.lora.model:LoRA", seed=1234,
-                 search=SEARCH, beyond_paper=True)
+                 search=SEARCH, beyond_paper=True,
+                 # Its vision-side LoRA changes CLIPSeg's ViT from layer 1, so it pays the vision activation
+                 # gradients like VPT. On CRIS it reaches the ResNet's attention pool, which the card's cost
+                 # facts (no vision prompts there) cannot price: cris/lora is "unpriced" in plan --estimate.
+                 cost=("text_grad", "vision_grad"))

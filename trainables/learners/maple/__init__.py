@@ -18,4 +18,5 @@ class MapleConfig(ProjectionConfig):
 register_learner("maple", "Maple", MapleConfig, {TEXT, VISION},
                  model="trainables.learners.maple.model:Maple", seed=12345, search=PROJECTION_SEARCH,
                  # The original searched `range(32, 97, 32)` = {32, 64, 96} (reference spec §7/§9.6).
-                 reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 64, 96)), USE_LORA))
+                 reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 64, 96)), USE_LORA),
+                 cost=("text_grad", "vision_grad"))

@@ -42,4 +42,5 @@ register_learner("shared_attention", "Shared Attention", SharedAttentionConfig, 
                            choices=(1280, 1420), label="Feed-forward dimension"),
                      Param("norm_first", "categorical", LEARNER_CONFIG + "norm_first", choices=(True, False),
                            label="LayerNorm first"),
-                 ))
+                 ),
+                 cost=("text_grad", "vision_grad"))

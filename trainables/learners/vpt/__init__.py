@@ -18,4 +18,5 @@ class VPTConfig(PromptConfig):
 
 
 register_learner("vpt", "VPT", VPTConfig, {VISION},
-                 model="trainables.learners.vpt.model:VPT", seed=1234)
+                 model="trainables.learners.vpt.model:VPT", seed=1234,
+                 cost=("vision_grad",))

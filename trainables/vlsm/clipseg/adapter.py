@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.catalog import TEXT, VISION
+from trainables.catalog import TEXT, VISION, VLSMS
 from trainables.config import ConfigError
+from trainables.resources import is_local_path
 from trainables.vlsm.base import (
     AttachPoints,
     EncoderLayer,
@@ -43,8 +44,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"  # the reference configured CIDAS/clipseg-rd64 (reference §3)
 DEFAULT_CONFIG = "clipseg-rd64"  # random-init architecture used when no weights are given
 IMAGE_SIZE = 352  # CLIPSeg's training resolution (the checkpoints' vision config says 224)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = VLSMS.get("clipseg").mean, VLSMS.get("clipseg").std  # written once, on the card
 OPTIONS = ("image_size", "init_seed")
 
 
@@ -365,7 +365,7 @@ def build_clipseg(weights: str | None = None, config: str | dict | None = None, 
         default_size = data.get("segmentation_image_size", IMAGE_SIZE)
     else:
         path = Path(weights).expanduser()
-        looks_local = path.exists() or weights.startswith((".", "/", "~")) or weights.count("/") > 1
+        looks_local = is_local_path(weights)
         if looks_local and not path.is_dir():
             raise FileNotFoundError(f"weights: {weights!r} is not a directory with a CLIPSeg checkpoint "
                                     f"(expected config.json + model.safetensors, or an HF hub id like {DEFAULT_WEIGHTS})")

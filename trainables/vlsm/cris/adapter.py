@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainables.catalog import TEXT, VISION
+from trainables.catalog import TEXT, VISION, VLSMS
 from trainables.config import ConfigError
 from trainables.vlsm.base import (
     AttachPoints,
@@ -40,8 +40,7 @@ from trainables.vlsm.base import (
 from trainables.vlsm.cris.convert import converted_config, load_cris_weights
 from trainables.vlsm.cris.model import CRIS, CRISConfig, CRISUpsampler, SplitSelfAttention, causal_mask, load_cris_config
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN, CLIP_STD = VLSMS.get("cris").mean, VLSMS.get("cris").std  # written once, on the card
 OPTIONS = ("compat_extra_first_row", "init_seed", "dropout")
 DEFAULT_CONFIG = "cris-rn50"
 

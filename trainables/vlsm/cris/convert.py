@@ -423,3 +423,52 @@ def converted_config(path: str | os.PathLike) -> dict[str, Any] | None:
     if meta.get("tunevlseg") != FORMAT_TAG or "config" not in meta:
         return None
     return json.loads(meta["config"])
+
+
+def convert_command(src: str | None, dst: str, *, clip_rn50: str | None = None, config: str = "cris-rn50",
+                    seed: int = 0, force: bool = False, all_keys: bool = False) -> int:
+    """`tunevlseg convert-cris` (registered on the CRIS card as its `converter`): validate SRC (a CRIS checkpoint)
+    or `clip_rn50` (OpenAI's RN50 weights) against `config` and write DST as safetensors; 1 without writing
+    when keys do not fit."""
+    import sys
+
+    from trainables.vlsm.cris.model import CRIS, config_to_dict, load_cris_config
+
+    if bool(src) == bool(clip_rn50):
+        raise ConfigError("give either SRC (a CRIS checkpoint) or --clip-rn50 PATH, not both or neither")
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise ConfigError(f"{dst} exists; pass --force to overwrite it")
+    cfg = load_cris_config(config)
+    limit = None if all_keys else 25
+
+    try:
+        if src:
+            with torch.device("meta"):  # shapes only: no need to allocate 147 M random weights
+                model = CRIS(cfg)
+            state = read_cris_state(src)
+            report = check_state_dict(state, model)
+            source = Path(src).name
+        else:
+            torch.manual_seed(seed)
+            model = CRIS(cfg)
+            report = load_clip_rn50(model, clip_rn50)
+            state = model.state_dict()
+            source = f"clip-rn50:{Path(clip_rn50).name}"
+    except CheckpointError as e:
+        if e.report is None:
+            raise
+        report = e.report
+        state = None
+
+    if state is None or not report.ok:
+        print("\n".join(report.lines(limit)))
+        print(f"tunevlseg convert-cris: error: {src or clip_rn50} does not fit CRIS "
+              f"config {config!r}: {report.summary()}; nothing written", file=sys.stderr)
+        return 1
+    expected = model.state_dict()
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    save_converted(state, dst, config_to_dict(cfg), source)
+    values = sum(v.numel() for v in state.values())
+    print(f"wrote {dst}: {len(state)} tensors, {values:,} values (config {config})")
+    return 0
