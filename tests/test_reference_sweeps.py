@@ -45,17 +45,3 @@ def test_sweep_era_spec_differs_from_the_last_commits_only_in_the_sweep_settings
         assert ta == tb and {k: v for k, v in a.config.items() if k != "train"} == \
             {k: v for k, v in b.config.items() if k != "train"}
 
-
-def test_medvlsm_main_line_spec_carries_its_recipe():
-    _, plan = _plan("medvlsm_e2e_main.yaml")
-    assert {c.dataset for c in plan.cells} == {"kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus",
-                                               "chexlocalize"}
-    for c in plan.cells:
-        assert (c.vlsm, c.learner, c.trials) == ("clipseg", "e2e", 1)
-        cfg = TrialConfig.from_dict(c.config)
-        t = cfg.train
-        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.2, 42)
-        assert (t.scheduler, t.plateau_factor, t.plateau_patience) == ("plateau", 0.1, 5)
-        assert (t.early_stop_on, t.early_stop_patience, t.grad_clip_norm) == ("val_dice", 20, 0.5)
-        assert not cfg.data.augment and cfg.data.mask_target == "original"
-        assert c.config["model"]["weights"] == "CIDAS/clipseg-rd64-refined"
