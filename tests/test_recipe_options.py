@@ -115,17 +115,32 @@ def test_augment_false_builds_an_unaugmented_train_split(tmp_path):
     assert build(True).augment and not build(False).augment
 
 
-def test_medvlsm_spec_sets_its_recipe_on_the_medical_clipseg_e2e_cells():
-    plan = build_plan(load_spec(REPO / "experiments" / "medvlsm_e2e.yaml").with_data_root("/data"))
+def _medical_e2e_cells(spec: str):
+    """The TrialConfig of each cell of a medvlsm spec: one CLIPSeg E2E trial on each of the eight medical sets."""
+    plan = build_plan(load_spec(REPO / "experiments" / spec).with_data_root("/data"))
     assert {c.dataset for c in plan.cells} == {"kvasir", "clinicdb", "bkai", "isic", "dfu", "busi", "camus",
                                                "chexlocalize"}
     for c in plan.cells:
         assert (c.vlsm, c.learner, c.trials) == ("clipseg", "e2e", 1)
-        cfg = TrialConfig.from_dict(c.config)
+        assert c.config["model"]["weights"] == "CIDAS/clipseg-rd64-refined"
+        yield TrialConfig.from_dict(c.config)
+
+
+def test_medvlsm_main_line_spec_carries_its_recipe():
+    # experiments/medvlsm_e2e_main.yaml: medvlsm's branch main (the YAML cites commit and file per value)
+    for cfg in _medical_e2e_cells("medvlsm_e2e_main.yaml"):
+        t = cfg.train
+        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.2, 42)
+        assert (t.scheduler, t.plateau_factor, t.plateau_patience) == ("plateau", 0.1, 5)
+        assert (t.early_stop_on, t.early_stop_patience, t.grad_clip_norm) == ("val_dice", 20, 0.5)
+        assert not cfg.data.augment and cfg.data.mask_target == "original"
+
+
+def test_medvlsm_spec_sets_its_recipe_on_the_medical_clipseg_e2e_cells():
+    for cfg in _medical_e2e_cells("medvlsm_e2e.yaml"):
         t = cfg.train
         assert (t.lr, t.weight_decay, t.batch_size, t.scheduler, t.cosine_t_max, t.cosine_eta_min) == \
             (1e-3, 1e-3, 32, "cosine", 50, 1e-4)
         assert (t.bce_weight, t.grad_clip_norm, t.precision, t.early_stop_on, t.early_stop_patience) == \
             (1.0, 0.5, "16-mixed", "val_dice", 20)
         assert t.weight_decay_on == "all" and not cfg.data.augment
-        assert c.config["model"]["weights"] == "CIDAS/clipseg-rd64-refined"

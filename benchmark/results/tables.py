@@ -83,7 +83,8 @@ TITLES = {
 
 # Where the paper's E2E rows come from (docs/learners.md): printed under every table with E2E rows.
 E2E_SOURCE_NOTE = ("E2E rows: the paper's medical E2E numbers are Poudel et al.'s (medvlsm) CLIPSeg fine-tuned "
-                   "with medvlsm's recipe (experiments/medvlsm_e2e.yaml); only Cityscapes and VOC used the "
+                   "with medvlsm's recipe, most likely its main line's (experiments/medvlsm_e2e_main.yaml; "
+                   "experiments/medvlsm_e2e.yaml follows later side branches); only Cityscapes and VOC used the "
                    "original TuneVLSeg's E2E scripts (experiments/table3.yaml, reference.yaml).")
 
 # The paper prints these in the text under Tables 3 and 5; its CSVs have no row for them.

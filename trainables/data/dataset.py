@@ -114,8 +114,14 @@ class SegmentationDataset(Dataset):
         trial resumes at this epoch in a new process."""
         self._epoch[0] = int(epoch)
 
-    def _draw_seed(self, index: int) -> int:
-        return int(np.random.SeedSequence([(self.seed or 0) % 2**32, int(self._epoch[0]), index]).generate_state(1)[0])
+    def _draw_streams(self, index: int) -> tuple[np.random.Generator, random.Random, random.Random]:
+        """Three independent streams of sample `index` in this epoch: numpy and Python generators that the
+        whole augmentation pipeline shares, and the prompt choice's own. Children of one SeedSequence
+        (seed, epoch, index), so a pure function of those three."""
+        root = np.random.SeedSequence([(self.seed or 0) % 2**32, int(self._epoch[0]), index])
+        numpy_seq, python_seq, prompt_seq = root.spawn(3)
+        return (np.random.default_rng(numpy_seq), random.Random(int(python_seq.generate_state(1, np.uint64)[0])),
+                random.Random(int(prompt_seq.generate_state(1, np.uint64)[0])))
 
     def __getitem__(self, index: int) -> dict:
         image, mask, hw = self.load(index)
@@ -123,10 +129,14 @@ class SegmentationDataset(Dataset):
         prompt = prompts[0]
         random_prompt = self.random_prompts and len(prompts) > 1
         if self.augment or random_prompt:
-            seed = self._draw_seed(index)
-            self._pipeline.set_random_seed(seed)
+            numpy_rng, python_rng, prompt_rng = self._draw_streams(index)
+            # One pair of generators for the whole pipeline: each transform draws its "does it fire" and its
+            # parameters after the one before it, from the same stream. (Compose.set_random_seed(seed) would
+            # give every transform its own generator seeded with the same integer: identical streams, so
+            # Affine and RandomBrightnessContrast fired together with tied parameters; issue #23.)
+            self._pipeline.set_random_state(numpy_rng, python_rng)
             if random_prompt:
-                prompt = random.Random(seed).choice(prompts)
+                prompt = prompt_rng.choice(prompts)
         out = self._pipeline(image=image, mask=mask)
         image_chw, mask_chw = T.to_chw(out["image"], out["mask"], np.float32 if self.normalize else np.uint8)
         # The frozen-feature cache may reuse the image features of a sample whose pixels are those of the

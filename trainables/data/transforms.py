@@ -4,6 +4,7 @@ Resize (image bicubic, mask nearest) is deterministic, so it runs once per file 
 the random part runs on the cached S x S arrays, in the order of the original pipeline:
   train: Affine(scale ±2 %, translate ±2 %, rotate ±5°, replicate border, p 0.2)
          -> RandomBrightnessContrast(±0.1, by max value, p 0.2) -> Normalize
+  (the two random steps fire independently: neither 64 %, one of them 32 %, both 4 % of draws)
   val / test: Normalize
 With `normalize=False` the Normalize step is left out and samples stay uint8: a trial sends those across
 the DataLoader (a quarter of the bytes) and normalises on the device (`trainables.trial.device_images`).
@@ -39,8 +40,14 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def augmentation(mean, std, train: bool, seed: int | None = None, normalize: bool = True) -> A.Compose:
+def augmentation(mean, std, train: bool, normalize: bool = True) -> A.Compose:
     """The random (train) or deterministic (eval) part of the pipeline, applied after `resize`.
+
+    Unseeded: the caller hands the whole pipeline one pair of generators per sample (`Compose.set_random_state`,
+    as `SegmentationDataset` does), so the transforms draw in sequence from one stream, independently of each
+    other. Not `Compose(seed=...)` / `set_random_seed`: albumentations 2.x gives every child transform its own
+    generator seeded with that same integer, and identical streams make the two transforms fire together with
+    tied parameters.
 
     `normalize=False` leaves out the final Normalize: the output is the uint8 image Normalize would have
     received (Normalize draws no random numbers, so the augmentation draws are the same either way)."""
@@ -54,7 +61,7 @@ def augmentation(mean, std, train: bool, seed: int | None = None, normalize: boo
         ]
     if normalize:
         steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
-    return A.Compose(steps, seed=seed)
+    return A.Compose(steps)
 
 
 def to_chw(image: np.ndarray, mask: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
