@@ -46,6 +46,7 @@ from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIAL
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
+from benchmark.sweep.snapshots import RestoreLost, SnapshotError
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
@@ -59,6 +60,7 @@ class SweepResult:
     done: int = 0  # trials with a Parquet row
     failed: int = 0  # rows with status "error"
     interrupted: bool = False
+    stalled: bool = False  # Tune had nothing left to run, yet the plan is not complete (see _sweep)
     terminated: bool = False  # stopped by SIGTERM (state saved, resumable)
     noop: bool = False
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -69,7 +71,7 @@ class SweepResult:
             return 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stalled else 0
 
 
 # ---- helpers shared with the callbacks (module level: pickled by reference into tuner.pkl) -------------
@@ -129,11 +131,15 @@ class RecordsCallback(Callback):
     prints the progress lines. State is rebuilt from the Parquet files at setup, so a restored
     experiment (whose callbacks are unpickled from `tuner.pkl`) continues where it left off."""
 
-    def __init__(self, run_dir: str, spec_name: str, cells: dict[str, dict[str, Any]], select: dict[str, str]):
+    def __init__(self, run_dir: str, spec_name: str, cells: dict[str, dict[str, Any]], select: dict[str, str],
+                 expect_trials: frozenset[str] | None = None):
         self.run_dir = run_dir
         self.spec_name = spec_name
         self.cells = cells  # cell_id -> {"keys": {...}, "planned": int}
         self.select = select  # {"by", "mode", "report"}
+        # The trial ids of the snapshot being restored (benchmark/sweep/snapshots.py; empty for a new
+        # experiment): the restored experiment must know every one before any row counts as an orphan.
+        self.expect_trials = frozenset(expect_trials or ())
         self._reset()
 
     def _reset(self):
@@ -170,7 +176,12 @@ class RecordsCallback(Callback):
 
     def _prune(self, trials) -> None:
         """Drop rows of trials this experiment does not know (see the module docstring)."""
-        self._rows = RunDir(self.run_dir).drop_orphans(self._rows, {t.trial_id for t in trials})
+        known = {t.trial_id for t in trials}
+        lost = getattr(self, "expect_trials", frozenset()) - known
+        if lost:  # Tune started the experiment over (a snapshot it could not restore): never drop anything
+            raise RestoreLost(f"Ray Tune did not restore the experiment in {self.run_dir}/{TUNE_DIR} ({len(lost)} of "
+                              f"its trials unknown after the restore); nothing was dropped")
+        self._rows = RunDir(self.run_dir).drop_orphans(self._rows, known)
         self._pruned = True
 
     def _write_cell(self, cid: str) -> None:
@@ -179,7 +190,9 @@ class RecordsCallback(Callback):
     def _write_selected(self) -> None:
         RunDir(self.run_dir).write_selected(self.cells, self._rows, Selection(**self.select))
 
-    def on_step_end(self, iteration, trials, **info):
+    def on_step_begin(self, iteration, trials, **info):
+        # Before the searcher is asked for trials (which rewrites optuna.db) and before Tune's first snapshot
+        # of this session (which every later rerun would restore).
         if not self._pruned:
             self._prune(trials)
 
@@ -534,13 +547,16 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     if force and run_dir.exists():
         moved = _archive(run_dir)
         _say(f"--force: previous results moved to {moved}")
+    exp_path = run_dir / TUNE_DIR
+    expect = _restorable(exp_path, run_dir, plan, hint)  # before anything is written
     state = _plan_state(run_dir, plan, force)
     moved_from = _note_location(run_dir, state)
 
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
-    callbacks: list = [PrunedMarker(),
-                       RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
+    records_cb = RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select),
+                                 expect_trials=expect)
+    callbacks: list = [PrunedMarker(), records_cb]
     mirror = None
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
@@ -572,11 +588,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
 
     try:
         wrapped = tune.with_resources(fn, trial_resources)
-        exp_path = run_dir / TUNE_DIR
-        if tune.Tuner.can_restore(str(exp_path)):
+        if expect is not None:
             _say(f"resuming the sweep in {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=wrapped, resume_errored=True)
-            _repoint(tuner, callbacks, run_dir, moved_from)
+            _repoint(tuner, callbacks, run_dir, moved_from, spec.select)
         else:
             s = spec.search
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
@@ -603,8 +618,17 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                     callbacks=callbacks),
             )
         with _sigterm_stops_tune() as terminated:
-            grid = tuner.fit()
+            try:
+                grid = tuner.fit()
+            except Exception as e:  # noqa: BLE001 - only our own refusal is turned into one line
+                lost = _cause(e, RestoreLost)
+                if lost is None:
+                    raise
+                raise SnapshotError(f"{lost}. Ray Tune could not restore {exp_path} (run with --verbose to see why); "
+                                    f"put back a good copy of its snapshot files, or start over with --force (the "
+                                    f"old results are kept under previous/)") from None
         known = _known_trial_ids(grid)
+        unfinished = _unfinished(grid)
         result.terminated = bool(terminated)
     except KeyboardInterrupt:
         rows = _read_existing(run_dir, plan)
@@ -619,6 +643,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     RunDir(run_dir).write_selected(_cells_info(plan), rows, spec.select)
     _summarise(result, plan, rows, spec)
     result.interrupted = result.done < result.planned
+    if result.interrupted and not result.terminated and unfinished == 0:
+        # Tune ran out of trials to run (nothing pending or running), yet the plan is not complete: a rerun
+        # would end the same way, so this is not "stopped before the end".
+        result.interrupted, result.stalled = False, True
     if mirror is not None and known is not None:
         mirror.finalize(known, {cid: {"done": info["done"] >= info["planned"], "trials_done": info["done"],
                                       "best": info["best"], "started": info["done"] > 0}
@@ -628,7 +656,49 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
     elif result.interrupted:
         _say(f"stopped before the end ({result.done}/{result.planned} trials); resume with: {hint}")
+    elif result.stalled:
+        short = [cid for cid, info in result.cells.items() if info["done"] < info["planned"]]
+        _say(f"the sweep ended with {result.done}/{result.planned} trials: the searcher scheduled no more trials for "
+             f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; rerunning will not change that (a bug: "
+             f"please report it with {run_dir / TUNE_DIR})")
     return result
+
+
+def _restorable(exp_path: Path, run_dir: Path, plan: Plan, hint: str) -> frozenset[str] | None:
+    """The trial ids of the Tune snapshot that will be restored (None: a new experiment). A snapshot that
+    does not load, or recorded rows without any snapshot, stop here, before Ray changes anything."""
+    from ray import tune
+
+    recorded = sum(len(cell) for cell in _read_existing(run_dir, plan).values())
+    if tune.Tuner.can_restore(str(exp_path)):
+        from benchmark.sweep import snapshots
+
+        return snapshots.check(exp_path, recorded, hint)
+    if recorded:
+        raise SnapshotError(f"{run_dir} holds {recorded} recorded trial(s) but {exp_path} has no Ray Tune snapshot to "
+                            f"resume from; a new experiment would run them again. Put back {exp_path} (from a "
+                            f"backup), or start over with --force (the old results are kept under previous/)")
+    return None
+
+
+def _cause(error: BaseException, kind: type) -> BaseException | None:
+    """`error` or the first of its causes/contexts that is a `kind` (Tune may wrap a callback's error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unfinished(grid) -> int | None:
+    """Trials Tune still had pending or running when `fit` returned (after Ctrl-C: the saved ones)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None)
+    if trials is None:
+        return None
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
@@ -656,7 +726,7 @@ def _note_mirror(run_dir: Path, state: dict[str, Any], mirror) -> None:
         _write_plan_state(RunDir(run_dir).plan_file, state)
 
 
-def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> None:
+def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None, rule: Selection | None = None) -> None:
     """A restored Tuner brings back the callbacks and searcher pickled at the first start, with the run
     directory (and MLflow URI) of that start. Tune re-points its own trials to the restored path; ours are
     replaced with the ones built by this driver (their state is rebuilt from Parquet and MLflow anyway),
@@ -669,6 +739,9 @@ def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> N
     searcher = getattr(internal._tune_config, "search_alg", None)
     if searcher is not None and hasattr(searcher, "run_dir"):
         searcher.run_dir = str(run_dir)
+        if rule is not None and getattr(searcher, "reseeds", None) is not None:
+            searcher.reseed_rule = rule  # applied again after the searcher restores its snapshot (searcher.restore)
+            searcher.reseeds.adopt(rule)
     _repoint_search_generator(run_dir / TUNE_DIR, run_dir)
 
 
@@ -685,11 +758,20 @@ def _repoint_search_generator(exp_path: Path, run_dir: Path) -> None:
         return
     newest = files[-1]  # Tune restores max(paths)
     state = cloudpickle.loads(newest.read_bytes())
-    storage = getattr(state.get("experiment") if isinstance(state, dict) else None, "storage", None)
-    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
-    if storage is None or getattr(storage, "storage_fs_path", here) == here:
+    if not isinstance(state, dict):
         return
-    storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    storage = getattr(state.get("experiment"), "storage", None)
+    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
+    changed = storage is not None and getattr(storage, "storage_fs_path", here) != here
+    if changed:
+        storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    if state.get("finished"):
+        # The generator stops asking once the searcher said FINISHED. A rerun may have more to ask for
+        # (reruns over seeds under a corrected selection rule); a searcher with nothing left says FINISHED
+        # again at once.
+        state["finished"], changed = False, True
+    if not changed:
+        return
     tmp = newest.with_name(f".{newest.name}.tmp")
     tmp.write_bytes(cloudpickle.dumps(state))
     os.replace(tmp, newest)

@@ -237,11 +237,21 @@ class MultiCellSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         here = self.__dict__.get("run_dir")  # set by the driver that restores: the run may have moved
+        rule = self.__dict__.get("reseed_rule")  # the selection rule of the spec this driver runs
+        from benchmark.sweep.snapshots import install_module_aliases
+
+        install_module_aliases()  # a snapshot written before the module move names the old modules
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
         self._store = None  # opened again from the run_dir below: the one this driver found the run in
         if here:
             self.run_dir = here
+        if rule is not None:
+            self.reseed_rule = rule
+            if getattr(self, "reseeds", None) is not None and getattr(self, "run_dir", None):
+                from benchmark.results.run_dir import RunDir
+
+                self.reseeds.adopt(rule, RunDir(self.run_dir).all_rows())
         self._settle_from_records()
         for cid in self.order:  # the storage may be ahead of this snapshot: trials asked after it
             self._sync(cid)
