@@ -150,3 +150,100 @@ def test_a_sweep_started_with_a_misspelt_rule_completes_its_reseeds_once_fixed(t
     df = RunDir(tmp_path / "runs" / "smoke").frame()
     assert sorted(df["reseed"].dropna().astype(int)) == [1, 1]
     assert run_sweep(spec, tmp_path / "runs").noop
+
+
+def _as_before_the_module_move(path: Path) -> None:
+    """Re-pickle `path` naming the modules of before 2026-11-29 (benchmark.searcher, benchmark.coordinator,
+    benchmark.search_space, ...), as a run started then has them."""
+    import importlib
+    import sys
+
+    import ray.cloudpickle as cloudpickle
+
+    from benchmark.sweep.snapshots import LEGACY_MODULES
+
+    data = cloudpickle.loads(path.read_bytes())
+    renamed, aliased = [], []
+    try:
+        for old, new in LEGACY_MODULES.items():
+            mod = importlib.import_module(new)
+            for obj in list(vars(mod).values()):
+                if getattr(obj, "__module__", None) == new and callable(obj):
+                    obj.__module__ = old
+                    renamed.append((obj, new))
+            if old not in sys.modules:
+                sys.modules[old] = mod
+                aliased.append(old)
+        blob = cloudpickle.dumps(data)
+    finally:
+        for obj, new in renamed:
+            obj.__module__ = new
+        for old in aliased:
+            del sys.modules[old]
+    assert any(old.encode() in blob for old in LEGACY_MODULES), path
+    path.write_bytes(blob)
+
+
+@pytest.mark.ray
+def test_a_run_from_before_the_module_move_resumes(failed_once, tmp_path, capsys):
+    import json
+    import sys
+
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    for pattern in ("tuner.pkl", "searcher-state-*.pkl"):
+        _as_before_the_module_move(sorted((run_dir / "tune").glob(pattern))[-1])
+    plan = json.loads((run_dir / "plan.json").read_text())
+    for key in ("run_format", "written_by"):  # plan.json of that time
+        plan.pop(key, None)
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    assert "benchmark.searcher" not in sys.modules
+    code = cli.main(["run", str(spec), "--storage", str(tmp_path / "runs")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    assert "Traceback" not in captured.err
+    df = RunDir(run_dir).frame()
+    assert len(df) == 8 and set(df["status"]) == {"ok"}
+    assert json.loads((run_dir / "plan.json").read_text())["run_format"] >= 2
+
+
+@pytest.mark.ray
+def test_a_run_of_a_newer_format_names_the_version_to_use(failed_once, tmp_path, capsys):
+    import json
+
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    plan.update(run_format=99, written_by="9.1.0")
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    before = _digest(run_dir)
+    assert cli.main(["run", str(spec), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tunevlseg 9.1.0 (run format 99)" in err and "tunevlseg>=9.1.0" in err
+    assert _digest(run_dir) == before
+
+
+@pytest.mark.ray
+def test_force_leaves_no_run_running_and_no_name_twice(failed_once, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    import sqlite3
+
+    with sqlite3.connect(run_dir / "mlflow.db") as db:  # what a SIGKILLed driver leaves (MLflow's own client
+        # would keep the file open in this process, and follow it to previous/)
+        db.execute("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = (SELECT run_uuid FROM tags WHERE "
+                   "key = 'tunevlseg.role' AND value = 'trial' LIMIT 1)")
+    db.close()
+    assert cli.main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--force"]) == 1
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    names = [r.info.run_name for r in runs]
+    assert len(names) == len(set(names)) == 10  # 8 trials + 2 cells, once each
+    assert "RUNNING" not in {r.info.status for r in runs}
+    previous = next((run_dir / "previous").iterdir())
+    old = MlflowClient(f"sqlite:///{previous / 'mlflow.db'}")
+    old_runs = old.search_runs([old.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    assert len(old_runs) == 10 and all(r.info.artifact_uri.startswith(previous.as_uri()) for r in old_runs)

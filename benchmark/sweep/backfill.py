@@ -138,7 +138,7 @@ def _backfill(rd: RunDir, mirror) -> dict[str, int]:
 def _parents(rd: RunDir, mirror, rows: list[dict[str, Any]]) -> None:
     planned = {}
     if rd.plan_file.is_file():
-        cells = json.loads(rd.plan_file.read_text()).get("fingerprint", {}).get("cells", {})
+        cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
         planned = {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
                    for cid, c in cells.items() if c.get("trials") is not None}
     rule = rd.selection()
@@ -162,7 +162,7 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
     rd = RunDir(run_dir)
     if not rd.plan_file.is_file():
         raise FileNotFoundError(f"{rd.plan_file} not found: {rd.path} is not a run directory of `tunevlseg run`")
-    state = json.loads(rd.plan_file.read_text())
+    state = rd.plan_state()
     spec = (state.get("fingerprint") or {}).get("spec") or rd.path.name
     uri = uri or default_uri(rd.path)
     check_uri(uri)

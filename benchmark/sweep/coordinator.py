@@ -42,7 +42,18 @@ from ray.tune import Callback
 from benchmark.plan.matrix import Plan, build_plan, check_paths
 from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
-from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
+from benchmark.results.run_dir import (
+    MLFLOW_ARTIFACTS,
+    MLFLOW_DB,
+    OPTUNA_DB,
+    PLAN_FILE,
+    RUN_FORMAT,
+    SELECTED_FILE,
+    TRIALS_DIR,
+    TUNE_DIR,
+    RunDir,
+    select,
+)
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
@@ -290,13 +301,44 @@ def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
                and all(r["status"] != STATUS_ERROR for r in rows[c.id].values()) for c in plan.cells)
 
 
-def _archive(run_dir: Path) -> Path:
+def _archive(run_dir: Path, uri: str | None, experiment: str) -> Path:
+    """`--force`: the old run goes to previous/<timestamp>/, its MLflow runs with it. The run directory's
+    own MLflow store moves along (its artifact paths re-pointed there), so the new sweep's runs never share
+    names with the old ones; on a server the old sweep's runs are ended and deleted (MLflow's trash:
+    restorable), so none stays RUNNING or doubles a name in the experiment's view."""
     dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True)
-    for name in (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE, OPTUNA_DB):
+    try:
+        old_sweep = RunDir(run_dir).plan_state().get("sweep_id")
+    except (ConfigError, OSError):  # a missing or unreadable plan.json: nothing to look up on a server
+        old_sweep = None
+    local = uri is None or uri == default_uri(run_dir)
+    names = (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE, OPTUNA_DB) + ((MLFLOW_DB, MLFLOW_ARTIFACTS) if local else ())
+    for name in names:
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
+    if local and (dest / MLFLOW_DB).exists():
+        from benchmark.sweep.mlflow_paths import repoint
+
+        repoint(dest)
+    elif not local and old_sweep:
+        _retire_sweep_runs(uri, experiment, old_sweep)
     return dest
+
+
+def _retire_sweep_runs(uri: str, experiment: str, sweep_id: str) -> None:
+    from benchmark.sweep.tracking import MLflowMirror
+
+    mirror = MLflowMirror(uri, experiment, sweep_id, {})
+    try:
+        for role in ("trial", "cell"):
+            for run in mirror._search(mirror._sweep_filter(role)):
+                if run.info.status == "RUNNING":
+                    mirror.client.set_terminated(run.info.run_id, "KILLED")
+                mirror.client.set_tag(run.info.run_id, "tunevlseg.archived", "--force")
+                mirror.client.delete_run(run.info.run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow is a mirror: a dead server does not stop --force
+        mirror.disable("--force (retiring the old sweep's runs)", e)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -350,7 +392,10 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
     fingerprint = plan.fingerprint()
     started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
-        state = json.loads(path.read_text())
+        state = RunDir(run_dir).plan_state()
+        if state.get("run_format") != RUN_FORMAT:  # an older run, resumed (and from now on written) by this one
+            state.update(run_format=RUN_FORMAT, written_by=_version())
+            _write_plan_state(path, state)
         old = state.get("fingerprint") or {}
         if old.get("version") is None and old == plan.legacy_fingerprint():
             old = fingerprint  # started before fingerprints covered the trial settings: nothing to compare
@@ -367,12 +412,19 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
                 state["space"] = plan.searched_space()
                 _write_plan_state(path, state)
             return state
-    state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
+    state = {"sweep_id": uuid.uuid4().hex[:12], "run_format": RUN_FORMAT, "written_by": _version(),
+             "fingerprint": fingerprint,
              "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve()),
              "space": plan.searched_space()}
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_plan_state(path, state)
     return state
+
+
+def _version() -> str:
+    from trainables.resources import version
+
+    return version()
 
 
 def _check_cluster(plan: Plan, run_dir: Path) -> None:
@@ -545,7 +597,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
            optuna_url: str | None = None) -> SweepResult:
     _check_cluster(plan, run_dir)
     if force and run_dir.exists():
-        moved = _archive(run_dir)
+        moved = _archive(run_dir, uri, spec.name)
         _say(f"--force: previous results moved to {moved}")
     exp_path = run_dir / TUNE_DIR
     expect = _restorable(exp_path, run_dir, plan, hint)  # before anything is written
