@@ -247,3 +247,44 @@ def test_force_leaves_no_run_running_and_no_name_twice(failed_once, tmp_path, ca
     old = MlflowClient(f"sqlite:///{previous / 'mlflow.db'}")
     old_runs = old.search_runs([old.get_experiment_by_name("smoke").experiment_id], max_results=1000)
     assert len(old_runs) == 10 and all(r.info.artifact_uri.startswith(previous.as_uri()) for r in old_runs)
+
+
+@pytest.mark.ray
+def test_retry_failed_reruns_only_the_failed_trials_after_the_data_is_fixed(tmp_path, local_ray, capsys):
+    from benchmark.sweep.studies import load_studies
+
+    data = tmp_path / "kvasir.bin"
+    data.write_text("corrupt")
+    path = _spec_file(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["fixed"]["fake"] = {"epoch_seconds": 0.01, "data_file": str(data)}
+    spec["rules"] = [{"when": {"learner": "coop"}, "set": {"fake.data_file": None}}]  # coop reads no data
+    path.write_text(yaml.safe_dump(spec))
+    cmd = ["run", str(path), "--storage", str(tmp_path / "runs")]
+    assert cli.main(cmd) == 1
+    run_dir = tmp_path / "runs" / "smoke"
+    first = RunDir(run_dir).frame().set_index("trial_id")
+    assert (first[first.learner == "maple"]["status"] == "error").all() and len(first) == 8
+
+    data.write_text("ok")  # the data is fixed; a plain rerun retries nothing but says how to
+    assert cli.main(cmd) == 1
+    err = capsys.readouterr().err
+    assert "4 trial(s) failed" in err and "--retry-failed" in err
+    assert cli.main(cmd + ["--retry-failed"]) == 0
+    assert "--retry-failed: 4 failed trial(s) run again" in capsys.readouterr().out
+    after = RunDir(run_dir).frame().set_index("trial_id")
+    assert sorted(after.index) == sorted(first.index) and set(after["status"]) == {"ok"}
+    coop = first[first.learner == "coop"].index
+    cols = ["objective", "finished_at", "hp_lr"]
+    assert after.loc[coop, cols].equals(first.loc[coop, cols])  # the good rows are untouched
+    maple = first[first.learner == "maple"].index
+    assert (after.loc[maple, "hp_lr"] == first.loc[maple, "hp_lr"]).all()  # the same parameters again
+    assert {cid: [t.state.name for t in s.trials] for cid, s in load_studies(run_dir).items()} == \
+        {cid: ["COMPLETE"] * 4 for cid in ("clipseg_coop_kvasir", "clipseg_maple_kvasir")}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], "tags.`tunevlseg.role` = 'trial'", max_results=100)
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert not any("error" in r.data.tags for r in runs)

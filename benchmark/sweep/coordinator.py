@@ -508,7 +508,8 @@ def connect_ray(address: str | None, num_cpus: int | None, num_gpus: float | Non
 def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None = None, address: str | None = None,
               force: bool = False, num_cpus: int | None = None, num_gpus: float | None = None,
               mlflow_uri: str | None = None, verbose: bool = False, resume_hint: str | None = None,
-              plan: Plan | None = None, callbacks: list | tuple = (), optuna_storage: str | None = None) -> SweepResult:
+              plan: Plan | None = None, callbacks: list | tuple = (), optuna_storage: str | None = None,
+              retry_failed: bool = False) -> SweepResult:
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
     before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
     own (a rehearsal's, benchmark/sweep/smoke.py); `callbacks` are extra Tune callbacks."""
@@ -555,14 +556,14 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
         check_free_space(run_dir)
         return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
                            num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose, callbacks=list(callbacks),
-                           optuna_url=optuna_url)
+                           optuna_url=optuna_url, retry_failed=retry_failed)
     finally:
         lock.release()
 
 
 def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
                 storage: Path, *, force: bool, address: str | None, num_cpus: int | None, num_gpus: float | None,
-                verbose: bool, callbacks: list, optuna_url: str | None) -> SweepResult:
+                verbose: bool, callbacks: list, optuna_url: str | None, retry_failed: bool = False) -> SweepResult:
     existing = _read_existing(run_dir, plan)
     if not force and RunDir(run_dir).plan_file.exists() and _is_complete(plan, existing):
         _plan_state(run_dir, plan, force=False)  # a changed plan is still an error, not a silent no-op
@@ -584,7 +585,8 @@ def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | 
         require_preflight(str(storage), roots, http, address)
     started_ray = connect_ray(address, num_cpus, num_gpus, verbose)
     try:
-        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url)
+        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url,
+                      retry_failed=retry_failed)
     finally:
         if started_ray:
             import ray
@@ -594,13 +596,15 @@ def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | 
 
 def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
            force: bool, verbose: bool, extra_callbacks: list | None = None,
-           optuna_url: str | None = None) -> SweepResult:
+           optuna_url: str | None = None, retry_failed: bool = False) -> SweepResult:
     _check_cluster(plan, run_dir)
     if force and run_dir.exists():
         moved = _archive(run_dir, uri, spec.name)
         _say(f"--force: previous results moved to {moved}")
     exp_path = run_dir / TUNE_DIR
     expect = _restorable(exp_path, run_dir, plan, hint)  # before anything is written
+    if retry_failed:
+        _mark_failed_for_retry(exp_path, run_dir, plan, expect)
     state = _plan_state(run_dir, plan, force)
     moved_from = _note_location(run_dir, state)
 
@@ -714,6 +718,18 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
              f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; rerunning will not change that (a bug: "
              f"please report it with {run_dir / TUNE_DIR})")
     return result
+
+
+def _mark_failed_for_retry(exp_path: Path, run_dir: Path, plan: Plan, expect: frozenset[str] | None) -> None:
+    failed = {tid for cell in _read_existing(run_dir, plan).values() for tid, r in cell.items()
+              if r["status"] == STATUS_ERROR}
+    if not failed or expect is None:
+        _say("--retry-failed: no failed trial to run again")
+        return
+    from benchmark.sweep.snapshots import mark_for_retry
+
+    n = mark_for_retry(exp_path, failed & expect)
+    _say(f"--retry-failed: {n} failed trial(s) run again (same trial ids and parameters); the other rows are kept")
 
 
 def _restorable(exp_path: Path, run_dir: Path, plan: Plan, hint: str) -> frozenset[str] | None:

@@ -105,3 +105,29 @@ def _message(path: Path, error: BaseException, recorded: int, hint: str) -> str:
             f"track of its {recorded} recorded trial(s), so nothing was changed. Put back a good copy of that file "
             f"(from a backup, or from the run directory it was copied from) and rerun, or start over with --force"
             f"{rerun}: the old results are kept under previous/")
+
+
+def mark_for_retry(exp_path: str | Path, trial_ids: set[str]) -> int:
+    """`run --retry-failed`: the trials `trial_ids` (failed: their rows have status error) become ERROR in the
+    newest experiment state, so that `Tuner.restore(resume_errored=True)` runs them again under the same
+    trial ids, with the same parameters (and Optuna trials, MLflow runs, Parquet rows), from their last
+    checkpoint if any. A trial that reported its failure (a data error) ended TERMINATED for Tune, which
+    would never run it again. Returns how many trials were marked."""
+    path = newest(Path(exp_path), EXPERIMENT_STATE)
+    if path is None or not trial_ids:
+        return 0
+    state = json.loads(path.read_text())
+    marked = 0
+    for entry in state.get("trial_data", []):
+        as_text = isinstance(entry[0], str)
+        trial = json.loads(entry[0]) if as_text else entry[0]
+        if trial.get("trial_id") in trial_ids and trial.get("status") != "ERROR":
+            trial["status"] = "ERROR"
+            entry[0] = json.dumps(trial, indent=2) if as_text else trial
+            marked += 1
+        elif trial.get("trial_id") in trial_ids:
+            marked += 1  # already ERROR (a trial that raised): resumed as it is
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+    return marked
