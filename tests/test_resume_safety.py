@@ -288,3 +288,35 @@ def test_retry_failed_reruns_only_the_failed_trials_after_the_data_is_fixed(tmp_
     runs = client.search_runs([exp.experiment_id], "tags.`tunevlseg.role` = 'trial'", max_results=100)
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     assert not any("error" in r.data.tags for r in runs)
+
+
+@pytest.mark.ray
+def test_a_resume_honours_its_storages_and_sync_finds_the_recorded_server(failed_once, tmp_path, capsys):
+    import json
+
+    from benchmark.sweep.studies import load_studies
+
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    server, studies = tmp_path / "server" / "mlflow.db", tmp_path / "studies" / "optuna.db"
+    server.parent.mkdir()
+    studies.parent.mkdir()
+    code = cli.main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--mlflow", f"sqlite:///{server}",
+                     "--optuna-storage", f"sqlite:///{studies}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["mlflow"]["uri"] == f"sqlite:///{server}" and plan["optuna_storage"] == f"sqlite:///{studies}"
+    stored = load_studies(run_dir, f"sqlite:///{studies}")
+    assert {cid: [t.state.name for t in s.trials] for cid, s in stored.items()} == \
+        {cid: ["COMPLETE"] * 4 for cid in ("clipseg_coop_kvasir", "clipseg_maple_kvasir")}
+
+    server.unlink()  # the server comes back without what it missed during an outage
+    (run_dir / "mlflow.db").unlink()
+    import subprocess
+    import sys
+
+    # the hint a dead server prints (no --mlflow), in a fresh process (this one keeps the old file open)
+    sync = subprocess.run([sys.executable, "-m", "benchmark", "mlflow", "sync", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0 and "8 run(s) created" in sync.stdout, sync.stdout + sync.stderr[-2000:]
+    assert server.is_file() and not (run_dir / "mlflow.db").exists()

@@ -164,7 +164,9 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
         raise FileNotFoundError(f"{rd.plan_file} not found: {rd.path} is not a run directory of `tunevlseg run`")
     state = rd.plan_state()
     spec = (state.get("fingerprint") or {}).get("spec") or rd.path.name
-    uri = uri or default_uri(rd.path)
+    # The server the sweep mirrored into (plan.json, written by the driver): the hint a dead server prints
+    # names no URI, and a new local mlflow.db would "succeed" in the wrong place.
+    uri = uri or (state.get("mlflow") or {}).get("uri") or default_uri(rd.path)
     check_uri(uri)
     with RunLock(rd.path, command=f"tunevlseg mlflow sync {rd.path}"):
         artifacts = rd.mlflow_artifacts.resolve().as_uri() if uri.startswith("sqlite") else None

@@ -421,6 +421,19 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
     return state
 
 
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    """plan.json of an existing run (empty for a new or unreadable one: the sweep's own checks say why)."""
+    try:
+        return RunDir(run_dir).plan_state() if RunDir(run_dir).plan_file.is_file() else {}
+    except ConfigError:
+        return {}
+
+
+def recorded_uri(run_dir: Path) -> str | None:
+    """The MLflow tracking URI the run was last driven with, when it was not the run's own mlflow.db."""
+    return (_recorded(run_dir).get("mlflow") or {}).get("uri")
+
+
 def _version() -> str:
     from trainables.resources import version
 
@@ -538,11 +551,13 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     uri = None
     if spec.tracking.mlflow:
 
-        uri = mlflow_uri or spec.tracking.uri or default_uri(run_dir)
+        # A resume without --mlflow keeps the server the run was started with (plan.json `mlflow.uri`), so the
+        # printed hints, which name no URI, mirror into the same place.
+        uri = mlflow_uri or spec.tracking.uri or recorded_uri(run_dir) or default_uri(run_dir)
         check_uri(uri)
     from benchmark.sweep.studies import check_url
 
-    optuna_url = optuna_storage or spec.search.storage
+    optuna_url = optuna_storage or spec.search.storage or _recorded(run_dir).get("optuna_storage")
     check_url(optuna_url)
     result = SweepResult(run_dir=run_dir, planned=plan.total_trials)
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
@@ -607,6 +622,9 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         _mark_failed_for_retry(exp_path, run_dir, plan, expect)
     state = _plan_state(run_dir, plan, force)
     moved_from = _note_location(run_dir, state)
+    if state.get("optuna_storage") != optuna_url:  # where the studies are: a resume without the option keeps it
+        state["optuna_storage"] = optuna_url
+        _write_plan_state(RunDir(run_dir).plan_file, state)
 
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
@@ -647,7 +665,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         if expect is not None:
             _say(f"resuming the sweep in {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=wrapped, resume_errored=True)
-            _repoint(tuner, callbacks, run_dir, moved_from, spec.select)
+            _repoint(tuner, callbacks, run_dir, moved_from, spec.select, optuna_url)
         else:
             s = spec.search
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
@@ -788,13 +806,15 @@ def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
 def _note_mirror(run_dir: Path, state: dict[str, Any], mirror) -> None:
     """What `tunevlseg mlflow sync` needs to create runs exactly as this driver's mirror does, beyond the
     fingerprint (which holds the cells' params): the spec's description and the system tags."""
-    want = {"description": mirror.description, "tags": dict(mirror.tags)}
+    want = {"description": mirror.description, "tags": dict(mirror.tags),
+            "uri": None if mirror.uri == default_uri(run_dir) else mirror.uri}  # None: the run's own mlflow.db
     if state.get("mlflow") != want:
         state["mlflow"] = want
         _write_plan_state(RunDir(run_dir).plan_file, state)
 
 
-def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None, rule: Selection | None = None) -> None:
+def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None, rule: Selection | None = None,
+             optuna_url: str | None = None) -> None:
     """A restored Tuner brings back the callbacks and searcher pickled at the first start, with the run
     directory (and MLflow URI) of that start. Tune re-points its own trials to the restored path; ours are
     replaced with the ones built by this driver (their state is rebuilt from Parquet and MLflow anyway),
@@ -807,6 +827,8 @@ def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None, rule
     searcher = getattr(internal._tune_config, "search_alg", None)
     if searcher is not None and hasattr(searcher, "run_dir"):
         searcher.run_dir = str(run_dir)
+        searcher.optuna_storage = optuna_url  # this driver's (--optuna-storage, else the recorded one); kept by restore
+        searcher.driver_storage = True
         if rule is not None and getattr(searcher, "reseeds", None) is not None:
             searcher.reseed_rule = rule  # applied again after the searcher restores its snapshot (searcher.restore)
             searcher.reseeds.adopt(rule)
