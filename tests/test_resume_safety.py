@@ -320,3 +320,24 @@ def test_a_resume_honours_its_storages_and_sync_finds_the_recorded_server(failed
                           capture_output=True, text=True, timeout=300)
     assert sync.returncode == 0 and "8 run(s) created" in sync.stdout, sync.stdout + sync.stderr[-2000:]
     assert server.is_file() and not (run_dir / "mlflow.db").exists()
+
+
+def test_predict_names_masks_of_inputs_sharing_a_stem_apart(tmp_path, capsys):
+    """a.png and a.jpg: two masks, none overwritten, and the count says what is on disk (issue 25, item 7)."""
+    from PIL import Image
+
+    from trainables.model import build_model
+
+    model = build_model({"vlsm_config": "tiny", "learner": "coop", "seed": 0,
+                         "learner_config": {"prompt_depth": 2}}).eval()
+    model.save_artifact(tmp_path / "artifact", data={"dataset": "kvasir", "prompt": "polyp."})
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "a.jpg", "b.png"):
+        Image.new("RGB", (12, 10), (200, 30, 30)).save(images / name)
+    out = tmp_path / "masks"
+    assert cli.main(["predict", "--artifact", str(tmp_path / "artifact"), "--images", str(images),
+                     "--out", str(out), "--device", "cpu"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a_jpg.png", "a_png.png", "b.png"]
+    assert "wrote 3 mask(s)" in capsys.readouterr().out
