@@ -139,6 +139,11 @@ def test_a_moved_or_copied_run_directory_completes_at_its_new_path(tmp_path, how
     finally:
         _kill9(proc)
     new_storage.mkdir()
+    # The killed driver's Ray workers may still write checkpoints for about a second (the copy below then
+    # races them and the original changes after it): wait for the quiet a user waits for before copying.
+    from benchmark.sweep.lock import wait_until_quiet
+
+    wait_until_quiet(old_storage / "smoke" / "tune", 2.0, 30.0)
     if how == "move":
         shutil.move(str(old_storage / "smoke"), str(new_storage / "smoke"))
     else:

@@ -341,3 +341,37 @@ def test_predict_names_masks_of_inputs_sharing_a_stem_apart(tmp_path, capsys):
     written = sorted(p.name for p in out.iterdir())
     assert written == ["a_jpg.png", "a_png.png", "b.png"]
     assert "wrote 3 mask(s)" in capsys.readouterr().out
+
+
+def test_a_lock_take_over_waits_for_the_dead_drivers_late_writes(tmp_path):
+    """A SIGKILLed driver's Ray workers still write checkpoints into tune/ for about a second; the next
+    driver restores only once the run directory is quiet (issue 25, item 7)."""
+    import json
+    import threading
+    import time
+
+    from benchmark.sweep import lock as L
+
+    run = tmp_path / "run"
+    (run / "tune" / "trial_0").mkdir(parents=True)
+    (run / L.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
+                                               "heartbeat_at": time.time() - 500}))
+    stop = time.time() + 1.5
+
+    def late_worker():
+        n = 0
+        while time.time() < stop:
+            (run / "tune" / "trial_0" / f"checkpoint_{n:06d}").mkdir()
+            n += 1
+            time.sleep(0.2)
+
+    writer = threading.Thread(target=late_worker)
+    writer.start()
+    t0 = time.time()
+    held = L.RunLock(run, stale_s=120).acquire()
+    waited = time.time() - t0
+    writer.join()
+    held.release()
+    assert held.took_over and waited >= 1.5 and held.quiet_after >= 1.5, waited
+    newest = max(p.stat().st_mtime for p in (run / "tune").rglob("*"))
+    assert t0 + waited - newest >= L.QUIET_S - 0.1  # acquired only after QUIET_S without a write
