@@ -375,3 +375,51 @@ def test_a_lock_take_over_waits_for_the_dead_drivers_late_writes(tmp_path):
     assert held.took_over and waited >= 1.5 and held.quiet_after >= 1.5, waited
     newest = max(p.stat().st_mtime for p in (run / "tune").rglob("*"))
     assert t0 + waited - newest >= L.QUIET_S - 0.1  # acquired only after QUIET_S without a write
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
+def test_a_run_directory_that_stops_taking_writes_mid_run_is_one_line(failed_once, tmp_path, capsys, monkeypatch,
+                                                                       errno_name):
+    """A full disk, or trials/ turned unwritable, while the retried trials finish (issue 25, item 6)."""
+    import errno
+
+    from benchmark.results import records
+
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    before = _state(run_dir)
+    real = records.atomic_write_table
+
+    def failing(table, path):
+        if "trials" in str(path):
+            code = getattr(errno, errno_name)
+            raise OSError(code, __import__("os").strerror(code), str(path))
+        return real(table, path)
+
+    monkeypatch.setattr(records, "atomic_write_table", failing)
+    code = cli.main(["run", str(spec), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert "stopped taking writes" in err and "resume with: tunevlseg run" in err and "/trials/" in err
+    assert _state(run_dir)["rows"] == before["rows"]
+    monkeypatch.undo()
+    assert cli.main(["run", str(spec), "--storage", str(tmp_path / "runs")]) == 0  # the hint's rerun completes
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("damage", ["plan.json", "mlflow.db", "parquet"])
+def test_a_damaged_run_file_is_one_line_for_run_sync_and_tables(failed_once, tmp_path, capsys, damage):
+    spec, original = failed_once
+    run_dir = _copy(original, tmp_path)
+    target = {"plan.json": run_dir / "plan.json", "mlflow.db": run_dir / "mlflow.db",
+              "parquet": run_dir / "trials" / "clipseg_coop_kvasir.parquet"}[damage]
+    target.write_bytes(target.read_bytes()[:100] if damage != "mlflow.db" else b"not a database" * 100)
+    commands = [["run", str(spec), "--storage", str(tmp_path / "runs")], ["mlflow", "sync", str(run_dir)]]
+    if damage == "parquet":
+        commands.append(["tables", str(run_dir), "--out", str(tmp_path / "tables"), "--no-mlflow"])
+    for cmd in commands:
+        code = cli.main(cmd)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, (cmd, err)
+        assert target.name in err, (cmd, err)

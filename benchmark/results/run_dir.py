@@ -150,7 +150,15 @@ class RunDir:
         if self._rows is None:
             self._rows = {}
             for f in self.trial_files():
-                self._rows[f.stem] = {r["trial_id"]: r for r in records.read_rows(f)}
+                try:
+                    self._rows[f.stem] = {r["trial_id"]: r for r in records.read_rows(f)}
+                except FileNotFoundError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid, OSError: one line either way
+                    raise ConfigError(f"{f} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})"
+                                      f"; it is written whole (temp file + rename), so it was cut by a copy or a full "
+                                      f"disk, or is not readable by you: put back a good copy (a backup, the run "
+                                      f"directory it was copied from) or fix its permissions") from None
         return self._rows
 
     def all_rows(self) -> list[dict[str, Any]]:

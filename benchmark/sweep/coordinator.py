@@ -25,6 +25,7 @@ Everything is addressed by absolute paths: trials run in temporary working direc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import json
 import logging
@@ -569,11 +570,33 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
              f"{lock.took_over.get('host')}: {lock.took_over['reason']})")
     try:
         check_free_space(run_dir)
-        return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
-                           num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose, callbacks=list(callbacks),
-                           optuna_url=optuna_url, retry_failed=retry_failed)
+        return _storage_errors_in_one_line(hint, _run_locked, spec, plan, fn, run_dir, uri, result, hint, storage,
+                                           force=force, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                           verbose=verbose, callbacks=list(callbacks), optuna_url=optuna_url,
+                                           retry_failed=retry_failed)
     finally:
         lock.release()
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _storage_errors_in_one_line(hint: str, fn: Callable, *args, **kwargs):
+    """A run directory that fills up, turns read-only or unwritable mid-sweep (wherever the write was: a
+    Parquet row, a Tune snapshot, a checkpoint, even wrapped by Tune) ends in one line with the way back.
+    Every finished trial is in Parquet already; the rerun resumes."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - only storage errors are rephrased, the rest re-raised
+        cause = _cause(e, OSError)
+        if cause is None or cause.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" ({cause.filename})" if cause.filename else ""
+        fix = ("free space there" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "make it writable again (permissions, a read-only remount)" if cause.errno != errno.EIO else
+               "check that disk")
+        raise ConfigError(f"the run directory stopped taking writes: {cause.strerror or cause}{where}; {fix}, then "
+                          f"resume with: {hint} (finished trials are kept)") from None
 
 
 def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
@@ -635,9 +658,7 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
         if uri == default_uri(run_dir):  # a run directory copied or moved elsewhere: re-point its artifact paths
-            from benchmark.sweep.mlflow_paths import repoint
-
-            repoint(run_dir)
+            _repoint_store(run_dir)
         mirror = MLflowMirror(uri, spec.name, state["sweep_id"], {c.id: c.keys for c in plan.cells},
                               artifact_location=artifacts, description=spec.description,
                               params={c.id: cell_params(c) for c in plan.cells},
@@ -785,6 +806,21 @@ def _unfinished(grid) -> int | None:
     if trials is None:
         return None
     return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def _repoint_store(run_dir: Path) -> None:
+    """The run's own MLflow store follows a moved run directory; a store that is not a database any more
+    (torn by a full disk, overwritten) is one line: the mirror is rebuilt from Parquet."""
+    import sqlite3
+
+    from benchmark.sweep.mlflow_paths import repoint
+
+    try:
+        repoint(run_dir)
+    except sqlite3.DatabaseError as e:
+        db = RunDir(run_dir).mlflow_db
+        raise ConfigError(f"{db} is not a readable MLflow database ({e}); move it aside (e.g. to {db.name}.broken) "
+                          "and rerun: the mirror is rebuilt from the Parquet rows (tunevlseg mlflow sync)") from None
 
 
 def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
