@@ -7,9 +7,10 @@ makes every failed trial fatal, turns that off). A fresh experiment knows none o
 orphan rule would take every Parquet row, MLflow run and Optuna trial for an orphan, and the fresh
 experiment's first snapshot, newer than the torn one, is what every later rerun would restore. So the files
 Tune will restore (the newest of each kind, as Tune picks them: the greatest name) are read here first, the
-way Tune reads them; a file that does not load stops the driver with one line and a way out, before Ray
-starts and before anything is written. The trial ids of the snapshot are returned: the coordinator checks
-that the restored experiment knows all of them before any orphan is dropped (`RestoreLost`).
+way Tune reads them; a file that does not load stops the driver with one line and a way out, before Tune
+restores anything and before anything is written. The trial ids of the snapshot are returned: the
+coordinator checks that the restored experiment knows all of them before any orphan is dropped
+(`RestoreLost`).
 
 Pickles of runs written before the module move of 2026-11-29 (`benchmark.searcher` ->
 `benchmark.sweep.searcher`, ...) load through `install_module_aliases`.
