@@ -229,6 +229,7 @@ def test_a_run_of_a_newer_format_names_the_version_to_use(failed_once, tmp_path,
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~30 s on 2 busy cores: a whole sweep again
 def test_force_leaves_no_run_running_and_no_name_twice(failed_once, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -296,6 +297,7 @@ def test_retry_failed_reruns_only_the_failed_trials_after_the_data_is_fixed(tmp_
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~30 s on 2 busy cores: a resume and a sync in a fresh process
 def test_a_resume_honours_its_storages_and_sync_finds_the_recorded_server(failed_once, tmp_path, capsys):
     import json
 
@@ -383,7 +385,7 @@ def test_a_lock_take_over_waits_for_the_dead_drivers_late_writes(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES"])
+@pytest.mark.parametrize("errno_name", ["ENOSPC", pytest.param("EACCES", marks=pytest.mark.slow)])
 def test_a_run_directory_that_stops_taking_writes_mid_run_is_one_line(failed_once, tmp_path, capsys, monkeypatch,
                                                                        errno_name):
     """A full disk, or trials/ turned unwritable, while the retried trials finish (issue 25, item 6)."""
