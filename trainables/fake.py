@@ -14,6 +14,8 @@ Knobs, all under the trial config's `fake` section (set them in a spec's `fixed.
                  with fail_once: true they raise on their first start only (a retry succeeds)
   diverge_trials trial indices that report status "diverged" (objective +inf) instead of training
   log_dir        absolute directory: one line per trial start is appended to <cell_id>_<index>.log
+  data_file      absolute path of a stand-in data file: unless it reads "ok", every trial ends at once with
+                 status "error" (reported, not raised), as the real trainable ends on a corrupt image
   seed_noise     with `train.seed` set, quality moves by up to +-seed_noise/2, deterministically per seed
                  (0: the seed changes nothing), so reruns with further seeds (select.reseed) differ
 """
@@ -89,6 +91,15 @@ def fake_trainable(config: dict) -> None:
                 json.dump(state, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if fake.get("data_file"):  # a permanent data error: reported, never retried under max_failures
+        try:
+            content = open(fake["data_file"]).read().strip()
+        except OSError as e:
+            content = str(e)
+        if content != "ok":
+            report({"objective": float("inf"), "status": "error",
+                    "error": f"DataError: {fake['data_file']}: corrupt ({content[:40]!r})"}, False)
+            return
     if index in fake.get("diverge_trials", []):
         report({"epoch": 0, "objective": float("inf"), "val_loss": float("nan"), "status": "diverged",
                 "error": "loss became NaN at epoch 0 (synthetic)", "epochs_run": 1}, False)

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with a run directory as --artifact: use the trial the run selected for this cell, "
                         "e.g. clipseg_maple_kvasir")
     p.add_argument("--images", required=True, help="a directory of images or a single image file")
-    p.add_argument("--out", required=True, help="output directory for <stem>.png masks")
+    p.add_argument("--out", required=True, help="output directory for <stem>.png masks (<stem>_<suffix>.png where "
+                                                "two inputs share a stem)")
     p.add_argument("--prompt", default=None,
                    help="text prompt (default: the dataset prompt recorded in the artifact, else required)")
     p.add_argument("--weights", default=None, help="override where the frozen VLSM weights are loaded from")
@@ -29,6 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+
+
+def mask_names(files) -> dict:
+    """{input file: mask file name}: `<stem>.png`, or `<stem>_<suffix>.png` for inputs that share a stem
+    (a.png and a.jpg), so that no mask replaces another (made unique with a counter if need be)."""
+    from collections import Counter
+
+    stems = Counter(f.stem for f in files)
+    names, taken = {}, set()
+    for f in files:
+        base = f.stem if stems[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        names[f] = name
+    return names
 
 
 def check_output(src, files, out, overlay: bool) -> None:
@@ -43,8 +62,8 @@ def check_output(src, files, out, overlay: bool) -> None:
         raise ConfigError(f"--out {out} is the input folder of --images; masks would replace the images "
                           "(<stem>.png); pass another --out directory")
     inputs = {Path(f).resolve() for f in files}
-    for f in files:
-        names = [f"{f.stem}.png"] + ([f"{f.stem}_overlay.png"] if overlay else [])
+    for f, stem in mask_names(files).items():
+        names = [f"{stem}.png"] + ([f"{stem}_overlay.png"] if overlay else [])
         for name in names:
             if (out / name).resolve() in inputs:
                 raise ConfigError(f"--out {out}: writing {name} would overwrite the input image {out / name}; "
@@ -74,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
     out = Path(args.out)
     check_output(src, files, out, args.overlay)
+    names = mask_names(files)
 
     artifact = args.artifact
     if args.cell:
@@ -114,11 +134,13 @@ def run(args: argparse.Namespace) -> int:
             h, w = rgb.shape[:2]
             p = F.interpolate(p[None], size=(h, w), mode="bicubic", align_corners=False)[0, 0].cpu()
             mask = (p >= args.threshold).numpy().astype(np.uint8) * 255
-            Image.fromarray(mask).save(out / f"{f.stem}.png")
+            Image.fromarray(mask).save(out / f"{names[f]}.png")
             if args.overlay:
                 over = rgb.astype(np.float32).copy()
                 over[mask > 0] = 0.5 * over[mask > 0] + 0.5 * np.array([255, 0, 0])
-                Image.fromarray(over.astype(np.uint8)).save(out / f"{f.stem}_overlay.png")
+                Image.fromarray(over.astype(np.uint8)).save(out / f"{names[f]}_overlay.png")
             written += 1
-    print(f"wrote {written} mask(s) to {out} (prompt: {prompt!r})")
+    renamed = sum(name != f.stem for f, name in names.items())
+    print(f"wrote {written} mask(s) to {out} (prompt: {prompt!r})"
+          + (f"; {renamed} input(s) share a stem with another, named <stem>_<suffix>.png" if renamed else ""))
     return 0

@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", metavar="DIR", help="dataset root (datasets live in DIR/<dataset>)")
     parser.add_argument("--force", action="store_true", help="start over even if the run exists (old results are kept "
                         "under DIR/<spec>/previous/)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run the failed trials again (status error, e.g. after fixing a corrupt image), under "
+                             "the same trial ids and parameters; every other recorded trial is kept")
     parser.add_argument("--trainable", metavar="MODULE.FUNC", help="override the spec's trainable (import path)")
     parser.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (default: sqlite in the run directory)")
     parser.add_argument("--optuna-storage", metavar="URL",
@@ -53,8 +56,9 @@ def run(args) -> int:
                     + (["--data", args.data] if args.data else []) + (["--address", args.address] if args.address else []))
     result = run_sweep(spec, storage, trainable=args.trainable, address=args.address, force=args.force,
                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, mlflow_uri=args.mlflow, verbose=args.verbose,
-                       resume_hint=hint, optuna_storage=args.optuna_storage)
+                       resume_hint=hint, optuna_storage=args.optuna_storage, retry_failed=args.retry_failed)
     if result.failed:
         print(f"tunevlseg run: {result.failed} trial(s) failed; see the error column of "
-              f"{result.run_dir}/trials/*.parquet", file=sys.stderr)
+              f"{result.run_dir}/trials/*.parquet; once the cause is fixed (e.g. `tunevlseg data check`), run only "
+              f"those again: {hint} --retry-failed", file=sys.stderr)
     return result.exit_code

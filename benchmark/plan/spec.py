@@ -377,6 +377,7 @@ def _validate(spec: Spec) -> None:
     if isinstance(spec.select.reseed, bool) or not isinstance(spec.select.reseed, int) or spec.select.reseed < 0:
         raise ConfigError(f"select.reseed: the number of further seeds per cell, an integer >= 0 (0: off), got "
                           f"{spec.select.reseed!r}")
+    _check_selection(spec.select)
     if s.n_startup_trials < 0:
         raise ConfigError(f"search.n_startup_trials: must be >= 0, got {s.n_startup_trials}")
     if s.max_concurrent_per_cell is not None and s.max_concurrent_per_cell < 1:
@@ -395,3 +396,18 @@ def _validate(spec: Spec) -> None:
     for name in spec.vlsms:
         if name not in spec.axes.vlsm and not any(p[0] == name for p in spec.axes.pairs or ()):
             raise ConfigError(f"vlsms.{name}: {name!r} is not on axes.vlsm {list(spec.axes.vlsm)}")
+
+
+def _check_selection(select: Selection) -> None:
+    """select.by / select.report name a metric column of the trial rows: a typo would select nothing (and
+    silently schedule no reruns over seeds)."""
+    from benchmark.results.records import METRIC_NAMES
+    from trainables.resources import did_you_mean
+
+    for key in ("by", "report"):
+        value = getattr(select, key)
+        if value not in METRIC_NAMES:
+            raise ConfigError(f"select.{key}: unknown metric {value!r}{did_you_mean(value, METRIC_NAMES)}; allowed: "
+                              f"{', '.join(METRIC_NAMES)}")
+    if select.mode not in ("min", "max"):
+        raise ConfigError(f"select.mode: 'min' or 'max', got {select.mode!r}")

@@ -48,6 +48,8 @@ RESEED_FIELDS = [
     ("reseed", pa.int64()),  # k = 1..K on a rerun of the cell's selected configuration with a further seed
     ("reseed_of", pa.int64()),  # that selected trial's trial_index
 ]
+# What a spec's `select.by` / `select.report` may name (benchmark/plan/spec.py checks it at load).
+METRIC_NAMES = tuple(name for name, _ in METRIC_FIELDS)
 PROVENANCE_FIELDS = [
     ("git_sha", pa.string()), ("git_dirty", pa.bool_()), ("versions", pa.string()),  # JSON {package: version}
     ("gpu_name", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),

@@ -32,6 +32,12 @@ MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 OPTUNA_DB = "optuna.db"
 
+# The layout and pickles a run directory is written in, recorded in plan.json (`run_format`, with the
+# `written_by` version). 1: runs without the key (their pickles may name modules from before the move of
+# 2026-11-29, mapped by benchmark/sweep/snapshots.py); 2: since the key. Bump it when an older tunevlseg
+# could no longer resume what this one writes.
+RUN_FORMAT = 2
+
 
 # ---- the selection rule ----------------------------------------------------------------------------------
 
@@ -114,13 +120,45 @@ class RunDir:
     def has_trials(self) -> bool:
         return bool(self.trial_files())
 
+    # -- plan.json
+    def plan_state(self) -> dict[str, Any]:
+        """plan.json, checked: readable, and of a run format this tunevlseg can resume (one-line errors)."""
+        import json
+
+        try:
+            state = json.loads(self.plan_file.read_text())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self.plan_file} cannot be read ({type(e).__name__}: {str(e)[:100]}); put back a good "
+                              "copy (from a backup, or the run directory it was copied from), or start over with "
+                              "--force (the old results are kept under previous/)") from None
+        fmt = state.get("run_format", 1)
+        if not isinstance(fmt, int) or fmt > RUN_FORMAT:
+            from trainables.resources import version
+
+            by = state.get("written_by", "a newer version")
+            raise ConfigError(f"{self.path} was written by tunevlseg {by} (run format {fmt}); this tunevlseg "
+                              f"{version()} reads run formats up to {RUN_FORMAT}: install tunevlseg>={by} to use it")
+        return state
+
     # -- rows
     def rows(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every trial row, {cell_id: {trial_id: row}}, read from trials/*.parquet once per RunDir."""
         if self._rows is None:
             self._rows = {}
             for f in self.trial_files():
-                self._rows[f.stem] = {r["trial_id"]: r for r in records.read_rows(f)}
+                try:
+                    self._rows[f.stem] = {r["trial_id"]: r for r in records.read_rows(f)}
+                except FileNotFoundError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid, OSError: one line either way
+                    raise ConfigError(f"{f} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})"
+                                      f"; it is written whole (temp file + rename), so it was cut by a copy or a full "
+                                      f"disk, or is not readable by you: put back a good copy (a backup, the run "
+                                      f"directory it was copied from) or fix its permissions") from None
         return self._rows
 
     def all_rows(self) -> list[dict[str, Any]]:

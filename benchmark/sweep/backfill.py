@@ -138,7 +138,7 @@ def _backfill(rd: RunDir, mirror) -> dict[str, int]:
 def _parents(rd: RunDir, mirror, rows: list[dict[str, Any]]) -> None:
     planned = {}
     if rd.plan_file.is_file():
-        cells = json.loads(rd.plan_file.read_text()).get("fingerprint", {}).get("cells", {})
+        cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
         planned = {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
                    for cid, c in cells.items() if c.get("trials") is not None}
     rule = rd.selection()
@@ -162,16 +162,18 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
     rd = RunDir(run_dir)
     if not rd.plan_file.is_file():
         raise FileNotFoundError(f"{rd.plan_file} not found: {rd.path} is not a run directory of `tunevlseg run`")
-    state = json.loads(rd.plan_file.read_text())
+    state = rd.plan_state()
     spec = (state.get("fingerprint") or {}).get("spec") or rd.path.name
-    uri = uri or default_uri(rd.path)
+    # The server the sweep mirrored into (plan.json, written by the driver): the hint a dead server prints
+    # names no URI, and a new local mlflow.db would "succeed" in the wrong place.
+    uri = uri or (state.get("mlflow") or {}).get("uri") or default_uri(rd.path)
     check_uri(uri)
     with RunLock(rd.path, command=f"tunevlseg mlflow sync {rd.path}"):
         artifacts = rd.mlflow_artifacts.resolve().as_uri() if uri.startswith("sqlite") else None
         if uri == default_uri(rd.path):  # moved or copied: the store's artifact paths follow it
-            from benchmark.sweep.mlflow_paths import repoint
+            from benchmark.sweep.coordinator import _repoint_store
 
-            repoint(rd.path)
+            _repoint_store(rd.path)
         mirror = _mirror(rd, state, spec, uri, artifacts)
         try:
             mirror.ensure_experiment()

@@ -25,6 +25,7 @@ Everything is addressed by absolute paths: trials run in temporary working direc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import json
 import logging
@@ -42,10 +43,22 @@ from ray.tune import Callback
 from benchmark.plan.matrix import Plan, build_plan, check_paths
 from benchmark.plan.spec import Selection, Spec
 from benchmark.results import records
-from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIALS_DIR, TUNE_DIR, RunDir, select
+from benchmark.results.run_dir import (
+    MLFLOW_ARTIFACTS,
+    MLFLOW_DB,
+    OPTUNA_DB,
+    PLAN_FILE,
+    RUN_FORMAT,
+    SELECTED_FILE,
+    TRIALS_DIR,
+    TUNE_DIR,
+    RunDir,
+    select,
+)
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
+from benchmark.sweep.snapshots import RestoreLost, SnapshotError
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
@@ -59,6 +72,7 @@ class SweepResult:
     done: int = 0  # trials with a Parquet row
     failed: int = 0  # rows with status "error"
     interrupted: bool = False
+    stalled: bool = False  # Tune had nothing left to run, yet the plan is not complete (see _sweep)
     terminated: bool = False  # stopped by SIGTERM (state saved, resumable)
     noop: bool = False
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -69,7 +83,7 @@ class SweepResult:
             return 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stalled else 0
 
 
 # ---- helpers shared with the callbacks (module level: pickled by reference into tuner.pkl) -------------
@@ -129,11 +143,15 @@ class RecordsCallback(Callback):
     prints the progress lines. State is rebuilt from the Parquet files at setup, so a restored
     experiment (whose callbacks are unpickled from `tuner.pkl`) continues where it left off."""
 
-    def __init__(self, run_dir: str, spec_name: str, cells: dict[str, dict[str, Any]], select: dict[str, str]):
+    def __init__(self, run_dir: str, spec_name: str, cells: dict[str, dict[str, Any]], select: dict[str, str],
+                 expect_trials: frozenset[str] | None = None):
         self.run_dir = run_dir
         self.spec_name = spec_name
         self.cells = cells  # cell_id -> {"keys": {...}, "planned": int}
         self.select = select  # {"by", "mode", "report"}
+        # The trial ids of the snapshot being restored (benchmark/sweep/snapshots.py; empty for a new
+        # experiment): the restored experiment must know every one before any row counts as an orphan.
+        self.expect_trials = frozenset(expect_trials or ())
         self._reset()
 
     def _reset(self):
@@ -170,7 +188,12 @@ class RecordsCallback(Callback):
 
     def _prune(self, trials) -> None:
         """Drop rows of trials this experiment does not know (see the module docstring)."""
-        self._rows = RunDir(self.run_dir).drop_orphans(self._rows, {t.trial_id for t in trials})
+        known = {t.trial_id for t in trials}
+        lost = getattr(self, "expect_trials", frozenset()) - known
+        if lost:  # Tune started the experiment over (a snapshot it could not restore): never drop anything
+            raise RestoreLost(f"Ray Tune did not restore the experiment in {self.run_dir}/{TUNE_DIR} ({len(lost)} of "
+                              f"its trials unknown after the restore); nothing was dropped")
+        self._rows = RunDir(self.run_dir).drop_orphans(self._rows, known)
         self._pruned = True
 
     def _write_cell(self, cid: str) -> None:
@@ -179,7 +202,9 @@ class RecordsCallback(Callback):
     def _write_selected(self) -> None:
         RunDir(self.run_dir).write_selected(self.cells, self._rows, Selection(**self.select))
 
-    def on_step_end(self, iteration, trials, **info):
+    def on_step_begin(self, iteration, trials, **info):
+        # Before the searcher is asked for trials (which rewrites optuna.db) and before Tune's first snapshot
+        # of this session (which every later rerun would restore).
         if not self._pruned:
             self._prune(trials)
 
@@ -277,13 +302,44 @@ def _is_complete(plan: Plan, rows: dict[str, dict[str, dict]]) -> bool:
                and all(r["status"] != STATUS_ERROR for r in rows[c.id].values()) for c in plan.cells)
 
 
-def _archive(run_dir: Path) -> Path:
+def _archive(run_dir: Path, uri: str | None, experiment: str) -> Path:
+    """`--force`: the old run goes to previous/<timestamp>/, its MLflow runs with it. The run directory's
+    own MLflow store moves along (its artifact paths re-pointed there), so the new sweep's runs never share
+    names with the old ones; on a server the old sweep's runs are ended and deleted (MLflow's trash:
+    restorable), so none stays RUNNING or doubles a name in the experiment's view."""
     dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True)
-    for name in (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE, OPTUNA_DB):
+    try:
+        old_sweep = RunDir(run_dir).plan_state().get("sweep_id")
+    except (ConfigError, OSError):  # a missing or unreadable plan.json: nothing to look up on a server
+        old_sweep = None
+    local = uri is None or uri == default_uri(run_dir)
+    names = (TUNE_DIR, TRIALS_DIR, SELECTED_FILE, PLAN_FILE, OPTUNA_DB) + ((MLFLOW_DB, MLFLOW_ARTIFACTS) if local else ())
+    for name in names:
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
+    if local and (dest / MLFLOW_DB).exists():
+        from benchmark.sweep.mlflow_paths import repoint
+
+        repoint(dest)
+    elif not local and old_sweep:
+        _retire_sweep_runs(uri, experiment, old_sweep)
     return dest
+
+
+def _retire_sweep_runs(uri: str, experiment: str, sweep_id: str) -> None:
+    from benchmark.sweep.tracking import MLflowMirror
+
+    mirror = MLflowMirror(uri, experiment, sweep_id, {})
+    try:
+        for role in ("trial", "cell"):
+            for run in mirror._search(mirror._sweep_filter(role)):
+                if run.info.status == "RUNNING":
+                    mirror.client.set_terminated(run.info.run_id, "KILLED")
+                mirror.client.set_tag(run.info.run_id, "tunevlseg.archived", "--force")
+                mirror.client.delete_run(run.info.run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow is a mirror: a dead server does not stop --force
+        mirror.disable("--force (retiring the old sweep's runs)", e)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -337,7 +393,10 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
     fingerprint = plan.fingerprint()
     started = (run_dir / TUNE_DIR).exists() or RunDir(run_dir).has_trials()
     if path.exists() and not force:
-        state = json.loads(path.read_text())
+        state = RunDir(run_dir).plan_state()
+        if state.get("run_format") != RUN_FORMAT:  # an older run, resumed (and from now on written) by this one
+            state.update(run_format=RUN_FORMAT, written_by=_version())
+            _write_plan_state(path, state)
         old = state.get("fingerprint") or {}
         if old.get("version") is None and old == plan.legacy_fingerprint():
             old = fingerprint  # started before fingerprints covered the trial settings: nothing to compare
@@ -354,12 +413,32 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
                 state["space"] = plan.searched_space()
                 _write_plan_state(path, state)
             return state
-    state = {"sweep_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
+    state = {"sweep_id": uuid.uuid4().hex[:12], "run_format": RUN_FORMAT, "written_by": _version(),
+             "fingerprint": fingerprint,
              "created_at": records.now_utc().isoformat(), "run_dir": str(run_dir.resolve()),
              "space": plan.searched_space()}
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_plan_state(path, state)
     return state
+
+
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    """plan.json of an existing run (empty for a new or unreadable one: the sweep's own checks say why)."""
+    try:
+        return RunDir(run_dir).plan_state() if RunDir(run_dir).plan_file.is_file() else {}
+    except ConfigError:
+        return {}
+
+
+def recorded_uri(run_dir: Path) -> str | None:
+    """The MLflow tracking URI the run was last driven with, when it was not the run's own mlflow.db."""
+    return (_recorded(run_dir).get("mlflow") or {}).get("uri")
+
+
+def _version() -> str:
+    from trainables.resources import version
+
+    return version()
 
 
 def _check_cluster(plan: Plan, run_dir: Path) -> None:
@@ -443,7 +522,8 @@ def connect_ray(address: str | None, num_cpus: int | None, num_gpus: float | Non
 def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None = None, address: str | None = None,
               force: bool = False, num_cpus: int | None = None, num_gpus: float | None = None,
               mlflow_uri: str | None = None, verbose: bool = False, resume_hint: str | None = None,
-              plan: Plan | None = None, callbacks: list | tuple = (), optuna_storage: str | None = None) -> SweepResult:
+              plan: Plan | None = None, callbacks: list | tuple = (), optuna_storage: str | None = None,
+              retry_failed: bool = False) -> SweepResult:
     """Run (or continue) the sweep of `spec` under `<storage>/<spec.name>/`. Validates everything it can
     before the first trial starts; see the module docstring for the behaviour. `plan` replaces the spec's
     own (a rehearsal's, benchmark/sweep/smoke.py); `callbacks` are extra Tune callbacks."""
@@ -472,11 +552,13 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
     uri = None
     if spec.tracking.mlflow:
 
-        uri = mlflow_uri or spec.tracking.uri or default_uri(run_dir)
+        # A resume without --mlflow keeps the server the run was started with (plan.json `mlflow.uri`), so the
+        # printed hints, which name no URI, mirror into the same place.
+        uri = mlflow_uri or spec.tracking.uri or recorded_uri(run_dir) or default_uri(run_dir)
         check_uri(uri)
     from benchmark.sweep.studies import check_url
 
-    optuna_url = optuna_storage or spec.search.storage
+    optuna_url = optuna_storage or spec.search.storage or _recorded(run_dir).get("optuna_storage")
     check_url(optuna_url)
     result = SweepResult(run_dir=run_dir, planned=plan.total_trials)
     hint = resume_hint or f"tunevlseg run {spec.path or spec.name} --storage {storage}"
@@ -488,16 +570,38 @@ def run_sweep(spec: Spec, storage: str | os.PathLike, *, trainable: str | None =
              f"{lock.took_over.get('host')}: {lock.took_over['reason']})")
     try:
         check_free_space(run_dir)
-        return _run_locked(spec, plan, fn, run_dir, uri, result, hint, storage, force=force, address=address,
-                           num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose, callbacks=list(callbacks),
-                           optuna_url=optuna_url)
+        return _storage_errors_in_one_line(hint, _run_locked, spec, plan, fn, run_dir, uri, result, hint, storage,
+                                           force=force, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                           verbose=verbose, callbacks=list(callbacks), optuna_url=optuna_url,
+                                           retry_failed=retry_failed)
     finally:
         lock.release()
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _storage_errors_in_one_line(hint: str, fn: Callable, *args, **kwargs):
+    """A run directory that fills up, turns read-only or unwritable mid-sweep (wherever the write was: a
+    Parquet row, a Tune snapshot, a checkpoint, even wrapped by Tune) ends in one line with the way back.
+    Every finished trial is in Parquet already; the rerun resumes."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - only storage errors are rephrased, the rest re-raised
+        cause = _cause(e, OSError)
+        if cause is None or cause.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" ({cause.filename})" if cause.filename else ""
+        fix = ("free space there" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "make it writable again (permissions, a read-only remount)" if cause.errno != errno.EIO else
+               "check that disk")
+        raise ConfigError(f"the run directory stopped taking writes: {cause.strerror or cause}{where}; {fix}, then "
+                          f"resume with: {hint} (finished trials are kept)") from None
+
+
 def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
                 storage: Path, *, force: bool, address: str | None, num_cpus: int | None, num_gpus: float | None,
-                verbose: bool, callbacks: list, optuna_url: str | None) -> SweepResult:
+                verbose: bool, callbacks: list, optuna_url: str | None, retry_failed: bool = False) -> SweepResult:
     existing = _read_existing(run_dir, plan)
     if not force and RunDir(run_dir).plan_file.exists() and _is_complete(plan, existing):
         _plan_state(run_dir, plan, force=False)  # a changed plan is still an error, not a silent no-op
@@ -519,7 +623,8 @@ def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | 
         require_preflight(str(storage), roots, http, address)
     started_ray = connect_ray(address, num_cpus, num_gpus, verbose)
     try:
-        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url)
+        return _sweep(spec, plan, fn, run_dir, uri, result, hint, force, verbose, callbacks, optuna_url,
+                      retry_failed=retry_failed)
     finally:
         if started_ray:
             import ray
@@ -529,25 +634,31 @@ def _run_locked(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | 
 
 def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None, result: SweepResult, hint: str,
            force: bool, verbose: bool, extra_callbacks: list | None = None,
-           optuna_url: str | None = None) -> SweepResult:
+           optuna_url: str | None = None, retry_failed: bool = False) -> SweepResult:
     _check_cluster(plan, run_dir)
     if force and run_dir.exists():
-        moved = _archive(run_dir)
+        moved = _archive(run_dir, uri, spec.name)
         _say(f"--force: previous results moved to {moved}")
+    exp_path = run_dir / TUNE_DIR
+    expect = _restorable(exp_path, run_dir, plan, hint)  # before anything is written
+    if retry_failed:
+        _mark_failed_for_retry(exp_path, run_dir, plan, expect)
     state = _plan_state(run_dir, plan, force)
     moved_from = _note_location(run_dir, state)
+    if state.get("optuna_storage") != optuna_url:  # where the studies are: a resume without the option keeps it
+        state["optuna_storage"] = optuna_url
+        _write_plan_state(RunDir(run_dir).plan_file, state)
 
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
-    callbacks: list = [PrunedMarker(),
-                       RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
+    records_cb = RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select),
+                                 expect_trials=expect)
+    callbacks: list = [PrunedMarker(), records_cb]
     mirror = None
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
         if uri == default_uri(run_dir):  # a run directory copied or moved elsewhere: re-point its artifact paths
-            from benchmark.sweep.mlflow_paths import repoint
-
-            repoint(run_dir)
+            _repoint_store(run_dir)
         mirror = MLflowMirror(uri, spec.name, state["sweep_id"], {c.id: c.keys for c in plan.cells},
                               artifact_location=artifacts, description=spec.description,
                               params={c.id: cell_params(c) for c in plan.cells},
@@ -572,11 +683,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
 
     try:
         wrapped = tune.with_resources(fn, trial_resources)
-        exp_path = run_dir / TUNE_DIR
-        if tune.Tuner.can_restore(str(exp_path)):
+        if expect is not None:
             _say(f"resuming the sweep in {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=wrapped, resume_errored=True)
-            _repoint(tuner, callbacks, run_dir, moved_from)
+            _repoint(tuner, callbacks, run_dir, moved_from, spec.select, optuna_url)
         else:
             s = spec.search
             searcher = MultiCellSearcher(plan.cells, metric=s.metric, mode=s.mode, sampler=s.sampler,
@@ -603,8 +713,17 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
                     callbacks=callbacks),
             )
         with _sigterm_stops_tune() as terminated:
-            grid = tuner.fit()
+            try:
+                grid = tuner.fit()
+            except Exception as e:  # noqa: BLE001 - only our own refusal is turned into one line
+                lost = _cause(e, RestoreLost)
+                if lost is None:
+                    raise
+                raise SnapshotError(f"{lost}. Ray Tune could not restore {exp_path} (run with --verbose to see why); "
+                                    f"put back a good copy of its snapshot files, or start over with --force (the "
+                                    f"old results are kept under previous/)") from None
         known = _known_trial_ids(grid)
+        unfinished = _unfinished(grid)
         result.terminated = bool(terminated)
     except KeyboardInterrupt:
         rows = _read_existing(run_dir, plan)
@@ -619,6 +738,10 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     RunDir(run_dir).write_selected(_cells_info(plan), rows, spec.select)
     _summarise(result, plan, rows, spec)
     result.interrupted = result.done < result.planned
+    if result.interrupted and not result.terminated and unfinished == 0:
+        # Tune ran out of trials to run (nothing pending or running), yet the plan is not complete: a rerun
+        # would end the same way, so this is not "stopped before the end".
+        result.interrupted, result.stalled = False, True
     if mirror is not None and known is not None:
         mirror.finalize(known, {cid: {"done": info["done"] >= info["planned"], "trials_done": info["done"],
                                       "best": info["best"], "started": info["done"] > 0}
@@ -628,7 +751,76 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
     elif result.interrupted:
         _say(f"stopped before the end ({result.done}/{result.planned} trials); resume with: {hint}")
+    elif result.stalled:
+        short = [cid for cid, info in result.cells.items() if info["done"] < info["planned"]]
+        _say(f"the sweep ended with {result.done}/{result.planned} trials: the searcher scheduled no more trials for "
+             f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; rerunning will not change that (a bug: "
+             f"please report it with {run_dir / TUNE_DIR})")
     return result
+
+
+def _mark_failed_for_retry(exp_path: Path, run_dir: Path, plan: Plan, expect: frozenset[str] | None) -> None:
+    failed = {tid for cell in _read_existing(run_dir, plan).values() for tid, r in cell.items()
+              if r["status"] == STATUS_ERROR}
+    if not failed or expect is None:
+        _say("--retry-failed: no failed trial to run again")
+        return
+    from benchmark.sweep.snapshots import mark_for_retry
+
+    n = mark_for_retry(exp_path, failed & expect)
+    _say(f"--retry-failed: {n} failed trial(s) run again (same trial ids and parameters); the other rows are kept")
+
+
+def _restorable(exp_path: Path, run_dir: Path, plan: Plan, hint: str) -> frozenset[str] | None:
+    """The trial ids of the Tune snapshot that will be restored (None: a new experiment). A snapshot that
+    does not load, or recorded rows without any snapshot, stop here, before Ray changes anything."""
+    from ray import tune
+
+    recorded = sum(len(cell) for cell in _read_existing(run_dir, plan).values())
+    if tune.Tuner.can_restore(str(exp_path)):
+        from benchmark.sweep import snapshots
+
+        return snapshots.check(exp_path, recorded, hint)
+    if recorded:
+        raise SnapshotError(f"{run_dir} holds {recorded} recorded trial(s) but {exp_path} has no Ray Tune snapshot to "
+                            f"resume from; a new experiment would run them again. Put back {exp_path} (from a "
+                            f"backup), or start over with --force (the old results are kept under previous/)")
+    return None
+
+
+def _cause(error: BaseException, kind: type) -> BaseException | None:
+    """`error` or the first of its causes/contexts that is a `kind` (Tune may wrap a callback's error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unfinished(grid) -> int | None:
+    """Trials Tune still had pending or running when `fit` returned (after Ctrl-C: the saved ones)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None)
+    if trials is None:
+        return None
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def _repoint_store(run_dir: Path) -> None:
+    """The run's own MLflow store follows a moved run directory; a store that is not a database any more
+    (torn by a full disk, overwritten) is one line: the mirror is rebuilt from Parquet."""
+    import sqlite3
+
+    from benchmark.sweep.mlflow_paths import repoint
+
+    try:
+        repoint(run_dir)
+    except sqlite3.DatabaseError as e:
+        db = RunDir(run_dir).mlflow_db
+        raise ConfigError(f"{db} is not a readable MLflow database ({e}); move it aside (e.g. to {db.name}.broken) "
+                          "and rerun: the mirror is rebuilt from the Parquet rows (tunevlseg mlflow sync)") from None
 
 
 def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
@@ -650,13 +842,15 @@ def _note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
 def _note_mirror(run_dir: Path, state: dict[str, Any], mirror) -> None:
     """What `tunevlseg mlflow sync` needs to create runs exactly as this driver's mirror does, beyond the
     fingerprint (which holds the cells' params): the spec's description and the system tags."""
-    want = {"description": mirror.description, "tags": dict(mirror.tags)}
+    want = {"description": mirror.description, "tags": dict(mirror.tags),
+            "uri": None if mirror.uri == default_uri(run_dir) else mirror.uri}  # None: the run's own mlflow.db
     if state.get("mlflow") != want:
         state["mlflow"] = want
         _write_plan_state(RunDir(run_dir).plan_file, state)
 
 
-def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> None:
+def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None, rule: Selection | None = None,
+             optuna_url: str | None = None) -> None:
     """A restored Tuner brings back the callbacks and searcher pickled at the first start, with the run
     directory (and MLflow URI) of that start. Tune re-points its own trials to the restored path; ours are
     replaced with the ones built by this driver (their state is rebuilt from Parquet and MLflow anyway),
@@ -669,6 +863,11 @@ def _repoint(tuner, callbacks: list, run_dir: Path, moved_from: str | None) -> N
     searcher = getattr(internal._tune_config, "search_alg", None)
     if searcher is not None and hasattr(searcher, "run_dir"):
         searcher.run_dir = str(run_dir)
+        searcher.optuna_storage = optuna_url  # this driver's (--optuna-storage, else the recorded one); kept by restore
+        searcher.driver_storage = True
+        if rule is not None and getattr(searcher, "reseeds", None) is not None:
+            searcher.reseed_rule = rule  # applied again after the searcher restores its snapshot (searcher.restore)
+            searcher.reseeds.adopt(rule)
     _repoint_search_generator(run_dir / TUNE_DIR, run_dir)
 
 
@@ -685,11 +884,20 @@ def _repoint_search_generator(exp_path: Path, run_dir: Path) -> None:
         return
     newest = files[-1]  # Tune restores max(paths)
     state = cloudpickle.loads(newest.read_bytes())
-    storage = getattr(state.get("experiment") if isinstance(state, dict) else None, "storage", None)
-    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
-    if storage is None or getattr(storage, "storage_fs_path", here) == here:
+    if not isinstance(state, dict):
         return
-    storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    storage = getattr(state.get("experiment"), "storage", None)
+    here = Path(run_dir).as_posix()  # as Tune.restore derives it for the trials it re-points
+    changed = storage is not None and getattr(storage, "storage_fs_path", here) != here
+    if changed:
+        storage.storage_fs_path = here  # the same object as experiment.spec["storage"] (one pickle)
+    if state.get("finished"):
+        # The generator stops asking once the searcher said FINISHED. A rerun may have more to ask for
+        # (reruns over seeds under a corrected selection rule); a searcher with nothing left says FINISHED
+        # again at once.
+        state["finished"], changed = False, True
+    if not changed:
+        return
     tmp = newest.with_name(f".{newest.name}.tmp")
     tmp.write_bytes(cloudpickle.dumps(state))
     os.replace(tmp, newest)

@@ -37,6 +37,11 @@ from trainables.config import ConfigError
 LOCK_FILE = "driver.lock"
 HEARTBEAT_S = float(os.environ.get("TUNEVLSEG_LOCK_HEARTBEAT_S", "15"))
 STALE_S = float(os.environ.get("TUNEVLSEG_LOCK_STALE_S", "120"))
+# After taking over a dead driver's lock: its Ray workers may still write checkpoints into tune/ for a
+# moment (measured ~1 s after a SIGKILL, issue 25); wait until the run directory has been quiet this long
+# (at most QUIET_MAX_S) before restoring from it.
+QUIET_S = float(os.environ.get("TUNEVLSEG_LOCK_QUIET_S", "2"))
+QUIET_MAX_S = 30.0
 
 logger = logging.getLogger("tunevlseg.lock")
 
@@ -93,6 +98,7 @@ class RunLock:
         self.stale_s = STALE_S if stale_s is None else stale_s
         self.token = uuid.uuid4().hex
         self.took_over: dict[str, Any] | None = None
+        self.quiet_after = 0.0  # seconds waited for a dead driver's workers to stop writing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._held = False
@@ -159,6 +165,8 @@ class RunLock:
                 self._held = True
                 self._thread = threading.Thread(target=self._beat, name="tunevlseg-lock", daemon=True)
                 self._thread.start()
+                if self.took_over:
+                    self.quiet_after = wait_until_quiet(self.run_dir / "tune", QUIET_S, QUIET_MAX_S)
                 return self
             holder = self._read()
             if holder is None:
@@ -240,6 +248,31 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _newest_write(path: Path) -> float:
+    newest = 0.0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except FileNotFoundError:  # removed while we looked: a write all the same
+                newest = time.time()
+    return newest
+
+
+def wait_until_quiet(path: Path, quiet_s: float, max_s: float) -> float:
+    """Block until nothing under `path` has changed for `quiet_s` seconds (or `max_s` passed): the workers
+    of a dead driver finish (or fail) their last writes. Returns the seconds waited."""
+    t0 = time.time()
+    if quiet_s <= 0 or not path.is_dir():
+        return 0.0
+    while time.time() - t0 < max_s:
+        idle = time.time() - _newest_write(path)
+        if idle >= quiet_s:
+            break
+        time.sleep(min(0.5, max(0.05, quiet_s - idle)))
+    return time.time() - t0
 
 
 def holder(run_dir: str | Path) -> dict[str, Any] | None:

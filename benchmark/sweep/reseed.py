@@ -60,6 +60,23 @@ class Reseeds:
         self.trials: dict[str, str] = {}  # reseed trial id -> cell id
         self.selected: dict[str, dict | None] = {}  # cid -> the selected record, once the search is done
 
+    def adopt(self, rule: Selection, rows: list[dict] | None = None) -> None:
+        """The spec's rule of this driver (a restored searcher holds the one of the first start): a cell
+        that has issued no reseed yet chooses again under it. A rule that matched no metric (a typo, before
+        specs were checked) chose nothing, and the sweep could never end after the spec was fixed."""
+        rule = Selection(by=rule.by, mode=rule.mode, report=rule.report)
+        if rule == self.rule:
+            return
+        self.rule = rule
+        for cid in list(self.selected):
+            if not self.issued.get(cid):
+                del self.selected[cid]
+        by_id = {r["trial_id"]: r for r in rows or ()}
+        for done in self.finished.values():  # the metric the new rule ranks by, from the trial's Parquet row
+            for tid, rec in done.items():
+                if rec.get(rule.by) is None and tid in by_id:
+                    rec[rule.by] = by_id[tid].get(rule.by)
+
     # -- search trials
     def note_suggested(self, trial_id: str, index: int, hp: dict) -> None:
         self.suggested[trial_id] = (index, dict(hp))

@@ -210,7 +210,8 @@ class MultiCellSearcher(Searcher):
         store = getattr(self, "_store", None)
         # Opened for the run directory this driver works in: a searcher unpickled from tuner.pkl (before any
         # snapshot of its own) still holds the store of the path the run was started at.
-        if getattr(self, "run_dir", None) and (store is None or store.run_dir != str(self.run_dir)):
+        url = getattr(self, "optuna_storage", None)
+        if getattr(self, "run_dir", None) and (store is None or store.run_dir != str(self.run_dir) or store.url != url):
             self._store = S.StudyStore(self.run_dir, getattr(self, "optuna_storage", None))
         return getattr(self, "_store", None)
 
@@ -237,11 +238,24 @@ class MultiCellSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         here = self.__dict__.get("run_dir")  # set by the driver that restores: the run may have moved
+        rule = self.__dict__.get("reseed_rule")  # the selection rule of the spec this driver runs
+        storage = self.__dict__.get("optuna_storage") if self.__dict__.get("driver_storage") else False
+        from benchmark.sweep.snapshots import install_module_aliases
+
+        install_module_aliases()  # a snapshot written before the module move names the old modules
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
         self._store = None  # opened again from the run_dir below: the one this driver found the run in
         if here:
             self.run_dir = here
+        if storage is not False:  # the driver's Optuna storage wins over the one of the first start
+            self.optuna_storage, self.driver_storage = storage, True
+        if rule is not None:
+            self.reseed_rule = rule
+            if getattr(self, "reseeds", None) is not None and getattr(self, "run_dir", None):
+                from benchmark.results.run_dir import RunDir
+
+                self.reseeds.adopt(rule, RunDir(self.run_dir).all_rows())
         self._settle_from_records()
         for cid in self.order:  # the storage may be ahead of this snapshot: trials asked after it
             self._sync(cid)
