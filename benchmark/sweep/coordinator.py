@@ -46,6 +46,7 @@ from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIAL
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
+from benchmark.sweep.progress import eta_text
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
@@ -142,10 +143,12 @@ class RecordsCallback(Callback):
         self._prov: dict[str, Any] = {}
         self._pruned = False
         self._t0 = time.time()
+        self._durations: list[float] = []  # seconds of the trials this driver saw finish (the ETA)
+        self._slots = 1  # the most trials seen running at once
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_rows", "_started", "_prov", "_pruned", "_t0"):
+        for k in ("_rows", "_started", "_prov", "_pruned", "_t0", "_durations", "_slots"):
             state.pop(k, None)
         return state
 
@@ -207,6 +210,8 @@ class RecordsCallback(Callback):
         self._rows.setdefault(cid, {})[trial.trial_id] = row
         self._write_cell(cid)
         self._write_selected()
+        self._durations.append(row.get("seconds"))
+        self._slots = max(self._slots, sum(t.status == "RUNNING" or t is trial for t in trials))
         self._progress(cid, row)
 
     def _progress(self, cid: str, row: dict) -> None:
@@ -222,9 +227,10 @@ class RecordsCallback(Callback):
         best_txt = f"best #{best['trial_index']} {by}={best[by]:.4g}" if best else "no ok trial yet"
         n_cell = len(self._rows[cid])
         elapsed = time.time() - self._t0
+        eta = eta_text(self._durations, total - done, self._slots)
         _say(f"[{_hms(elapsed)}] {cid} #{row['trial_index']} {row['status']} {what} | cell "
              f"{n_cell}/{self.cells[cid]['planned']} {best_txt} | trials {done}/{total}, cells "
-             f"{self._cells_done()}/{len(self.cells)} done")
+             f"{self._cells_done()}/{len(self.cells)} done" + (f", {eta}" if eta else ""))
 
 
 
