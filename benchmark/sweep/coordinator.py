@@ -543,10 +543,13 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     state = _plan_state(run_dir, plan, force)
     moved_from = _note_location(run_dir, state)
 
+    from benchmark.sweep.checkpoints import KeepFinalCheckpoint
+    from benchmark.sweep.in_place import RestoredInPlace
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
-    callbacks: list = [PrunedMarker(),
-                       RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select))]
+    callbacks: list = [RestoredInPlace(str(run_dir), hint), PrunedMarker(),
+                       RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select)),
+                       KeepFinalCheckpoint()]
     mirror = None
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
@@ -627,9 +630,12 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
     result.interrupted = result.done < result.planned
     if mirror is not None and known is not None:
         mirror.finalize(known, {cid: {"done": info["done"] >= info["planned"], "trials_done": info["done"],
-                                      "best": info["best"], "started": info["done"] > 0}
+                                      "best": info["best"], "started": info["done"] > 0,
+                                      "planned": info["planned"], "failed": info["failed"]}
                                 for cid, info in result.cells.items()})
     _print_summary(result, spec)
+    if mirror is not None and not mirror.disabled:
+        _say(f"MLflow: {mirror.uri} (make mlflow-ui RUN={run_dir}, then open {mirror.ui_link()})")
     if result.terminated:
         _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
     elif result.interrupted:
