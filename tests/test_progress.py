@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmark.sweep.coordinator import RecordsCallback
-from benchmark.sweep.progress import eta_seconds, eta_text
+from benchmark.sweep.progress import disk_usage, eta_seconds, eta_text, human_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,14 @@ def test_eta_is_the_mean_trial_time_over_the_trials_left_per_slot():
     assert eta_text([10.0, 20.0], 3, 2) == "~0:00:22 left (estimate)"
     assert eta_text([3600.0], 2, 1) == "~2:00:00 left (estimate)"
     assert eta_text([10.0], 0, 1) == ""  # the last trial's line: nothing left to estimate
+
+
+def test_disk_usage_counts_the_files_under_a_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"0" * 1500)
+    (tmp_path / "y.bin").write_bytes(b"0" * 2_500_000)
+    assert disk_usage(tmp_path) == 2_501_500
+    assert [human_bytes(n) for n in (999, 1500, 2_501_500, 3.2e9)] == ["999 B", "1.5 KB", "2.5 MB", "3.2 GB"]
 
 
 def _trial(tid: str, index: int, seconds: float, status: str = "TERMINATED"):
@@ -53,5 +61,8 @@ def test_a_sweep_on_a_local_ray_prints_no_token_auth_warning(tmp_path):
                            "--num-cpus", "2"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "8/8 trials recorded" in proc.stdout
+    size = human_bytes(disk_usage(tmp_path / "smoke"))  # the summary says how much disk the run directory takes
+    assert f"trials recorded, 0 failed -> {tmp_path / 'smoke'} (" in proc.stdout and "on disk)" in proc.stdout
+    assert size.split()[1] in proc.stdout.split("trials recorded")[-1]
     assert "left (estimate)" in proc.stdout  # the progress lines, through the real Tune callbacks
     assert "Token authentication" not in proc.stderr + proc.stdout, proc.stderr[-2000:]

@@ -45,6 +45,22 @@ def test_fit_reports_each_epoch_once_and_ends_with_only_the_artifact(tmp_path):
     assert sorted(p.name for p in last_dir.iterdir()) == sorted([CHECKPOINT_ARTIFACT, FINAL_FILE])
 
 
+def test_checkpoint_interval_skips_epoch_checkpoints_and_changes_no_number(tmp_path):
+    def run(every):
+        dirs = []
+        torch.manual_seed(0)
+        final = fit(_cfg(max_epochs=4, checkpoint_every_s=every), lambda m, d: dirs.append(d), model=TinySegmenter(),
+                    datasets=_data())
+        return final, dirs
+
+    each, each_dirs = run(0.0)
+    sparse, sparse_dirs = run(3600.0)
+    assert all(d is not None for d in each_dirs) and len(each_dirs) == 4
+    assert sparse_dirs[:-1] == [None, None, None] and sparse_dirs[-1] is not None  # the final one stays
+    for key in ("objective", "test_dice", "test_iou", "best_val_dice", "val_loss", "train_loss"):
+        assert sparse[key] == each[key], key  # bit-identical
+
+
 def test_ui_links_open_the_runs_list_in_the_training_view():
     assert ui_link("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     assert ui_link(None, "http://head:5000/") == "http://head:5000/#/experiments?workflowType=machine_learning"

@@ -46,7 +46,7 @@ from benchmark.results.run_dir import OPTUNA_DB, PLAN_FILE, SELECTED_FILE, TRIAL
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
-from benchmark.sweep.progress import eta_text
+from benchmark.sweep.progress import disk_usage, eta_text, human_bytes
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
 from trainables.protocol import STATUS_ERROR, STATUS_OK, STATUS_PRUNED
@@ -769,7 +769,8 @@ def _print_summary(result: SweepResult, spec: Spec) -> None:
         rep = _fmt(best.get(report)) if best else "-"
         trials = f"{info['done']:>3}/{info['planned']:<3}"
         _say(f"{cid:<{width}}  {trials} {info['failed']:>6}  {sel:>8}  {val:>10}  {rep:>10}")
-    _say(f"{result.done}/{result.planned} trials recorded, {result.failed} failed -> {result.run_dir}")
+    _say(f"{result.done}/{result.planned} trials recorded, {result.failed} failed -> {result.run_dir} "
+         f"({human_bytes(disk_usage(result.run_dir))} on disk)")
 
 
 def _fmt(v: Any) -> str:

@@ -27,3 +27,25 @@ def eta_text(durations: list[float], left: int, slots: int) -> str:
         return ""
     s = int(round(eta))
     return f"~{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d} left (estimate)"
+
+
+def disk_usage(path) -> int:
+    """Bytes of the files under `path` (what `du --apparent-size` counts; links not followed)."""
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed while walking (a checkpoint Tune deleted)
+                pass
+    return total
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
