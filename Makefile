@@ -42,7 +42,7 @@ benchmark: install $(if $(DATA),,mini-data) ## run SPEC (default: the embedded m
 	$(PY) -m benchmark run $(SPEC) --storage $(STORAGE) $(if $(DATA),--data $(DATA)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(MLFLOW),--mlflow $(MLFLOW))
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 	$(if $(filter experiments/smoke.yaml smoke,$(SPEC)),@echo "smoke spec: synthetic trainable with no data to embed",$(PY) -m benchmark embeddings --spec $(SPEC) $(if $(DATA),--data $(DATA)) --max-images 500 $(if $(filter experiments/mini.yaml mini experiments/mini_seeds.yaml mini_seeds,$(SPEC)),--reference mini-corpus) --out $(RUN)/embeddings)
-	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
+	@echo "MLflow UI: make mlflow-ui RUN=$(RUN)   (it prints the address of the sweep's runs)"
 
 bench-cpu: install ## the speed figures of BENCHMARKS.md measured on this machine's CPU (~11 min)
 	$(PY) benchmarks/data_pipeline.py --workers 2
@@ -70,7 +70,6 @@ tables: install ## regenerate tables and figures of RUN from its Parquet files
 
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
 	$(PY) -m benchmark.sweep.mlflow_paths $(RUN)
-	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 starts in its GenAI view otherwise)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN))/mlflow.db --host 127.0.0.1 --port 5000
 
 optuna-dashboard: install ## open optuna-dashboard on the run's studies (http://127.0.0.1:8080; extra: .[dashboard])

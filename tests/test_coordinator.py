@@ -136,7 +136,8 @@ def test_sweep_records_every_trial_and_reruns_as_noop(tmp_path, local_ray, capsy
     assert {run.data.tags[k] for k in ("vlsm", "learner", "dataset")} <= {"clipseg", "coop", "maple", "kvasir"}
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     history = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in history] == [0, 1, 2]  # the final result repeats the last epoch's: not logged twice
+    # One report per epoch (the last one with the final result): steps 1-3, as Optuna's intermediate values.
+    assert [m.step for m in history] == [1, 2, 3]
     for key in run.data.metrics:  # one value per metric and step
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), (key, steps)

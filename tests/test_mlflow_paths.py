@@ -30,3 +30,16 @@ def test_a_copied_run_directory_reads_its_own_artifacts(tmp_path, capsys):
         (tmp_path / "note.txt").read_text() == "from a"
     assert repoint(b.path) == 0  # already current
     assert main([str(b.path)]) == 0 and "current" in capsys.readouterr().out
+
+
+def test_the_ui_address_printed_opens_the_runs_list(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.sweep.mlflow_paths import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    exp = client.create_experiment("mini", artifact_location=(run / "mlartifacts").as_uri())
+    assert main([str(run)]) == 0
+    assert f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning" in capsys.readouterr().out

@@ -56,3 +56,26 @@ def test_no_store_no_run(tmp_path):
     run = tmp_path / "mini"
     shutil.copytree(MINI, run, ignore=shutil.ignore_patterns("tables", "embeddings"))
     assert log_outputs(run, [], tmp_path) is None  # the run directory has no mlflow.db: nothing to mirror
+
+
+def test_every_output_file_and_the_embeddings_join_the_sweep_run(tmp_path):
+    """Files other commands add later (a new figure, Fig. 4's embeddings) are logged without naming them."""
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "mini"
+    shutil.copytree(MINI, run, ignore=shutil.ignore_patterns("tables", "embeddings"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run / 'mlflow.db').resolve()}")
+    client.create_experiment("mini", artifact_location=(run / "mlartifacts").as_uri())
+    out = run / "tables"
+    (out / "figures").mkdir(parents=True)
+    (out / "report.md").write_text("# report\n")
+    (out / "figures" / "new_figure.png").write_bytes(b"png")
+    (run / "embeddings").mkdir()
+    (run / "embeddings" / "points.csv").write_text("x,y\n")
+    run_id = log_outputs(run, [out / "report.md"], out)
+    paths = set()
+    stack = [None]
+    while stack:
+        for a in client.list_artifacts(run_id, stack.pop()):
+            (stack.append(a.path) if a.is_dir else paths.add(a.path))
+    assert paths == {"report.md", "figures/new_figure.png", "embeddings/points.csv"}

@@ -131,14 +131,15 @@ def test_two_validations_per_epoch_count_for_early_stopping_and_the_best_state(m
     states = []
 
     def report(metrics, ckpt_dir):
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and (Path(ckpt_dir) / trial.CHECKPOINT_FILE).is_file():  # not the final one
             states.append(torch.load(Path(ckpt_dir) / trial.CHECKPOINT_FILE, weights_only=False)["loop"])
 
     # lr ~0: the val loss never improves, so every validation is a "bad" one after the first.
-    cfg = _cfg(lr=1e-12, max_epochs=3, min_epochs=0, early_stop_patience=100, val_checks_per_epoch=2)
+    # (4 epochs: a finished trial's checkpoint holds no loop state, so epochs 0-2 are read from theirs)
+    cfg = _cfg(lr=1e-12, max_epochs=4, min_epochs=0, early_stop_patience=100, val_checks_per_epoch=2)
     fit(cfg, report, model=TinySegmenter(), datasets=data)
     val_calls = [d for d in calls if d is data["val"]]
-    assert len(val_calls) == 6 and calls[-1] is data["test"]
+    assert len(val_calls) == 8 and calls[-1] is data["test"]
     assert [s["bad_epochs"] for s in states[:3]] == [1, 3, 5]  # counts validations, as Lightning's patience
     # Early stopping after `patience` validations stops after 1.5 epochs' worth of checks.
     calls.clear()

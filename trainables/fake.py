@@ -69,9 +69,16 @@ def fake_trainable(config: dict) -> None:
     seconds = float(fake.get("epoch_seconds", 0.05)) * (1.0 + float(fake.get("jitter", 0.0)) * _unit_hash(cell_id, hp))
 
     state = {"epoch": -1, "starts": 0, "history": []}
-    ckpt = tune.get_checkpoint()
+    from trainables.protocol import FINAL_FILE
+    from trainables.restore import restorable_checkpoint
+
+    ckpt = restorable_checkpoint(tune.get_checkpoint())
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            if os.path.isfile(os.path.join(d, FINAL_FILE)):  # finished: as the real trainable, report it again
+                with open(os.path.join(d, FINAL_FILE)) as f:
+                    tune.report(json.load(f))
+                return
             with open(os.path.join(d, CHECKPOINT_FILE)) as f:
                 state = json.load(f)
     state["starts"] += 1
@@ -81,14 +88,15 @@ def fake_trainable(config: dict) -> None:
             f.write(f"start {resumed_from}\n")
     t_start = time.time()
 
-    def report(metrics: dict, with_checkpoint: bool) -> None:
+    def report(metrics: dict, with_checkpoint: bool, final: bool = False) -> None:
         metrics = {**metrics, "resumed_from": resumed_from, "starts": state["starts"]}
         if not with_checkpoint:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, CHECKPOINT_FILE), "w") as f:
-                json.dump(state, f)
+            # As the real trainable: the final checkpoint holds the final result only, no training state.
+            with open(os.path.join(d, FINAL_FILE if final else CHECKPOINT_FILE), "w") as f:
+                json.dump(metrics if final else state, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     if fake.get("data_file"):  # a permanent data error: reported, never retried under max_failures
@@ -104,6 +112,7 @@ def fake_trainable(config: dict) -> None:
         report({"epoch": 0, "objective": float("inf"), "val_loss": float("nan"), "status": "diverged",
                 "error": "loss became NaN at epoch 0 (synthetic)", "epochs_run": 1}, False)
         return
+    last_epoch: dict = {}
     try:
         for epoch in range(resumed_from, epochs):
             if (index in fake.get("fail_trials", []) and epoch == int(fake.get("fail_at_epoch", 1))
@@ -115,9 +124,14 @@ def fake_trainable(config: dict) -> None:
             val_loss = 1.0 - dice + 0.01 * _unit_hash(cell_id, index, epoch)
             state["epoch"] = epoch
             state["history"].append({"val_loss": val_loss, "val_dice": dice})
-            report({"epoch": epoch, "train_loss": val_loss * 0.9, "val_loss": val_loss, "val_dice": dice,
-                    "val_iou": dice / (2.0 - dice), "lr": float(train.get("lr", 1e-3)),
-                    "epoch_seconds": time.time() - t0, "images_per_s": 100.0 / max(time.time() - t0, 1e-6)}, True)
+            # objective: the last-epoch val loss so far, per epoch as the real trainable reports it
+            last_epoch = {"epoch": epoch, "train_loss": val_loss * 0.9, "val_loss": val_loss, "objective": val_loss,
+                          "val_dice": dice, "val_iou": dice / (2.0 - dice), "lr": float(train.get("lr", 1e-3)),
+                          "epoch_seconds": time.time() - t0,
+                          "images_per_s": 100.0 / max(time.time() - t0, 1e-6)}
+            if epoch + 1 < epochs:  # the last epoch is reported with the final result, as the real trainable does
+                report(last_epoch, True)
+                last_epoch = {}
     except Exception as e:
         # Same shape as the real trainable: the error is reported (so it reaches Parquet/MLflow), then raised.
         report({"objective": float("inf"), "status": "error", "error": f"{type(e).__name__}: {e}"}, False)
@@ -125,11 +139,11 @@ def fake_trainable(config: dict) -> None:
     history = state["history"]
     best = max(range(len(history)), key=lambda i: history[i]["val_dice"]) if history else 0
     test_dice = q * (1.0 - 0.5 ** (best + 1)) * 0.98 if history else 0.0
-    report({"epoch": state["epoch"], "objective": history[-1]["val_loss"] if history else float("inf"),
+    report({**last_epoch, "epoch": state["epoch"], "objective": history[-1]["val_loss"] if history else float("inf"),
             "val_loss": history[-1]["val_loss"] if history else float("nan"),
             "best_val_dice": history[best]["val_dice"] if history else 0.0, "best_epoch": best,
             "test_dice": test_dice, "test_iou": test_dice / (2.0 - test_dice),
             "test_dice_orig": test_dice * 0.99, "test_iou_orig": test_dice * 0.99 / (2.0 - test_dice * 0.99),
             "epochs_run": state["epoch"] + 1, "trainable_params": 2048 * int(hp.get("prompt_depth", 1)),
             "peak_gpu_mem_mb": 0.0, "gpu_name": "none (synthetic)", "status": "ok", "error": "",
-            "busy_start": t_start, "busy_end": time.time()}, False)
+            "busy_start": t_start, "busy_end": time.time()}, True, final=True)

@@ -14,6 +14,7 @@ TRIAL_STATUSES = (STATUS_OK, STATUS_DIVERGED, STATUS_ERROR, STATUS_PRUNED)
 
 OBJECTIVE = "objective"  # the metric key the sweep minimises
 CHECKPOINT_ARTIFACT = "artifact"  # the artifact's folder inside a trial's last checkpoint
+FINAL_FILE = "final.json"  # in a finished trial's checkpoint: its final result, re-reported if it is restored
 PREVIEW_FILE = "preview.png"  # inside the artifact: test images, ground truth, prediction (trainables.preview)
 
 # train.max_epochs when a spec does not set it (TrainConfig's default; `tunevlseg plan` estimates with it).

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
 import random
@@ -35,7 +36,7 @@ from trainables.config import ConfigError, from_dict
 from trainables.data.readers import DataError
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
-from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
+from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, FINAL_FILE, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
 
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 MaskTarget = Literal["binary", "original"]
@@ -107,6 +108,11 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     weight_decay_on: DecayOn = "weights"
     save_artifact: bool = True
+    # Seconds between resumable checkpoints: 0 checkpoints every epoch; N skips an epoch's checkpoint until N
+    # seconds passed since the last (a killed trial then redoes up to N seconds). Never changes a number:
+    # a checkpoint only reads the state. The mini benchmark's epochs take about a second and its E2E
+    # checkpoints tens of MB, so `mini.yaml` sets 30; epochs of real datasets take minutes.
+    checkpoint_every_s: float = 0.0
 
     def __post_init__(self):
         checks = [
@@ -128,6 +134,8 @@ class TrainConfig:
              self.grad_clip_norm),
             (self.weight_decay_on in ("weights", "all"), "train.weight_decay_on must be 'weights' or 'all'",
              self.weight_decay_on),
+            (self.checkpoint_every_s >= 0, "train.checkpoint_every_s must be >= 0 (0: every epoch)",
+             self.checkpoint_every_s),
             (self.max_eval_batches is None or self.max_eval_batches >= 1,
              "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
         ]
@@ -434,8 +442,13 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         model=None, datasets: dict | None = None) -> dict:
     """Train, validate every epoch, test the best-val-Dice state; returns the final metrics.
 
-    `report(metrics, ckpt_dir)` is called once per epoch with a directory holding the resumable state
-    (copy it before returning: the directory is deleted afterwards) and once at the end without one.
+    `report(metrics, ckpt_dir)` is called once per epoch: with a directory holding the resumable state (copy
+    it before returning: the directory is deleted afterwards) after every epoch but the last (or None when
+    `train.checkpoint_every_s` has not passed since the last checkpoint); the last
+    epoch's metrics go with the final ones (test scores, status) in one last report, so each epoch is
+    reported exactly once. That report's directory holds only what a finished trial needs: the artifact
+    and FINAL_FILE (no training state: a finished trial is never trained again), or it is None without
+    `train.save_artifact`.
     `model`/`datasets` may be injected (tests, benchmarks); by default they are built from `cfg`.
     With `train.save_artifact`, the final report's directory holds the tuned-prompt artifact in
     `artifact/`; `artifact_dir` writes another copy there (for callers outside Ray Tune).
@@ -476,6 +489,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
+    last_epoch: dict = {}  # the metrics of the last epoch trained here, reported with the final ones
+    last_checkpoint = time.time()
     state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
              "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
     if resume_dir is not None:
@@ -581,7 +596,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             scheduler.step()
         state["epoch"] = epoch
 
-        metrics = {
+        last_epoch = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / max(n_images, 1),
             "val_loss": val["loss"], "val_dice": val["dice"], "val_iou": val["iou"],
@@ -594,9 +609,16 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "val_seconds": val_seconds, "val_images": val["images"],
             **(features.metrics() if features else {}),  # this epoch's train + val lookups
         }
-        with tempfile.TemporaryDirectory() as d:
-            save_state(d)
-            report(metrics, d)
+        if epoch + 1 >= tc.max_epochs or (epoch + 1 >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience):
+            break  # the last epoch (the two conditions that end the loop): reported with the final result
+        if time.time() - last_checkpoint >= tc.checkpoint_every_s:
+            with tempfile.TemporaryDirectory() as d:
+                save_state(d)
+                report(last_epoch, d)
+            last_checkpoint = time.time()
+        else:
+            report(last_epoch, None)
+        last_epoch = {}
 
     # Test the best-val-Dice state, as the original's trainer.test(ckpt_path="best").
     if state["best_state"] is not None:
@@ -609,6 +631,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         model.save_artifact(artifact_dir, data=data)
         _preview(model, datasets["test"], device, Path(artifact_dir))
     final = {
+        **last_epoch,
         "epoch": state["epoch"],
         "objective": _objective(tc, state),
         "val_loss": state["last_val_loss"],
@@ -630,14 +653,19 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         return final
     # The tuned prompt travels as the trial's last checkpoint, `<checkpoint>/artifact`: Ray persists
     # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
-    # when its worker is reused. The loop state goes along, so a trial restarted from this checkpoint
-    # goes straight to the test again.
+    # when its worker is reused. No training state goes along (for E2E that would be the optimizer's
+    # moments and the best-epoch copy, three times the model): a trial restarted from this checkpoint
+    # only reports FINAL_FILE again (`tune_trainable`).
     with tempfile.TemporaryDirectory() as d:
-        save_state(d)
+        (Path(d) / FINAL_FILE).write_text(json.dumps(final, default=_json_default))
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
         _preview(model, datasets["test"], device, Path(d) / CHECKPOINT_ARTIFACT)
         report(final, d)
     return final
+
+
+def _json_default(v):
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 def _optimizer_step(scaler, optimizer, clip_norm: float | None = None) -> None:
@@ -700,8 +728,15 @@ def tune_trainable(config: dict) -> None:
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
-    ckpt = tune.get_checkpoint()
+    from trainables.restore import restorable_checkpoint
+
+    ckpt = restorable_checkpoint(tune.get_checkpoint())
     with ckpt.as_directory() if ckpt else contextlib.nullcontext() as resume_dir:
+        if resume_dir is not None and (Path(resume_dir) / FINAL_FILE).is_file():
+            # Restored from its final checkpoint (the driver stopped between the trial's end and Tune's
+            # next snapshot): the trial is done; its result is reported again, its checkpoint stays the last.
+            tune.report(json.loads((Path(resume_dir) / FINAL_FILE).read_text()))
+            return
         try:
             fit(cfg, report, resume_dir=resume_dir)
         except TrialDiverged as e:

@@ -108,4 +108,22 @@ def run(args: argparse.Namespace) -> int:
     n_text = sum(r["kind"] == E.TEXT for r in emb.rows)
     print(f"tunevlseg embeddings: {n_text} phrases and {len(emb.rows) - n_text} images of {len(roots)} dataset(s)"
           f"{' + reference' if reference else ''}; wrote {len(written)} files to {args.out}", file=sys.stdout)
+    _to_mlflow(Path(args.out))
     return 0
+
+
+def _to_mlflow(out: Path) -> None:
+    """`--out <run>/embeddings` (make benchmark): the files join the sweep's MLflow run, beside the tables.
+    Anywhere else, or a run without an MLflow store, nothing is logged; a failing store costs a warning."""
+    from benchmark.results.mlflow_report import EMBEDDINGS_DIR, log_outputs
+    from benchmark.results.run_dir import RunDir
+
+    if out.name != EMBEDDINGS_DIR or not RunDir(out.parent).plan_file.is_file():
+        return
+    try:
+        run_id = log_outputs(out.parent, [], None)
+    except Exception as e:  # noqa: BLE001
+        print(f"tunevlseg embeddings: warning: not logged to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if run_id:
+        print(f"tunevlseg embeddings: logged to the sweep's MLflow run {run_id}")

@@ -87,11 +87,15 @@ def _estimate(args, spec, plan) -> int:
             raise ConfigError(f"--from {args.from_run}: no finished trial with seconds and epochs_run to measure")
     est = E.estimate(plan.cells, sizes=sizes, gpu_seconds_per_image=x, measured=measured,
                      run_label=label, overhead_seconds=overhead)
+    from benchmark.plan.footprint import run_dir_gb  # the disk the run directory takes (a separate term)
+
+    disk_gb, disk_notes = run_dir_gb(plan.cells, mlflow_copy=spec.tracking.mlflow and not spec.tracking.uri)
+    est.notes += disk_notes
     if args.json:
         print(json.dumps({"spec": spec.name, "gpu_hours": est.gpu_hours, "slot_hours": est.slot_hours,
                           "subtotals": [{"vlsm": v, "learner": lrn, **s}
                                         for (v, lrn), s in est.subtotals().items()],
-                          "notes": est.notes}, indent=1))
+                          "run_dir_gb": disk_gb, "notes": est.notes}, indent=1))
         return 0
     print(E.format_estimate(est, spec.name, args.gpus))
     return 0

@@ -1,8 +1,11 @@
-"""The sweep-level MLflow run: what `tunevlseg tables` wrote (report.md, the tables, the figures), beside
-the cell and trial runs of the same sweep. Torch- and Ray-free, as `tunevlseg tables` must stay.
+"""The sweep-level MLflow run's outputs: what `tunevlseg tables` wrote (report.md, the tables, the figures)
+and the run's embeddings (Fig. 4), on the run that is the parent of the sweep's cell runs. Torch- and
+Ray-free, as `tunevlseg tables` must stay.
 
-One run per sweep id (tag `tunevlseg.role = sweep`), found again and updated on every `tables` call; its
-note is the report, so the run page opens on it.
+One run per sweep id (tag `tunevlseg.role = sweep`; created by `tunevlseg run`, or here for a sweep run
+before there was one), found again and updated on every call; its note is the report, so the run page
+opens on it. Every file under the output folder and under `<run>/embeddings/` is logged, so a figure a
+later version adds is logged without a change here.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ def default_uri(run_dir: str | Path) -> str | None:
     return f"sqlite:///{db.resolve()}" if db.is_file() else None
 
 
-def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path, uri: str | None = None) -> str | None:
-    """Log `files` (under `out_dir`) to the sweep's run; returns its run id, None when the run directory
-    has no MLflow store (or no plan.json naming its sweep)."""
+EMBEDDINGS_DIR = "embeddings"  # `tunevlseg embeddings --out <run>/embeddings` (make benchmark)
+
+
+def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path | None, uri: str | None = None) -> str | None:
+    """Log `files` and every other file under `out_dir` (at their paths relative to it), and the run's
+    `embeddings/` folder when there is one, to the sweep's run; returns its run id, None when the run
+    directory has no MLflow store (or no plan.json naming its sweep)."""
     rd = RunDir(run_dir)
     uri = uri or default_uri(run_dir)
     if uri is None or not rd.plan_file.is_file():
@@ -60,13 +67,22 @@ def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path, uri
         from benchmark.sweep.tracking_tags import system_tags  # Ray-free
 
         tags = {**system_tags("tunevlseg tables"), "tunevlseg.sweep": sweep_id, "tunevlseg.role": "sweep"}
-        run_id = client.create_run(exp.experiment_id, run_name=f"{spec} (tables)", tags=tags).info.run_id
-    out_dir = Path(out_dir)
+        run_id = client.create_run(exp.experiment_id, run_name=f"{spec} (sweep)", tags=tags).info.run_id
+    out_dir = Path(out_dir) if out_dir is not None else None
+    inside = set()
+    if out_dir is not None and out_dir.is_dir():
+        client.log_artifacts(run_id, str(out_dir))
+        inside = {Path(f).resolve() for f in out_dir.rglob("*") if f.is_file()}
     for f in files:
-        sub = os.path.dirname(os.path.relpath(f, out_dir))
-        client.log_artifact(run_id, str(f), sub or None)
-    report = out_dir / "report.md"
-    if report.is_file():
+        if Path(f).resolve() in inside:
+            continue
+        sub = os.path.dirname(os.path.relpath(f, out_dir)) if out_dir is not None else ""
+        client.log_artifact(run_id, str(f), sub if sub and not sub.startswith("..") else None)
+    emb = rd.path / EMBEDDINGS_DIR
+    if emb.is_dir() and (out_dir is None or emb.resolve() != out_dir.resolve()):
+        client.log_artifacts(run_id, str(emb), EMBEDDINGS_DIR)
+    report = out_dir / "report.md" if out_dir is not None else None
+    if report is not None and report.is_file():
         client.set_tag(run_id, "mlflow.note.content", note_text(report.read_text(encoding="utf-8")))
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -58,6 +58,7 @@ from benchmark.results.run_dir import (
 from benchmark.sweep import reseed
 from benchmark.sweep.failures import trial_error_text
 from benchmark.sweep.lock import RunLock
+from benchmark.sweep.progress import disk_usage, eta_text, human_bytes
 from benchmark.sweep.snapshots import RestoreLost, SnapshotError
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from trainables.config import ConfigError
@@ -160,10 +161,12 @@ class RecordsCallback(Callback):
         self._prov: dict[str, Any] = {}
         self._pruned = False
         self._t0 = time.time()
+        self._durations: list[float] = []  # seconds of the trials this driver saw finish (the ETA)
+        self._slots = 1  # the most trials seen running at once
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_rows", "_started", "_prov", "_pruned", "_t0"):
+        for k in ("_rows", "_started", "_prov", "_pruned", "_t0", "_durations", "_slots"):
             state.pop(k, None)
         return state
 
@@ -232,6 +235,8 @@ class RecordsCallback(Callback):
         self._rows.setdefault(cid, {})[trial.trial_id] = row
         self._write_cell(cid)
         self._write_selected()
+        self._durations.append(row.get("seconds"))
+        self._slots = max(self._slots, sum(t.status == "RUNNING" or t is trial for t in trials))
         self._progress(cid, row)
 
     def _progress(self, cid: str, row: dict) -> None:
@@ -247,9 +252,10 @@ class RecordsCallback(Callback):
         best_txt = f"best #{best['trial_index']} {by}={best[by]:.4g}" if best else "no ok trial yet"
         n_cell = len(self._rows[cid])
         elapsed = time.time() - self._t0
+        eta = eta_text(self._durations, total - done, self._slots)
         _say(f"[{_hms(elapsed)}] {cid} #{row['trial_index']} {row['status']} {what} | cell "
              f"{n_cell}/{self.cells[cid]['planned']} {best_txt} | trials {done}/{total}, cells "
-             f"{self._cells_done()}/{len(self.cells)} done")
+             f"{self._cells_done()}/{len(self.cells)} done" + (f", {eta}" if eta else ""))
 
 
 
@@ -649,11 +655,13 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         state["optuna_storage"] = optuna_url
         _write_plan_state(RunDir(run_dir).plan_file, state)
 
+    from benchmark.sweep.checkpoints import KeepFinalCheckpoint
+    from benchmark.sweep.in_place import RestoredInPlace
     from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
     records_cb = RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select),
                                  expect_trials=expect)
-    callbacks: list = [PrunedMarker(), records_cb]
+    callbacks: list = [RestoredInPlace(str(run_dir), hint), PrunedMarker(), records_cb, KeepFinalCheckpoint()]
     mirror = None
     if uri is not None:
         artifacts = RunDir(run_dir).mlflow_artifacts.as_uri() if uri.startswith("sqlite") else None  # a server stores its own
@@ -744,9 +752,12 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         result.interrupted, result.stalled = False, True
     if mirror is not None and known is not None:
         mirror.finalize(known, {cid: {"done": info["done"] >= info["planned"], "trials_done": info["done"],
-                                      "best": info["best"], "started": info["done"] > 0}
+                                      "best": info["best"], "started": info["done"] > 0,
+                                      "planned": info["planned"], "failed": info["failed"]}
                                 for cid, info in result.cells.items()})
     _print_summary(result, spec)
+    if mirror is not None and not mirror.disabled:
+        _say(f"MLflow: {mirror.uri} (make mlflow-ui RUN={run_dir}, then open {mirror.ui_link()})")
     if result.terminated:
         _say(f"terminated (SIGTERM) with {result.done}/{result.planned} trials; the state is saved; resume with: {hint}")
     elif result.interrupted:
@@ -965,7 +976,8 @@ def _print_summary(result: SweepResult, spec: Spec) -> None:
         rep = _fmt(best.get(report)) if best else "-"
         trials = f"{info['done']:>3}/{info['planned']:<3}"
         _say(f"{cid:<{width}}  {trials} {info['failed']:>6}  {sel:>8}  {val:>10}  {rep:>10}")
-    _say(f"{result.done}/{result.planned} trials recorded, {result.failed} failed -> {result.run_dir}")
+    _say(f"{result.done}/{result.planned} trials recorded, {result.failed} failed -> {result.run_dir} "
+         f"({human_bytes(disk_usage(result.run_dir))} on disk)")
 
 
 def _fmt(v: Any) -> str:

@@ -52,13 +52,33 @@ def repoint(run_dir: str | Path) -> int:
         con.close()
 
 
+def experiment_ids(run_dir: str | Path) -> list[str]:
+    """The ids of the (live) experiments in a run directory's own store, MLflow's `Default` left out."""
+    db = RunDir(run_dir).mlflow_db
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return [str(i) for (i,) in con.execute("SELECT experiment_id FROM experiments WHERE name != 'Default' "
+                                               "AND lifecycle_stage = 'active' ORDER BY experiment_id")]
+    except sqlite3.Error:
+        return []
+    finally:
+        con.close()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Re-point, then print the UI address of the sweep's runs (`make mlflow-ui` runs this first)."""
+    from benchmark.sweep.tracking_tags import ui_link
+
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m benchmark.sweep.mlflow_paths RUN_DIR", file=sys.stderr)
         return 2
     n = repoint(args[0])
     print(f"{args[0]}: {n} MLflow artifact path(s) re-pointed" if n else f"{args[0]}: MLflow artifact paths are current")
+    ids = experiment_ids(args[0])
+    print(f"open {ui_link(ids[0] if len(ids) == 1 else None)}  (the runs in MLflow's model-training view)")
     return 0
 
 

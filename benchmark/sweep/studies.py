@@ -291,7 +291,10 @@ class StudyLinks(Callback):
 
 
 def study_attrs(cell) -> dict[str, Any]:
-    return {"cell_id": cell.id, **cell.keys, "spec": cell.spec, "seed": cell.seed}
+    from benchmark.sweep.tracking_tags import objective_text  # what `objective` is, as MLflow says it too
+
+    return {"cell_id": cell.id, **cell.keys, "spec": cell.spec, "seed": cell.seed,
+            "objective": objective_text(cell.config)}
 
 
 def trial_outcome(result: dict | None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The MLflow mirror of a sweep: one experiment per spec, one parent run per cell, one child run per trial.
+"""The MLflow mirror of a sweep: one experiment per spec; in it one sweep run, parent of one run per cell,
+parent of one run per trial.
 
 Parquet is the source of truth; MLflow is a view for people (`make mlflow-ui`). Everything here runs in
 the driver (a single writer), through a Tune callback:
@@ -15,17 +16,21 @@ the driver (a single writer), through a Tune callback:
   (`_short_http_timeouts`), and the first failure turns the mirror off for the rest of the sweep with one
   warning line; `tunevlseg mlflow sync RUN` (benchmark/sweep/backfill.py) fills MLflow from Parquet later.
 
-Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`cell`, `trial` or `sweep`), `cell_id`,
-`vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`; children carry
-`mlflow.parentRunId`. As MLflow's own clients do, every run also carries the system tags
-`mlflow.source.name`/`.type`, `mlflow.user` and, from a checkout, `mlflow.source.git.commit`; the
-experiment is tagged as model training (`mlflow.experimentKind`, so MLflow 3's UI opens the runs view, not
-the GenAI one) with the spec's description as its note.
+Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`sweep`, `cell` or `trial`), `cell_id`,
+`vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`, `objective` (what it is);
+children carry `mlflow.parentRunId` (cell -> sweep run, trial -> cell). As MLflow's own clients do, every
+run also carries the system tags `mlflow.source.name`/`.type`, `mlflow.user` and, from a checkout,
+`mlflow.source.git.commit`; the experiment is tagged as model training (`mlflow.experimentKind`) with the
+spec's description as its note. MLflow 3.17's UI ignores that tag: links to it carry
+`workflowType=machine_learning` (`ui_link`), or it opens its GenAI page.
 
-What a run holds: a cell's parent run has the cell's fixed settings and search space as params and the
-selected trial's scores as `selected_*` metrics; a trial's run has its config as params, one value per
-metric and epoch, its tuned-prompt artifact and `preview.png` (a few test images with ground truth and
-prediction); the sweep-level run (`tunevlseg tables`) holds report.md, the tables and the figures.
+What a run holds: the sweep run has the sweep's counts (`trials_planned`, `trials_done`, `trials_failed`,
+`cells_done`) and the mean selected scores per variant (`mean_selected_test_dice.default`, ...) as metrics,
+and, once `tunevlseg tables` ran, report.md (its note), the tables, figures and embeddings; a cell's run has
+the cell's fixed settings and search space as params and the selected trial's scores as `selected_*`
+metrics; a trial's run has its config as params, one value per metric and epoch (step = epoch counted from
+1, Tune's `training_iteration`, the step Optuna's intermediate values use), its tuned-prompt artifact and
+`preview.png` (a few test images with ground truth and prediction).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any
 from ray.tune import Callback
 
 from benchmark.sweep.failures import trial_error_text
-from benchmark.sweep.tracking_tags import EXPERIMENT_KIND, cell_params, flatten, system_tags  # noqa: F401
+from benchmark.sweep.tracking_tags import EXPERIMENT_KIND, cell_params, flatten, objective_text, system_tags, ui_link  # noqa: F401
 from trainables.protocol import CHECKPOINT_ARTIFACT, PREVIEW_FILE, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger("tunevlseg.tracking")
@@ -103,12 +108,13 @@ class MLflowMirror:
         self._client = None
         self._exp_id: str | None = None
         self._parents: dict[str, str] = {}
+        self._sweep_run: str | None = None
         self.disabled: str | None = None  # why the mirror turned itself off, None while it works
         self.sync_hint = "tunevlseg mlflow sync <run dir>"
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_client=None, _exp_id=None, _parents={}, disabled=None)
+        state.update(_client=None, _exp_id=None, _parents={}, _sweep_run=None, disabled=None)
         state.pop("_logged", None)
         return state
 
@@ -170,13 +176,36 @@ class MLflowMirror:
     def _sweep_filter(self, role: str) -> str:
         return f"tags.`tunevlseg.sweep` = '{self.sweep_id}' and tags.`tunevlseg.role` = '{role}'"
 
+    def ui_link(self, base: str | None = None) -> str:
+        """Where the UI lists this experiment's runs, in its model-training view."""
+        if base is None and self.uri.startswith(("http://", "https://")):
+            base = self.uri  # a tracking server serves its UI at the same address
+        return ui_link(self._exp_id, *([base] if base else []))
+
+    def sweep_run(self) -> str:
+        """The sweep-level run (role `sweep`): parent of the cell runs; `tunevlseg tables` adds its outputs."""
+        if getattr(self, "_sweep_run", None) is None:
+            runs = self._search(self._sweep_filter("sweep"))
+            if runs:
+                self._sweep_run = runs[0].info.run_id
+            else:
+                tags = {**self._system(), "tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "sweep"}
+                if getattr(self, "description", ""):
+                    tags["mlflow.note.content"] = self.description
+                self._sweep_run = self.client.create_run(self.ensure_experiment(), run_name=f"{self.experiment} (sweep)",
+                                                         tags=tags).info.run_id
+        return self._sweep_run
+
     def parent_run(self, cid: str) -> str:
         if not self._parents:
+            sweep = self.sweep_run()
             for run in self._search(self._sweep_filter("cell")):
                 self._parents[run.data.tags.get("cell_id")] = run.info.run_id
+                if run.data.tags.get("mlflow.parentRunId") != sweep:  # a cell run made before there was one
+                    self.client.set_tag(run.info.run_id, "mlflow.parentRunId", sweep)
         if cid not in self._parents:
             tags = {**self._system(), "tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "cell", "cell_id": cid,
-                    **self.cells[cid]}
+                    **self.cells[cid], "mlflow.parentRunId": self.sweep_run()}
             self._parents[cid] = self.client.create_run(self.ensure_experiment(), run_name=cid, tags=tags).info.run_id
             params = (getattr(self, "params", None) or {}).get(cid)
             if params:
@@ -207,7 +236,7 @@ class MLflowMirror:
         tags = {**self._system(), "tunevlseg.sweep": self.sweep_id, "tunevlseg.role": "trial", "cell_id": cid,
                 **self.cells[cid],
                 "trial_id": trial_id, "trial_index": str(config.get("trial_index")), "trial_name": trial_name,
-                "mlflow.parentRunId": self.parent_run(cid)}
+                "objective": objective_text(config.get("trial")), "mlflow.parentRunId": self.parent_run(cid)}
         if config.get("reseed"):  # a rerun of the cell's selected configuration with a further seed
             tags.update(reseed=str(config["reseed"]["k"]), reseed_of=str(config["reseed"]["of"]))
         run_id = self.client.create_run(self.ensure_experiment(), run_name=f"{cid}#{config.get('trial_index')}",
@@ -234,7 +263,9 @@ class MLflowMirror:
     def log_result(self, run_id: str, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
-        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        # Tune's training_iteration (1, 2, ...: one per epoch report): the step Optuna's intermediate values
+        # use too, so both count the same epochs.
+        step = int(result.get("training_iteration") or (int(result.get("epoch", -1) or 0) + 1))
         ts = int(float(result.get("timestamp", 0) or 0) * 1000)
         seen = self._seen(run_id)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
@@ -282,6 +313,31 @@ class MLflowMirror:
                 continue
             run_id = self.record_cell(cid, state.get("best"), state.get("trials_done", 0))
             self.client.set_terminated(run_id, "FINISHED" if state.get("done") else "KILLED")
+        self.record_sweep(cell_states)
+
+    def record_sweep(self, cell_states: dict[str, dict[str, Any]]) -> str:
+        """The sweep run's summary metrics (counts, mean selected scores per variant) and status."""
+        from mlflow.entities import Metric
+
+        run_id = self.sweep_run()
+        values = {"trials_planned": sum(s.get("planned", 0) for s in cell_states.values()),
+                  "trials_done": sum(s.get("trials_done", 0) for s in cell_states.values()),
+                  "trials_failed": sum(s.get("failed", 0) for s in cell_states.values()),
+                  "cells_planned": len(cell_states), "cells_done": sum(bool(s.get("done")) for s in cell_states.values())}
+        by_variant: dict[str, dict[str, list[float]]] = {}
+        for cid, state in cell_states.items():
+            best = state.get("best") or {}
+            for key in ("test_dice", "objective"):
+                if _numeric(best.get(key)) and math.isfinite(best[key]):
+                    variant = self.cells.get(cid, {}).get("variant", "default")
+                    by_variant.setdefault(variant, {}).setdefault(key, []).append(float(best[key]))
+        for variant, scores in by_variant.items():
+            for key, xs in scores.items():
+                values[f"mean_selected_{key}.{variant}"] = sum(xs) / len(xs)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()])
+        done = values["trials_done"] >= values["trials_planned"]
+        self.client.set_terminated(run_id, "FINISHED" if done else "KILLED")
+        return run_id
 
     def record_cell(self, cid: str, best: dict[str, Any] | None, trials_done: int) -> str:
         """The cell's parent run with its selected trial (`selected_*` metrics, `selected_trial` tag) and

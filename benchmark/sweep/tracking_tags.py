@@ -1,12 +1,36 @@
 """What the MLflow mirror writes besides metrics, Ray-free (`tunevlseg tables` uses it too): MLflow's
-standard system tags, the experiment kind, and a cell parent run's params."""
+standard system tags, the experiment kind, a cell parent run's params, what the objective is, and the UI
+link that opens the runs list."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# mlflow.experimentKind for classic model training in MLflow 3 (its UI's ExperimentKind enum).
+# mlflow.experimentKind for classic model training in MLflow 3 (its UI's ExperimentKind enum). MLflow 3.17.2's
+# own UI no longer reads it: its bundled JS derives the experiment kind from the `workflowType` URL
+# parameter, else a per-browser setting that starts as "genai" (a feature flag hard-wired on in the OSS build
+# puts that before the tag). The tag stays for Databricks and older UIs; links carry WORKFLOW_PARAM.
 EXPERIMENT_KIND = "custom_model_development"
+WORKFLOW_PARAM = "workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000"  # `make mlflow-ui`
+
+
+def ui_link(experiment_id: str | None, base: str = UI_DEFAULT) -> str:
+    """The UI address of an experiment's runs list in the model-training view (MLflow 3.17's routes)."""
+    where = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"{base.rstrip('/')}/#/{where}?{WORKFLOW_PARAM}"
+
+
+# What a trial's `objective` is, by `train.objective` (trainables.trial.TrainConfig); the sweep minimises it.
+OBJECTIVES = {"last_val_loss": "last-epoch validation loss",
+              "best_val_loss": "best validation loss over the epochs",
+              "best_val_dice": "minus the best validation Dice over the epochs"}
+
+
+def objective_text(trial_config: dict[str, Any] | None) -> str:
+    """`objective = last-epoch validation loss (minimised)`, from a cell's trial config."""
+    kind = ((trial_config or {}).get("train") or {}).get("objective") or "last_val_loss"
+    return f"objective = {OBJECTIVES.get(kind, kind)} (minimised)"
 
 
 def system_tags(source: str) -> dict[str, str]:
@@ -35,6 +59,7 @@ def cell_params(cell) -> dict[str, str]:
     # As plan.json holds it (tuples as lists), so `mlflow sync` rebuilding it from there writes the same strings.
     params = {k: v for k, v in flatten(json.loads(json.dumps(cell.config, default=str))).items()}
     params.update({f"search.{p.name}": p.domain() for p in cell.params})
+    params["objective"] = objective_text(cell.config)
     params.update({"trials": cell.trials, "seed": cell.seed if cell.params else None, "space": cell.space,
                    "resources.cpu": cell.resources["cpu"], "resources.gpu": cell.resources["gpu"]})
     return {k: str(v) for k, v in params.items()}
