@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "benchmark.commands.describe",
     "benchmark.commands.predict",
     "benchmark.commands.tables",
+    "benchmark.commands.compare",
     "benchmark.commands.data",
     "benchmark.commands.convert_cris",
     "benchmark.commands.plan",

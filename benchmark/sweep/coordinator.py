@@ -414,6 +414,9 @@ def _plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
                               "change, pass --force to start over (the old run is kept under previous/), or use "
                               "another --storage")
         if old == fingerprint:
+            from benchmark.sweep.versions import warn_on_drift  # a resume: did the environment change?
+
+            warn_on_drift(run_dir)
             if "space" not in state:
                 # A plan.json written before the searched domains were recorded: add them, keep the sweep id.
                 state["space"] = plan.searched_space()
