@@ -165,7 +165,9 @@ def figure(eff: pd.DataFrame, path: str | Path, variant: str = "default") -> Pat
             note = f" ({r.trials_per_cell:g} trial/cell)" if r.trials_per_cell != usual else ""
             ax.annotate(f"{T.vlsm_name(r.vlsm)} · {T.learner_name(r.learner)}{note}",
                         (getattr(r, col), r.selected_dice), textcoords="offset points", xytext=(4, 3 + dy),
-                        fontsize=7)
+                        fontsize=7, va="bottom",
+                        # a label pushed away from its point keeps a thin line to it
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3) if dy else None)
         ax.set_xscale("log")
         lo, hi = float(d[col].min()), float(d[col].max())
         ax.set_xlim(lo / 1.6, hi * 3.5)  # room for the labels right of the last points
