@@ -38,6 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow", metavar="URI", help="with --out: log the files to the sweep's MLflow run in this "
                    "tracking store (default: RUN/mlflow.db when the sweep used it)")
     p.add_argument("--no-mlflow", action="store_true", help="with --out: do not log the files to MLflow")
+    p.add_argument("--price-per-hour", type=_price, metavar="PRICE",
+                   help="with --out: also show the tuning compute of efficiency.csv as money, at PRICE per "
+                        "device-hour (GPU-hour where a GPU ran, else CPU-hour; any currency)")
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--price-per-hour: expected a number >= 0 (a price per device-hour), "
+                                         f"got {text!r}")
+    return value
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -56,6 +70,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--space", args.space]
     if args.no_figures:
         parts.append("--no-figures")
+    if args.price_per_hour is not None:
+        parts += ["--price-per-hour", f"{args.price_per_hour:g}"]
     return shlex.join(parts)
 
 
@@ -153,14 +169,24 @@ def run(args: argparse.Namespace) -> int:
         # the search's trials only: a rerun with another seed is no further point of the search
         figures = F.write_figures(sel.search_only(trials), out, tables[3])
         written += figures
-    from benchmark.results import ranking
+    from benchmark.results import budget, efficiency, importance, ranking
 
-    rank_lines, rank_figures = ranking.section(tables[3], seed_tables.get(3),
-                                               None if args.no_figures else out)
-    written += rank_figures
+    rk = ranking.section(tables[3], seed_tables.get(3), None if args.no_figures else out)
+    written += rk.figures
+    rule = sel.rule_for(args.selection, spec_rule)
+    draw = not args.no_figures
+    budget_lines, files, budget_summary = budget.write(trials, rule, out, draw)
+    written += files
+    cost_lines, files = efficiency.write(trials, rule, out, draw, args.price_per_hour)
+    written += files
+    imp_lines, files, imp = importance.write(trials, spec_rule, out, args.run, draw)
+    written += files
+    found = ranking.findings(rk, 3) + ranking.ablation_findings(tables) + budget.findings(budget_summary) \
+        + importance.findings(imp)
     text = report.build_report(trials, source=args.run, command=_command_line(args), tables=tables,
                                table2=table2, comparisons=comparisons, figures=figures, out_dir=out,
-                               skipped=skipped, seed_tables=seed_tables, ranking=rank_lines)
+                               skipped=skipped, seed_tables=seed_tables, ranking=rk.lines,
+                               findings=found, sections=budget_lines + cost_lines + imp_lines)
     written.append(report.write_report(out / "report.md", text))
     for s in skipped:
         print(f"tunevlseg tables: skipped {s}", file=sys.stderr)

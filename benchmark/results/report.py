@@ -102,9 +102,12 @@ def provenance(trials: pd.DataFrame) -> list[tuple[str, str]]:
 def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dict[int, T.Table],
                  table2: T.Table2 | None = None, comparisons: dict[int, T.Comparison] | None = None,
                  figures: Iterable[Path] = (), out_dir: Path | None = None, skipped: Iterable[str] = (),
-                 seed_tables: dict | None = None, ranking: Iterable[str] = ()) -> str:
+                 seed_tables: dict | None = None, ranking: Iterable[str] = (), findings: Iterable[str] = (),
+                 sections: Iterable[str] = ()) -> str:
     """`seed_tables`: {table number: benchmark.results.seeds.SeedTable}; `ranking`: the lines of
-    benchmark.results.ranking.section."""
+    benchmark.results.ranking.section; `findings`: bullet lines generated from the tests
+    (ranking.findings, ...), shown first; `sections`: further Markdown lines after the ranking (budget
+    curves, efficiency, importance)."""
     from benchmark.results import seeds as SD
     from benchmark.results.selection import search_only
 
@@ -119,6 +122,11 @@ def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dic
     out.append("")
     if skipped:
         out += ["Not produced: " + "; ".join(skipped) + ".", ""]
+    findings = list(findings)
+    if findings:
+        out += ["## Findings", "",
+                "Generated from the tests and intervals further down (α = 0.05); nothing here is stronger than "
+                "they are. Differences not listed as significant are not shown to exist.", "", *findings, ""]
     if table2 is not None:
         out += ["## Search space", "", T.render(table2, "md")]
     for number in sorted(tables):
@@ -129,6 +137,7 @@ def build_report(trials: pd.DataFrame, *, source: str, command: str, tables: dic
         if number in comparisons:
             out += [T.render(comparisons[number], "md")]
     out += list(ranking)
+    out += list(sections)
     spread = spread_table(search_only(trials))
     if len(spread):
         out += ["## Spread over trials", "",

@@ -56,7 +56,8 @@ class Friedman:
 
 
 def friedman(scores: pd.DataFrame, higher_is_better: bool = True) -> Friedman:
-    """Friedman's test that all learners rank alike; needs 3+ learners and 2+ complete datasets."""
+    """Friedman's test that all learners rank alike; needs 3+ learners and 2+ complete datasets. The
+    statistic is `scipy.stats.friedmanchisquare`'s; Iman-Davenport's F is derived from it."""
     from scipy import stats
 
     r = ranks(scores, higher_is_better)
@@ -64,15 +65,8 @@ def friedman(scores: pd.DataFrame, higher_is_better: bool = True) -> Friedman:
     if k < 3 or n < 2:
         raise ValueError(f"the Friedman test needs 3+ learners on 2+ datasets with a score for each; "
                          f"got {k} learners on {n} complete datasets")
-    R = r.mean(axis=0).to_numpy()
-    chi2 = 12 * n / (k * (k + 1)) * (np.sum(R ** 2) - k * (k + 1) ** 2 / 4)
-    # Ties within a dataset lower the variance of the ranks; the usual correction divides by it.
-    ties = 0.0
-    for row in r.to_numpy():
-        _, c = np.unique(row, return_counts=True)
-        ties += float((c ** 3 - c).sum())
-    tie = 1 - ties / (n * k * (k * k - 1))
-    chi2 = chi2 / tie if tie > 0 else math.nan
+    # scipy's own statistic (tie-corrected, as Demšar); ranking direction does not change it
+    chi2 = float(stats.friedmanchisquare(*[r[c].to_numpy() for c in r.columns]).statistic)
     p = float(stats.chi2.sf(chi2, k - 1)) if math.isfinite(chi2) else math.nan
     f = (n - 1) * chi2 / (n * (k - 1) - chi2) if math.isfinite(chi2) and n * (k - 1) != chi2 else math.inf
     p_f = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1))) if math.isfinite(f) else 0.0
