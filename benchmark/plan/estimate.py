@@ -33,22 +33,13 @@ ASSUMED_MFU, ASSUMED_PEAK_TFLOPS = 0.35, 989.0
 UNPRICED = "unpriced"
 # The frozen-feature cache (trainables/feature_cache.py, `data.feature_cache`, on unless "off"): for the
 # learners that leave the image encoder alone, an image whose features are cached skips the frozen image
-<<<<<<< HEAD
 # pass (`cached_gflop`). Cached: every val image, and the train draws that leave the pixels untouched:
-# UNTOUCHED_TRAIN_FRACTION of them, measured on the pipeline (albumentations 2.0.8 fires the affine and the
-# brightness/contrast step together, p 0.2: BENCHMARKS.md). Assumes the cell's images fit the bound.
-UNTOUCHED_TRAIN_FRACTION = 0.78
-=======
-# pass, these GFLOP of the figures above (CLIPSeg: the 10 tapped ViT layers, 12 for CoCoOp's pooled
-# embedding; CRIS: the RN50). Cached: every val image, and the train draws that leave the pixels untouched:
 # neither of the two train transforms (trainables/data/transforms.py: Affine, RandomBrightnessContrast, each
 # p AUGMENT_P, drawn independently) fired, (1 - p)^2 = 64 % of them (tests/test_augmentation_draws.py
 # measures the rate). Steady state: a draw untouched now is a hit once any earlier epoch left it untouched
 # too. Assumes the cell's images fit the bound.
-CACHED_IMAGE_GFLOP = {("clipseg", "coop"): 76, ("clipseg", "cocoop"): 91, ("cris", "coop"): 40, ("cris", "cocoop"): 40}
 AUGMENT_P, AUGMENT_TRANSFORMS = 0.2, 2  # kept equal to trainables/data/transforms.py by a test (torch-free side)
 UNTOUCHED_TRAIN_FRACTION = (1 - AUGMENT_P) ** AUGMENT_TRANSFORMS
->>>>>>> fidelity
 
 
 def _costs(vlsm: str, learner: str):
