@@ -114,9 +114,11 @@ def test_trial_with_cache_equals_trial_without(vlsm, learner, polyps):
     epochs = [r for r in on if "val_dice" in r]  # the last epoch's metrics come with the final result
     assert len(epochs) == 2
     assert epochs[0]["feature_cache_hit_rate"] == 0.0  # nothing cached before the first epoch
-    # the next epoch: every val image and the train draws untouched now and before are hits
+    # The last epoch comes with the final report, whose hit rate is the whole trial's (both epochs' 12
+    # lookups each): at least the 4 val images of the second epoch hit, plus the train draws untouched in
+    # both epochs (64 % each since the draws are independent, so fewer than before the augmentation fix).
     later = epochs[1]["feature_cache_hit_rate"]
-    assert 4 / 12 <= later <= 1.0, later
+    assert 4 / 24 <= later <= 0.5, later
     assert epochs[-1]["feature_cache_images"] >= 4 + 1  # val + untouched train images
     assert on[-1]["feature_cache_bytes_per_image"] > 0 and on[-1]["feature_cache_mb"] > 0
 
