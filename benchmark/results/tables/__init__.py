@@ -46,8 +46,7 @@ from benchmark.results.tables.numbers import DASH, fmt, fmt_signed, rounded
 from benchmark.results.tables.render import FORMATS, render
 from benchmark.results.tables.table2 import (
                                              DIFFERS_MARK,
-                                             PARAM_DISPLAY,
-                                             Table2,
+                                                                                      Table2,
                                              search_space_params,
                                              searched_space,
                                              table2,
@@ -66,7 +65,7 @@ from benchmark.results.tables.vs_paper import (
 
 __all__ = [
     "BEYOND_MARK", "BEYOND_NOTE", "DASH", "DATASETS", "DIFFERS_MARK", "E2E_SOURCE_NOTE", "FORMATS", "INIT_LABELS",
-    "OTHER_GROUP", "PAPER_AVERAGE", "PAPER_DIR", "PAPER_KEYS", "PARAM_DISPLAY", "REQUIRED_COLUMNS", "TABLE3_ROWS",
+    "OTHER_GROUP", "PAPER_AVERAGE", "PAPER_DIR", "PAPER_KEYS", "REQUIRED_COLUMNS", "TABLE3_ROWS",
     "TABLE5_ROWS", "TABLE_BUILDERS", "TITLES", "VARIANTS", "Comparison", "Dataset", "Grid", "RowSpec",
     "SchemaError", "Table", "Table2", "check_trials", "compare", "comparison_csv", "comparison_grid",
     "counts_csv", "counts_grid", "fmt", "fmt_signed", "grid_md", "grid_tex", "has_trials", "learner_name",
