@@ -375,6 +375,12 @@ def test_table2_row_of_a_learners_own_param_comes_from_its_registration():
     assert "Width" not in T.table2().frame()["Hyperparameter"].tolist()
 
 
+def test_grid_aligns_each_column_as_told_and_an_untitled_grid_is_just_its_table():
+    g = T.Grid("", [], ["Model"], [], ["Variant", "N"], [(["CLIPSeg"], ["default", "3"])], align="lr")
+    assert T.grid_md(g) == "| Model | Variant | N |\n|:---|:---|---:|\n| CLIPSeg | default | 3 |\n"
+    assert "\\begin{tabular}{llr}" in T.grid_tex(g)
+
+
 def test_tex_and_csv_layouts():
     table = T.table3(T.check_trials(paper_as_trials(3)))
     tex = T.render(table, "tex")

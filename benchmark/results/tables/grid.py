@@ -19,16 +19,21 @@ class Grid:
     rule_before: set[int] = field(default_factory=set)
     footnotes: list[str] = field(default_factory=list)
     numeric: bool = True  # data columns right-aligned (numbers) or left-aligned (text, Table 2)
+    align: str = ""  # one "l" or "r" per data column where a table mixes text and numbers; overrides `numeric`
+
+    def data_align(self) -> list[str]:
+        return list(self.align) if self.align else ["r" if self.numeric else "l"] * len(self.header)
 
 
 def grid_md(g: Grid) -> str:
-    out = [f"**{g.title}**", ""]
+    """Markdown: the bold title (none when empty: a table inside a report section), the sentences, the table."""
+    out = [f"**{g.title}**", ""] if g.title else []
     out += [f"*{line}*" if i == 0 else line for i, line in enumerate(g.lines)]
     if g.lines:
         out.append("")
     ncols = len(g.stub) + len(g.header)
     out.append("| " + " | ".join(g.stub + g.header) + " |")
-    out.append("|" + "|".join([":---"] * len(g.stub) + ["---:" if g.numeric else ":---"] * len(g.header)) + "|")
+    out.append("|" + "|".join([":---"] * len(g.stub) + [{"l": ":---", "r": "---:"}[a] for a in g.data_align()]) + "|")
     if g.groups and len(g.groups) > 1:
         cells = [""] * (len(g.stub) - 1) + ["*Datasets →*"]
         for label, span in g.groups:
@@ -53,10 +58,10 @@ def _tex(s: str) -> str:
 
 
 def grid_tex(g: Grid) -> str:
-    ns, nd = len(g.stub), len(g.header)
+    ns = len(g.stub)
     out = ["\\begin{table}[t]", "\\centering", "\\small",
            f"\\caption{{{_tex(g.title)}{(' ' + _tex(' '.join(g.lines))) if g.lines else ''}}}",
-           f"\\begin{{tabular}}{{{'l' * ns}{('r' if g.numeric else 'l') * nd}}}", "\\toprule"]
+           f"\\begin{{tabular}}{{{'l' * ns}{''.join(g.data_align())}}}", "\\toprule"]
     if g.groups and len(g.groups) > 1:
         cells, rules, col = [""] * (ns - 1) + ["Datasets $\\rightarrow$"], [], ns + 1
         for label, span in g.groups:
