@@ -455,6 +455,15 @@ def test_cli_writes_tables_figures_report_without_torch_and_is_deterministic(tmp
     assert f"tunevlseg tables {run} --format all --out {a} --vs-paper" in ra
 
 
+def test_cli_prints_what_it_writes_in_the_layouts_order(tmp_path):
+    run = _write_run(tmp_path / "run")
+    printed = _cli("tables", str(run), "--vs-paper")
+    wrote = _cli("tables", str(run), "--vs-paper", "--out", str(tmp_path / "out"), "--no-figures", "--no-mlflow")
+    assert printed.returncode == 0 and wrote.returncode == 0, printed.stderr + wrote.stderr
+    names = ["table2", "table3", "table3_trials", "table3_vs_paper", "table5", "table5_trials", "table5_vs_paper"]
+    assert printed.stdout == "\n".join((tmp_path / "out" / f"{n}.md").read_text() for n in names)
+
+
 def test_cli_prints_to_stdout_and_reports_bad_input_in_one_line(tmp_path):
     run = _write_run(tmp_path / "run")
     p = _cli("tables", str(run / "trials" / "mini.parquet"), "--selection", "best_test", "--format", "csv")
