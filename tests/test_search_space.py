@@ -52,14 +52,14 @@ TABLE2 = (
     Param("prompt_depth", "int", _LC + "prompt_depth", ("*",), 1, 11, label="Prompt depth"),
     Param("intermediate_dim", "categorical", _LC + "intermediate_dim", _PROJ, choices=(32, 64, 96, 128),
           label="Intermediate dimension"),
-    Param("use_lora", "categorical", _LC + "use_lora", _PROJ, choices=(True, False), label="Use LoRA"),
-    Param("nhead", "categorical", _LC + "nhead", _SA, choices=(16, 20, 32), label="Number of heads"),
-    Param("dropout", "float", _LC + "dropout", _SA, 0.1, 0.55, label="Dropout"),
+    Param("use_lora", "categorical", _LC + "use_lora", _PROJ, choices=(True, False), label="Use LORA"),
+    Param("nhead", "categorical", _LC + "nhead", _SA, choices=(16, 20, 32), label="Transformer: Number of Heads"),
+    Param("dropout", "float", _LC + "dropout", _SA, 0.1, 0.55, label="Transformer: Dropout Probability"),
     Param("dim_feedforward", "categorical", _LC + "dim_feedforward", _SA, choices=(1280, 1420),
-          label="Feed-forward dimension"),
-    Param("norm_first", "categorical", _LC + "norm_first", _SA, choices=(True, False), label="LayerNorm first"),
+          label="Transformer: Feed-Forward Dim"),
+    Param("norm_first", "categorical", _LC + "norm_first", _SA, choices=(True, False), label="Transformer: LayerNorm First"),
     Param("shared_dim", "categorical", _LC + "shared_dim", ("shared_separate",), choices=(32, 64),
-          label="Shared dimension"),
+          label="Shared Space Dimension"),
 )
 # The rows of the learners beyond the paper (LoRA, VLSM-Adapter), declared in their folders: after the paper's.
 BEYOND = (
@@ -111,7 +111,7 @@ class _WidthConfig(PromptConfig):
 def test_a_learner_declares_its_own_rows_in_its_registration():
     catalog.register_learner("my_wide", "My Wide", _WidthConfig, {TEXT}, model="nowhere:Model", search=(
         Param("width", "categorical", "model.learner_config.width", choices=(8, 16), label="Width"),
-        Param("use_lora", "categorical", "model.learner_config.use_lora", choices=(True, False), label="Use LoRA")))
+        Param("use_lora", "categorical", "model.learner_config.use_lora", choices=(True, False), label="Use LORA")))
     try:
         assert _names("my_wide") == ["lr", "weight_decay", "prompt_depth", "width", "use_lora"]
         by = {p.name: p for p in search_space.PAPER}  # read now: gathered from the catalog as it is

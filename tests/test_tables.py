@@ -1,23 +1,29 @@
 """Tables 2–5 from trial rows: golden tests against the paper's own numbers, selection rules, partial runs,
 bad input, renderers, and the `tunevlseg tables` command (which must never import torch)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from benchmark.plan import search_space
 from benchmark.plan.search_space import EVERY_PROMPT_LEARNER, Param
 from benchmark.plan.spec import Selection
 from benchmark.results import records as R
 from benchmark.results import selection as S
 from benchmark.results import tables as T
 from benchmark.results.run_dir import RunDir
-from trainables.catalog import LEARNERS, VLSMS
+from trainables import catalog
+from trainables.catalog import LEARNERS, TEXT, VLSMS
 from trainables.config import ConfigError
+from trainables.learners.config import PromptConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "results" / "paper"
@@ -332,6 +338,49 @@ def test_table2_from_search_space_module_matches_paper():
     assert note and "VLSM-Adapter ‡, LoRA ‡ are searched over Learning rate, Weight decay too" in note[0]
 
 
+# How paper Table 2 prints its ten rows (the paper's text, "Use LORA" included).
+PAPER_TABLE2_LABELS = ["Learning rate", "Weight decay", "Prompt depth", "Intermediate dimension", "Use LORA",
+                       "Transformer: Number of Heads", "Transformer: Dropout Probability",
+                       "Transformer: Feed-Forward Dim", "Transformer: LayerNorm First", "Shared Space Dimension"]
+
+
+def test_table2_is_the_search_space_records_in_the_papers_order_with_their_labels():
+    records = search_space.PAPER
+    f = T.table2(tuple(reversed(records))).frame()  # any order in: the paper's out
+    assert f["Hyperparameter"].tolist() == [p.label for p in records]
+    assert f["Hyperparameter"].tolist()[:10] == PAPER_TABLE2_LABELS
+
+
+@dataclass(frozen=True)
+class _WidthConfig(PromptConfig):
+    learner_name: ClassVar[str] = "my_wide"
+    width: int = 8
+
+
+def test_table2_row_of_a_learners_own_param_comes_from_its_registration():
+    width = Param("width", "categorical", "model.learner_config.width", choices=(8, 16), label="Width")
+    catalog.register_learner("my_wide", "My Wide", _WidthConfig, {TEXT}, model="nowhere:Model", search=(width,),
+                             beyond_paper=True)
+    try:
+        f = T.table2().frame()
+        names = f["Hyperparameter"].tolist()
+        assert f.iloc[names.index("Width")].tolist() == ["Width", "{8, 16}", "My Wide ‡", "Choice"]
+        assert names.index("Width") > names.index("Shared Space Dimension")  # after the paper's rows
+        # a narrowed domain of it is named by its label in the footnote, like its row
+        narrowed = (search_space.PAPER[0], dataclasses.replace(width, applies_to=("my_wide",), choices=(8,)))
+        foot = T.table2_grid(T.table2(narrowed, mark_vs_paper=True)).footnotes
+        assert foot[0] == "† differs from the paper's Table 2 (Width: {8, 16})."
+    finally:
+        LEARNERS.remove("my_wide")
+    assert "Width" not in T.table2().frame()["Hyperparameter"].tolist()
+
+
+def test_grid_aligns_each_column_as_told_and_an_untitled_grid_is_just_its_table():
+    g = T.Grid("", [], ["Model"], [], ["Variant", "N"], [(["CLIPSeg"], ["default", "3"])], align="lr")
+    assert T.grid_md(g) == "| Model | Variant | N |\n|:---|:---|---:|\n| CLIPSeg | default | 3 |\n"
+    assert "\\begin{tabular}{llr}" in T.grid_tex(g)
+
+
 def test_tex_and_csv_layouts():
     table = T.table3(T.check_trials(paper_as_trials(3)))
     tex = T.render(table, "tex")
@@ -404,6 +453,15 @@ def test_cli_writes_tables_figures_report_without_torch_and_is_deterministic(tmp
     assert "`0123456789abcdef`" in ra and "ray 2.60.0, torch 2.13.0" in ra and "ok 25" in ra
     assert "![dice vs prompt depth](dice_vs_prompt_depth.png)" in ra and "## Table 5" in ra
     assert f"tunevlseg tables {run} --format all --out {a} --vs-paper" in ra
+
+
+def test_cli_prints_what_it_writes_in_the_layouts_order(tmp_path):
+    run = _write_run(tmp_path / "run")
+    printed = _cli("tables", str(run), "--vs-paper")
+    wrote = _cli("tables", str(run), "--vs-paper", "--out", str(tmp_path / "out"), "--no-figures", "--no-mlflow")
+    assert printed.returncode == 0 and wrote.returncode == 0, printed.stderr + wrote.stderr
+    names = ["table2", "table3", "table3_trials", "table3_vs_paper", "table5", "table5_trials", "table5_vs_paper"]
+    assert printed.stdout == "\n".join((tmp_path / "out" / f"{n}.md").read_text() for n in names)
 
 
 def test_cli_prints_to_stdout_and_reports_bad_input_in_one_line(tmp_path):

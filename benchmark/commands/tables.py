@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 NAME = "tables"
 HELP = "regenerate the paper's Tables 2-5, figures and a report from a run's trial Parquet files"
@@ -91,10 +93,47 @@ def _table2(T, args: argparse.Namespace):
         "the record), so narrower `search.bounds` would not show here."))
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Tabulated:
+    """What one `tunevlseg tables` call tabulates from a run: every table, and what it skipped (and why).
+    Typed loosely: the results modules are imported only when the command runs, not for `--help`."""
+
+    trials: Any  # the run's trial rows, checked (pandas DataFrame)
+    spec_rule: Any  # the spec's `select` rule (benchmark.plan.spec.Selection)
+    table2: Any  # None when the search space could not be read
+    tables: dict[int, Any]  # {3: Table, 4: ..., 5: ...}: those the run has trials for
+    seed_tables: dict[int, Any] = field(default_factory=dict)
+    comparisons: dict[int, Any] = field(default_factory=dict)  # with --vs-paper
+    skipped: list[str] = field(default_factory=list)
+
+
+REPORT = "report.md"
+
+
+def table_files(t: Tabulated, fmt: str) -> Iterator[tuple[str, str, bool]]:
+    """The output layout: every table of one format as (file name, text, written), in print order. `written`
+    is False for a comparison with nothing comparable: printed as its one line, but no file (an earlier run's
+    file of that name would contradict the report, so --out removes it)."""
+    from benchmark.results import seeds as SD
+    from benchmark.results import tables as T
+
+    yield f"table2.{fmt}", T.render(t.table2, fmt), True
+    for n, table in t.tables.items():
+        yield f"table{n}.{fmt}", T.render(table, fmt), True
+        yield f"table{n}_trials.{fmt}", T.render(table, fmt, counts=True), True
+        if n in t.seed_tables:
+            yield f"table{n}_seeds.{fmt}", SD.render(t.seed_tables[n], fmt), True
+        if n in t.comparisons:
+            cmp = t.comparisons[n]
+            yield f"table{n}_vs_paper.{fmt}", T.render(cmp, fmt), not cmp.not_comparable
+
+
+def tabulate(args: argparse.Namespace) -> Tabulated:
+    """Read the run's trials and build Table 2, Tables 3-5, their seed tables and (--vs-paper) comparisons."""
     from pathlib import Path
 
     from benchmark.plan.spec import Selection
+    from benchmark.results import seeds as SD
     from benchmark.results import selection as sel
     from benchmark.results import tables as T
     from benchmark.results.run_dir import RunDir
@@ -116,84 +155,87 @@ def run(args: argparse.Namespace) -> int:
     other = sorted(set(trials["variant"]) - set(T.VARIANTS.values()))
     if other:
         skipped.append(f"trials of variant(s) {', '.join(other)} (no paper table for them)")
-    from benchmark.results import seeds as SD
-
     seed_tables = {n: st for n, t in tables.items() if (st := SD.seed_table(t, trials)) is not None}
     comparisons = {n: T.compare(t) for n, t in tables.items()} if args.vs_paper else {}
     for n, c in comparisons.items():
         if c.not_comparable:
             skipped.append(f"Table {n} vs paper (no dataset in common with the paper's ten)")
+    return Tabulated(trials, spec_rule, table2, tables, seed_tables, comparisons, skipped)
 
+
+def run(args: argparse.Namespace) -> int:
+    t = tabulate(args)
     if not args.out:
         fmt = "md" if args.format == "all" else args.format
-        blocks = [T.render(table2, fmt)]
-        for n, t in tables.items():
-            blocks += [T.render(t, fmt), T.render(t, fmt, counts=True)]
-            if n in seed_tables:
-                blocks.append(SD.render(seed_tables[n], fmt))
-            if n in comparisons:
-                blocks.append(T.render(comparisons[n], fmt))
-        sys.stdout.write("\n".join(blocks))
-        for s in skipped:
-            print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
+        sys.stdout.write("\n".join(text for _, text, _ in table_files(t, fmt)))
+        _say_skipped(t)
         return 0
-
-    from benchmark.results import report
+    from pathlib import Path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    formats = list(T.FORMATS) if args.format == "all" else [args.format]
-
-    def write(name: str, text: str) -> None:
-        path = out / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-
-    for fmt in formats:
-        write(f"table2.{fmt}", T.render(table2, fmt))
-        for n, t in tables.items():
-            write(f"table{n}.{fmt}", T.render(t, fmt))
-            write(f"table{n}_trials.{fmt}", T.render(t, fmt, counts=True))
-            if n in seed_tables:
-                write(f"table{n}_seeds.{fmt}", SD.render(seed_tables[n], fmt))
-            vs_paper = out / f"table{n}_vs_paper.{fmt}"
-            if n in comparisons and not comparisons[n].not_comparable:
-                write(vs_paper.name, T.render(comparisons[n], fmt))
-            elif n in comparisons and vs_paper.is_file():
-                vs_paper.unlink()  # an earlier run's comparison would now contradict the report
-    figures = []
-    if not args.no_figures:
-        from benchmark.results import figures as F
-
-        # the search's trials only: a rerun with another seed is no further point of the search
-        figures = F.write_figures(sel.search_only(trials), out, tables[3])
-        written += figures
-    from benchmark.results import budget, efficiency, importance, ranking
-
-    rk = ranking.section(tables[3], seed_tables.get(3), None if args.no_figures else out)
-    written += rk.figures
-    rule = sel.rule_for(args.selection, spec_rule)
-    draw = not args.no_figures
-    budget_lines, files, budget_summary = budget.write(trials, rule, out, draw)
-    written += files
-    cost_lines, files = efficiency.write(trials, rule, out, draw, args.price_per_hour)
-    written += files
-    imp_lines, files, imp = importance.write(trials, spec_rule, out, args.run, draw)
-    written += files
-    found = ranking.findings(rk, 3) + ranking.ablation_findings(tables) + budget.findings(budget_summary) \
-        + importance.findings(imp)
-    text = report.build_report(trials, source=args.run, command=_command_line(args), tables=tables,
-                               table2=table2, comparisons=comparisons, figures=figures, out_dir=out,
-                               skipped=skipped, seed_tables=seed_tables, ranking=rk.lines,
-                               findings=found, sections=budget_lines + cost_lines + imp_lines)
-    written.append(report.write_report(out / "report.md", text))
-    for s in skipped:
-        print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
-    print(f"tunevlseg tables: wrote {len(written)} files to {out} (report: {out / 'report.md'})")
+    written = write_tables(t, out, args.format)
+    written += write_report(t, args, out)
+    _say_skipped(t)
+    print(f"tunevlseg tables: wrote {len(written)} files to {out} (report: {out / REPORT})")
     if Path(args.run).is_dir() and not args.no_mlflow:
         _to_mlflow(args, written, out)
     return 0
+
+
+def write_tables(t: Tabulated, out, format_: str) -> list:
+    """Every table file of the layout into `out`, in md, csv and tex for "all"; returns the paths written."""
+    from benchmark.results import tables as T
+
+    written = []
+    for fmt in list(T.FORMATS) if format_ == "all" else [format_]:
+        for name, text, keep in table_files(t, fmt):
+            path = out / name
+            if keep:
+                path.write_text(text, encoding="utf-8")
+                written.append(path)
+            elif path.is_file():
+                path.unlink()  # an earlier run's comparison would now contradict the report
+    return written
+
+
+def write_report(t: Tabulated, args: argparse.Namespace, out) -> list:
+    """The figures, the ranking, budget, efficiency and importance sections, the findings and report.md;
+    returns the paths written (report.md last)."""
+    from benchmark.results import budget, efficiency, importance, ranking, report
+    from benchmark.results import selection as sel
+
+    written = []
+    draw = not args.no_figures
+    figures = []
+    if draw:
+        from benchmark.results import figures as F
+
+        # the search's trials only: a rerun with another seed is no further point of the search
+        figures = F.write_figures(sel.search_only(t.trials), out, t.tables[3])
+        written += figures
+    rk = ranking.section(t.tables[3], t.seed_tables.get(3), out if draw else None)
+    written += rk.figures
+    rule = sel.rule_for(args.selection, t.spec_rule)
+    budget_lines, files, budget_summary = budget.write(t.trials, rule, out, draw)
+    written += files
+    cost_lines, files = efficiency.write(t.trials, rule, out, draw, args.price_per_hour)
+    written += files
+    imp_lines, files, imp = importance.write(t.trials, t.spec_rule, out, args.run, draw)
+    written += files
+    found = ranking.findings(rk, 3) + ranking.ablation_findings(t.tables) + budget.findings(budget_summary) \
+        + importance.findings(imp)
+    text = report.build_report(t.trials, source=args.run, command=_command_line(args), tables=t.tables,
+                               table2=t.table2, comparisons=t.comparisons, figures=figures, out_dir=out,
+                               skipped=t.skipped, seed_tables=t.seed_tables, ranking=rk.lines,
+                               findings=found, sections=budget_lines + cost_lines + imp_lines)
+    written.append(report.write_report(out / REPORT, text))
+    return written
+
+
+def _say_skipped(t: Tabulated) -> None:
+    for s in t.skipped:
+        print(f"tunevlseg tables: skipped {s}", file=sys.stderr)
 
 
 def _to_mlflow(args: argparse.Namespace, written, out) -> None:

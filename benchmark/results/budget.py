@@ -37,6 +37,7 @@ import pandas as pd
 from benchmark.plan.spec import Selection
 from benchmark.results import selection as sel
 from benchmark.results import tables as T
+from benchmark.results.tables.grid import Grid, grid_md
 from trainables.protocol import STATUS_OK
 
 CSV = "budget.csv"
@@ -142,12 +143,12 @@ def report_lines(summ: pd.DataFrame, rule: Selection, figure: str | None, tolera
              f"value. Per cell in `{CSV}`.", ""]
     if summ.empty:
         return lines + ["*No row has 2 or more finished trials per cell: no curve to draw.*", ""]
-    lines += ["| Model | Context Learner | Variant | N | Datasets | E[Dice] n = 1 | E[Dice] n = N | Plateau n | "
-              "Never decreasing |", "|:---|:---|:---|---:|---:|---:|---:|---:|:---|"]
-    for r in summ.itertuples(index=False):
-        lines.append(f"| {T.vlsm_name(r.vlsm)} | {T.learner_name(r.learner)} | {r.variant} | {r.N} | {r.datasets} "
-                     f"| {T.fmt(r.dice_n1)} | {T.fmt(r.dice_nN)} | {r.plateau_n} | {'yes' if r.monotone else 'no'} |")
-    lines.append("")
+    body = [([T.vlsm_name(r.vlsm), T.learner_name(r.learner)],
+             [r.variant, str(r.N), str(r.datasets), T.fmt(r.dice_n1), T.fmt(r.dice_nN), str(r.plateau_n),
+              "yes" if r.monotone else "no"]) for r in summ.itertuples(index=False)]
+    grid = Grid("", [], ["Model", "Context Learner"], [], ["Variant", "N", "Datasets", "E[Dice] n = 1",
+                "E[Dice] n = N", "Plateau n", "Never decreasing"], body, align="lrrrrrl")
+    lines += grid_md(grid).splitlines() + [""]
     if figure:
         lines += [f"![budget curves]({figure})", ""]
     return lines

@@ -214,8 +214,8 @@ def lr_wd_figure(trials: pd.DataFrame, variant: str = "default", dodge: float = 
         for ds in p["dataset"].unique():
             m = (p["dataset"] == ds).to_numpy()
             marker = markers[ds]
-            h = ax.scatter(x[m], p.loc[m, "hp_weight_decay"], c=100 * p.loc[m, "test_dice"], cmap=cmap, norm=norm,
-                           marker=marker, s=46, edgecolors="0.15", linewidths=0.6, zorder=3)
+            ax.scatter(x[m], p.loc[m, "hp_weight_decay"], c=100 * p.loc[m, "test_dice"], cmap=cmap, norm=norm,
+                       marker=marker, s=46, edgecolors="0.15", linewidths=0.6, zorder=3)
             handles.setdefault(ds, marker)
         _decade_axis(ax.xaxis, t["hp_lr"])  # the same decades in every panel, so panels compare at a glance
         _decade_axis(ax.yaxis, t["hp_weight_decay"])

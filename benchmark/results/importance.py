@@ -1,9 +1,9 @@
 """Which hyperparameters matter: per (learner, dataset) cell, Optuna's fANOVA importances of its study.
 
 The study: the cell's own Optuna study in the run's storage (`RUN/optuna.db`, written by
-benchmark/sweep/studies.py, named by cell id) when the run has one; otherwise rebuilt from the Parquet rows (hp_* columns, the objective) with
-`optuna.create_study` + `add_trials`, over the domains the run searched (RUN/plan.json, else the paper's
-space). The `source` column says which. Both hold the same finished trials and the same objective.
+benchmark/sweep/studies.py, named by cell id) when the run has one; otherwise rebuilt from the Parquet rows
+(hp_* columns, the objective) with `optuna.create_study` + `add_trials`, over the domains the run searched
+(RUN/plan.json, else the paper's space). The `source` column says which. Both hold the same finished trials and the same objective.
 
 The evaluator is fANOVA (`optuna.importance.FanovaImportanceEvaluator`, Hutter et al. 2014), with a fixed
 seed so the numbers regenerate: it decomposes the variance of the objective over the whole searched space
@@ -30,6 +30,7 @@ import pandas as pd
 from benchmark.plan.spec import Selection
 from benchmark.results import selection as sel
 from benchmark.results import tables as T
+from benchmark.results.tables.grid import Grid, grid_md
 from trainables.protocol import STATUS_OK
 
 CSV = "importance.csv"
@@ -182,12 +183,12 @@ def report_lines(imp: pd.DataFrame, figure: str | None, min_trials: int = MIN_TR
     ok = imp[imp["status"] == "ok"]
     if len(ok):
         top = ok.sort_values("importance", ascending=False).drop_duplicates(sel.CELL_KEYS)
-        lines += ["| Model | Context Learner | Dataset | Variant | Trials | Most important | Share |",
-                  "|:---|:---|:---|:---|---:|:---|---:|"]
-        for r in top.sort_values(sel.CELL_KEYS).itertuples(index=False):
-            lines.append(f"| {T.vlsm_name(r.vlsm)} | {T.learner_name(r.learner)} | {r.dataset} | {r.variant} | "
-                         f"{r.trials} | {r.param} | {r.importance:.2f} |")
-        lines.append("")
+        body = [([T.vlsm_name(r.vlsm), T.learner_name(r.learner)],
+                 [r.dataset, r.variant, str(r.trials), r.param, f"{r.importance:.2f}"])
+                for r in top.sort_values(sel.CELL_KEYS).itertuples(index=False)]
+        grid = Grid("", [], ["Model", "Context Learner"], [], ["Dataset", "Variant", "Trials", "Most important",
+                    "Share"], body, align="llrlr")
+        lines += grid_md(grid).splitlines() + [""]
     if figure:
         lines += [f"![hyperparameter importance]({figure})", ""]
     return lines

@@ -210,7 +210,7 @@ def findings(rk: Ranking, table_number: int = 3) -> list[str]:
         out += [f"- {a} ranks better than {b} by the Nemenyi post-hoc test (average ranks {rank[a]:.2f} vs "
                 f"{rank[b]:.2f}, {rank[b] - rank[a]:.2f} apart > critical difference {rk.cd:.2f} at α = {ALPHA})."
                 for a, b in apart]
-        out.append(f"- No other pair's average ranks are further apart than the critical difference.")
+        out.append("- No other pair's average ranks are further apart than the critical difference.")
     elif apart:
         out.append(f"- {len(apart)} pair(s) of rows are further apart in average rank than the Nemenyi critical "
                    f"difference ({rk.cd:.2f}), but the Friedman test does not reject, so no post-hoc claim is made.")

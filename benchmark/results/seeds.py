@@ -20,6 +20,8 @@ import pandas as pd
 
 from benchmark.results import selection as sel
 from benchmark.results import tables as T
+from benchmark.results.tables.dice_render import csv_num, label_columns
+from benchmark.results.tables.layout import dataset_groups
 from trainables.protocol import STATUS_OK
 
 
@@ -113,7 +115,7 @@ def seeds_grid(st: SeedTable) -> T.Grid:
     foot = ["A cell with one number had no reruns (not run yet, or a selection rule other than the one the "
             "sweep reran).", "Mean: over datasets, of the selected trials / of the seed means."]
     return T.Grid(f"Table {table.number} over seeds.", lines, list(table.stub),
-                  T._groups(table.datasets) + [("Mean", 2)],
+                  dataset_groups(table.datasets) + [("Mean", 2)],
                   [d.display for d in table.datasets] + ["selected", "over seeds"], body, set(), foot)
 
 
@@ -124,9 +126,9 @@ def seeds_csv(st: SeedTable) -> str:
     for i, r in enumerate(table.rows):
         for d in table.datasets:
             v = st.values.get((i, d.key))
-            rows.append({"table": table.number, **dict(zip(T._label_columns(table), r.labels)),
-                         "dataset": d.display, "selected": T._csv_num(table.dice.loc[i, d.key]),
-                         "seed_mean": T._csv_num(st.mean.loc[i, d.key]), "seed_std": T._csv_num(st.std.loc[i, d.key]),
+            rows.append({"table": table.number, **dict(zip(label_columns(table), r.labels)),
+                         "dataset": d.display, "selected": csv_num(table.dice.loc[i, d.key]),
+                         "seed_mean": csv_num(st.mean.loc[i, d.key]), "seed_std": csv_num(st.std.loc[i, d.key]),
                          "n_seeds": int(st.n.loc[i, d.key]),
                          "values": " ".join(T.fmt(x) for x in v) if v else ""})
     df = pd.DataFrame(rows)

@@ -64,7 +64,7 @@ class ProjectionConfig(PromptConfig):
 # ProjectionConfig's searched fields (paper Table 2); CoCoOp and MaPLe both declare them.
 INTERMEDIATE_DIM = Param("intermediate_dim", "categorical", LEARNER_CONFIG + "intermediate_dim",
                          choices=(32, 64, 96, 128), label="Intermediate dimension")
-USE_LORA = Param("use_lora", "categorical", LEARNER_CONFIG + "use_lora", choices=(True, False), label="Use LoRA")
+USE_LORA = Param("use_lora", "categorical", LEARNER_CONFIG + "use_lora", choices=(True, False), label="Use LORA")
 PROJECTION_SEARCH = (INTERMEDIATE_DIM, USE_LORA)
 
 

@@ -36,11 +36,12 @@ class SharedAttentionConfig(PromptConfig):
 register_learner("shared_attention", "Shared Attention", SharedAttentionConfig, {TEXT, VISION},
                  model="trainables.learners.shared_attention.model:SharedAttention", seed=123456, search=(
                      Param("nhead", "categorical", LEARNER_CONFIG + "nhead", choices=(16, 20, 32),
-                           label="Number of heads"),
-                     Param("dropout", "float", LEARNER_CONFIG + "dropout", low=0.1, high=0.55, label="Dropout"),
+                           label="Transformer: Number of Heads"),
+                     Param("dropout", "float", LEARNER_CONFIG + "dropout", low=0.1, high=0.55,
+                           label="Transformer: Dropout Probability"),
                      Param("dim_feedforward", "categorical", LEARNER_CONFIG + "dim_feedforward",
-                           choices=(1280, 1420), label="Feed-forward dimension"),
+                           choices=(1280, 1420), label="Transformer: Feed-Forward Dim"),
                      Param("norm_first", "categorical", LEARNER_CONFIG + "norm_first", choices=(True, False),
-                           label="LayerNorm first"),
+                           label="Transformer: LayerNorm First"),
                  ),
                  cost=("text_grad", "vision_grad"))

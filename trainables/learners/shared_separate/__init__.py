@@ -29,5 +29,5 @@ class SharedSeparateConfig(PromptConfig):
 register_learner("shared_separate", "Shared Separate", SharedSeparateConfig, {TEXT, VISION},
                  model="trainables.learners.shared_separate.model:SharedSeparate", seed=4322,
                  search=(Param("shared_dim", "categorical", LEARNER_CONFIG + "shared_dim", choices=(32, 64),
-                               label="Shared dimension"),),
+                               label="Shared Space Dimension"),),
                  cost=("text_grad", "vision_grad"))
