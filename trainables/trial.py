@@ -220,85 +220,26 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     amp_dtype, use_scaler = resolve_precision(tc, device)
     seed_everything(tc.seed)  # same seed for every trial, as the original: equal J gives equal learner init
 
-    if model is None:
-        from trainables.model import build_model
-
-        model = build_model(cfg.model)
-    model.to(device)
-    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
-    datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
-    if cfg.data.cache:
-        # Decode every split now, into the cache training reads from anyway: a corrupt test image fails
-        # the trial in seconds, naming the file, instead of after the last epoch.
-        for split in ("train", "val", "test"):
-            if hasattr(datasets[split], "preload"):
-                datasets[split].preload()
+    model, features, datasets = _model_and_data(cfg, device, amp_dtype, model, datasets)
     train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     trainable_params = sum(p.numel() for _, p in model.named_trainable_parameters())
-
-    groups = model.param_groups(tc.weight_decay)
-    if tc.weight_decay_on == "all":
-        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
-    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
-    if tc.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
-                                                               eta_min=tc.cosine_eta_min)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
+    optimizer, scheduler, scaler = _optimization(model, tc, device, use_scaler)
+    state = _resume(resume_dir, model, optimizer, scheduler, scaler) if resume_dir is not None else _fresh_state()
     last_epoch: dict = {}  # the metrics of the last epoch trained here, reported with the final ones
     last_checkpoint = time.time()
-    state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
-             "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
-    if resume_dir is not None:
-        ck = torch.load(Path(resume_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        load_trainable_state(model, ck["trainable"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        state = ck["loop"]
-        set_rng_state(ck["rng"])
-
-    def save_state(directory: str) -> None:
-        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "loop": state, "rng": rng_state()}, Path(directory) / CHECKPOINT_FILE)
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
 
     def validate(epoch: int) -> dict:
-        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
-                       mask_target=cfg.data.mask_target)
-        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
-            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
-        if tc.early_stop_on == "val_dice":
-            improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
-            if improved:
-                state["es_best_dice"] = val["dice"]
-            state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
-        else:
-            improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
-            if improved:
-                state["best_val_loss"] = val["loss"]
-        # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        state["last_val_loss"] = val["loss"]
-        return val
+        return _validate(model, val_loader, device, amp_dtype, cfg, state, epoch)
 
-    n_batches = len(train_loader)
-    if tc.max_steps_per_epoch is not None:
-        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
-    checks = tc.val_checks_per_epoch
-    mid_checks = {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}  # after batch i+1
+    mid_checks = _mid_epoch_checks(len(train_loader), tc)  # after these batches (1-based), besides the epoch's end
     step = 0
     for epoch in range(state["epoch"] + 1, tc.max_epochs):
-        if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
+        if _patience_spent(tc, state, epochs_done=epoch):
             break  # early stopping (checked here too so a resumed trial stops where it would have)
         t0 = time.time()
         model.train()  # the frozen VLSM stays in eval mode (PromptedVLSM.train takes care of it)
@@ -370,11 +311,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "val_seconds": val_seconds, "val_images": val["images"],
             **(features.metrics() if features else {}),  # this epoch's train + val lookups
         }
-        if epoch + 1 >= tc.max_epochs or (epoch + 1 >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience):
+        if epoch + 1 >= tc.max_epochs or _patience_spent(tc, state, epochs_done=epoch + 1):
             break  # the last epoch (the two conditions that end the loop): reported with the final result
         if time.time() - last_checkpoint >= tc.checkpoint_every_s:
             with tempfile.TemporaryDirectory() as d:
-                save_state(d)
+                _save_state(Path(d), model, optimizer, scheduler, scaler, state)
                 report(last_epoch, d)
             last_checkpoint = time.time()
         else:
@@ -401,17 +342,127 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "test_dice_orig": test.get("dice_orig", float("nan")), "test_iou_orig": test.get("iou_orig", float("nan")),
         "epochs_run": state["epoch"] + 1,
         "trainable_params": trainable_params,
-        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
-        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-        "peak_rss_mb": peak_rss_mb(),
-        "trial_seconds": time.time() - t_start,
+        **_resource_metrics(device, t_start),
         "status": STATUS_OK, "error": "",
     }
     if features:
         final.update(features.metrics(), feature_cache_hit_rate=features.trial_hit_rate())
-    if not tc.save_artifact:
+    _report_final(final, report, model, data, datasets["test"], device, tc.save_artifact)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop's steps, in the order `fit` takes them
+
+
+def _model_and_data(cfg: TrialConfig, device: torch.device, amp_dtype, model=None, datasets: dict | None = None):
+    """(model on `device`, its feature-cache session or None, the three splits): built from `cfg` unless given."""
+    if model is None:
+        from trainables.model import build_model
+
+        model = build_model(cfg.model)
+    model.to(device)
+    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
+    datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
+    if cfg.data.cache:
+        # Decode every split now, into the cache training reads from anyway: a corrupt test image fails
+        # the trial in seconds, naming the file, instead of after the last epoch.
+        for split in ("train", "val", "test"):
+            if hasattr(datasets[split], "preload"):
+                datasets[split].preload()
+    return model, features, datasets
+
+
+def _optimization(model, tc: TrainConfig, device: torch.device, use_scaler: bool):
+    """(AdamW over the model's parameter groups, the LR scheduler, the fp16 GradScaler: a no-op unless used)."""
+    groups = model.param_groups(tc.weight_decay)
+    if tc.weight_decay_on == "all":
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
+    if tc.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
+                                                               eta_min=tc.cosine_eta_min)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
+def _fresh_state() -> dict:
+    """The loop's state: what a resumed trial needs besides the weights, optimizer, scheduler and RNGs."""
+    return {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
+            "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
+
+
+def _resume(resume_dir: str, model, optimizer, scheduler, scaler) -> dict:
+    """Load the state `_save_state` wrote into the model, optimizer, scheduler, scaler and RNGs; the loop's state."""
+    ck = torch.load(Path(resume_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    load_trainable_state(model, ck["trainable"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    scaler.load_state_dict(ck["scaler"])
+    set_rng_state(ck["rng"])
+    return ck["loop"]
+
+
+def _save_state(directory: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "loop": state, "rng": rng_state()}, directory / CHECKPOINT_FILE)
+
+
+def _validate(model, loader, device: torch.device, amp_dtype, cfg: TrialConfig, state: dict, epoch: int) -> dict:
+    """Evaluate on the validation split and update `state`: the best-val-Dice weights, early stopping."""
+    tc = cfg.train
+    val = evaluate(model, loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
+                   mask_target=cfg.data.mask_target)
+    if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
+        state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
+    if tc.early_stop_on == "val_dice":
+        improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
+        if improved:
+            state["es_best_dice"] = val["dice"]
+        state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
+    else:
+        improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
+        if improved:
+            state["best_val_loss"] = val["loss"]
+    # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
+    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    state["last_val_loss"] = val["loss"]
+    return val
+
+
+def _mid_epoch_checks(batches_per_epoch: int, tc: TrainConfig) -> set[int]:
+    """The batch counts (1-based) after which an epoch validates besides its end (`train.val_checks_per_epoch`)."""
+    n_batches = batches_per_epoch
+    if tc.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
+    checks = tc.val_checks_per_epoch
+    return {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}
+
+
+def _patience_spent(tc: TrainConfig, state: dict, epochs_done: int) -> bool:
+    """Early stopping: past `min_epochs`, and `early_stop_patience` validations without improvement."""
+    return epochs_done >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience
+
+
+def _resource_metrics(device: torch.device, t_start: float) -> dict:
+    """What the trial used: peak GPU and host memory, the GPU's name, and its wall-clock seconds."""
+    return {
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "peak_rss_mb": peak_rss_mb(),
+        "trial_seconds": time.time() - t_start,
+    }
+
+
+def _report_final(final: dict, report: Report, model, data: dict, test_set, device: torch.device,
+                  save_artifact: bool) -> None:
+    """The trial's last report: the final metrics, with the artifact as its checkpoint (`train.save_artifact`)."""
+    if not save_artifact:
         report(final, None)
-        return final
+        return
     # The tuned prompt travels as the trial's last checkpoint, `<checkpoint>/artifact`: Ray persists
     # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
     # when its worker is reused. No training state goes along (for E2E that would be the optimizer's
@@ -420,9 +471,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / FINAL_FILE).write_text(json.dumps(final, default=_json_default))
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
-        _preview(model, datasets["test"], device, Path(d) / CHECKPOINT_ARTIFACT)
+        _preview(model, test_set, device, Path(d) / CHECKPOINT_ARTIFACT)
         report(final, d)
-    return final
 
 
 def _json_default(v):
