@@ -230,3 +230,21 @@ def test_a_learner_is_unpriced_on_a_vlsm_its_cost_mapping_does_not_name(unpriced
         VLSMS.remove("other")
     with pytest.raises(ValueError, match="learner 'bad': cost names lora_grad"):
         catalog.register_learner("bad", "Bad", object, {TEXT}, model=None, cost={"cris": ("lora_grad",)})
+
+
+def test_json_estimate_with_an_unpriced_cell_is_valid_json(unpriced_vlsm, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["axes"]["vlsm"] = ["clipseg", unpriced_vlsm]
+    raw["axes"]["learner"] = ["coop"]
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert cli.main(["plan", str(spec), "--estimate", "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    mine = next(s for s in data["subtotals"] if s["vlsm"] == unpriced_vlsm)
+    assert mine["seconds_per_image"] is None and mine["source"] == E.UNPRICED
+    assert math.isfinite(data["gpu_hours"]) and data["gpu_hours"] > 0
