@@ -12,12 +12,12 @@ split is read through `trainables.data.build_dataset` with the paper's augmentat
     cached     decoded + resized once (`SegmentationDataset.preload`, the process-wide CACHE), then only
                the random augmentation + normalisation run per sample: float32 samples
     uint8      cached, augmentation only (`normalize=False`): uint8 samples, normalised later on the
-               device by `trainables.trial.forward_batch` — what a trial does
+               device by `trainables.batches.forward_batch` — what a trial does
 
 One process with one thread (torch, OpenCV) = per-core figures, with the bytes of one sample (image +
 mask). A stage breakdown (decode, resize, augment) shows where the time goes, and the cost of the
 normalisation that uint8 batches move to the device is shown for the CPU. `--workers N` adds DataLoader
-figures with N worker processes and batch 32 (`trainables.trial.collate`; workers inherit the preloaded
+figures with N worker processes and batch 32 (`trainables.batches.collate`; workers inherit the preloaded
 cache by fork) for uncached, cached float32 and cached uint8 batches. `--step-rate R` (images/s of the GPU
 step, from benchmarks/gpu_step.py) prints how many cores keep such a step fed.
 """
@@ -125,11 +125,11 @@ def sample_bytes(ds) -> int:
 
 
 def device_normalise_ms(ds_uint8, batch: int = 32, repeats: int = 20) -> float:
-    """Milliseconds to normalise a uint8 batch with `trainables.trial.device_images` on this CPU."""
+    """Milliseconds to normalise a uint8 batch with `trainables.batches.device_images` on this CPU."""
     import torch
 
+    from trainables.batches import collate, device_images
     from trainables.data import IMAGENET_MEAN, IMAGENET_STD
-    from trainables.trial import collate, device_images
 
     images = collate([ds_uint8[i % len(ds_uint8)] for i in range(batch)])["image"]
     cpu = torch.device("cpu")
@@ -143,7 +143,7 @@ def device_normalise_ms(ds_uint8, batch: int = 32, repeats: int = 20) -> float:
 def loader_rate(ds, workers: int, seconds: float, batch: int = 32) -> float:
     import torch
 
-    from trainables.trial import collate
+    from trainables.batches import collate
 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                                          collate_fn=collate, persistent_workers=True, drop_last=False)

@@ -22,7 +22,7 @@ variants, each adding one change to the previous one:
     +one-image-pass image-conditioned learners (CoCoOp) read their features from the adapter's own frozen
                     image pass instead of a separate one (the `PromptFn` contract); the same step for others
     +dedup-text     the text encoder runs once per distinct prompt and its output is gathered per image; the
-                    tokens are made once and copied from pinned memory (`trainables.trial.device_tokens`)
+                    tokens are made once and copied from pinned memory (`trainables.batches.device_tokens`)
     +channels-last  images and the patch-embedding conv in channels-last layout
     +compile        torch.compile of the text and vision encoders, on top of +dedup-text (only with --compile)
 
@@ -189,7 +189,7 @@ class Step:
             x = x.contiguous(memory_format=torch.channels_last)
         y = b["mask"].to(dev, non_blocking=True)
         if self.v.dedup_text:  # what fit does: distinct prompts, tokenized once per trial, copied from pinned memory
-            from trainables.trial import device_tokens
+            from trainables.batches import device_tokens
 
             tok = device_tokens(self.model, b["prompt"], dev)
         else:  # tokenized every step and copied from pageable memory (a hidden wait for the queued GPU work)

@@ -148,3 +148,22 @@ def test_one_rule_for_local_path_or_hub_id(tmp_path):
         assert not is_local_path(hub, tmp_path), hub
     for local in ("/abs/dir", "./x", "~/x", "a/b/c", "ckpt", "ckpt/sub", "cris.safetensors"):
         assert is_local_path(local, tmp_path), local
+
+
+def test_the_originals_upsampler_choice_is_the_learner_cards_per_vlsm():
+    """`upsampler_combine: original` reads the learner's card, keyed by VLSM: the paper's three exceptions
+    are declared by CoOp, CoCoOp and VPT, and a new learner declares its own without editing model.py."""
+    from trainables.model import ModelConfig
+
+    def mode(vlsm, learner):
+        return ModelConfig(vlsm=vlsm, learner=learner, upsampler_combine="original").combine_mode()
+
+    assert {(v, lrn): mode(v, lrn) for v in VLSMS.names() for lrn in LEARNERS.names()
+            if mode(v, lrn) != "residual"} == {("clipseg", "coop"): "unused", ("clipseg", "cocoop"): "unused",
+                                               ("clipseg", "vpt"): "sum"}
+    catalog.register_learner("my_learner", "My Learner", MyLearnerConfig, {TEXT}, model="nowhere:Model",
+                             original_upsampler={"cris": "sum"})
+    try:
+        assert mode("cris", "my_learner") == "sum" and mode("clipseg", "my_learner") == "residual"
+    finally:
+        LEARNERS.remove("my_learner")

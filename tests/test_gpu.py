@@ -11,9 +11,10 @@ import math
 import pytest
 import torch
 
+from trainables.batches import collate, device_images, device_tokens, forward_batch
 from trainables.data import make_synthetic
 from trainables.model import build_model
-from trainables.trial import TrialConfig, build_datasets, collate, device_images, device_tokens, fit, forward_batch
+from trainables.trial import TrialConfig, build_datasets, fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

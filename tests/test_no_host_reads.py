@@ -12,9 +12,9 @@ import contextlib
 import pytest
 import torch
 
+from trainables.batches import device_images, device_tokens
 from trainables.losses import dice_bce_loss
 from trainables.model import build_model
-from trainables.trial import device_images, device_tokens
 
 READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__")
 

@@ -23,7 +23,7 @@ SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on 
 
 def _cell(cid, vlsm, learner, dataset, trials, max_epochs=None, gpu=0.25):
     train = {} if max_epochs is None else {"max_epochs": max_epochs}
-    return SimpleNamespace(id=cid, vlsm=vlsm, learner=learner, dataset=dataset, trials=trials,
+    return SimpleNamespace(id=cid, vlsm=vlsm, learner=learner, dataset=dataset, trials=trials, reseeds=0,
                            config={"train": train}, resources={"cpu": 1.0, "gpu": gpu})
 
 
@@ -196,3 +196,55 @@ def test_a_learner_names_only_known_cost_terms():
     with pytest.raises(ValueError, match="learner 'my_learner': cost names lora_grad; allowed: text_grad"):
         catalog.register_learner("my_learner", "Mine", object, {TEXT}, model=None, cost=("text_grad", "lora_grad"))
     assert "my_learner" not in catalog.LEARNERS
+
+
+def test_lora_and_the_adapter_are_priced_per_vlsm_the_same_way():
+    """A learner's cost facts may differ by VLSM: what it changes differs (LoRA reaches CRIS's attention pool,
+    the adapter only CRIS's text blocks). Each price is the frozen forward plus the gradients back through
+    what the learner changes."""
+    clipseg, cris = VLSMS.get("clipseg").cost, VLSMS.get("cris").cost
+    for learner in ("lora", "adapter"):  # text layers + the ViT from layer 1, as MaPLe
+        assert E.train_gflop("clipseg", learner) == clipseg.forward + clipseg.text_grad + clipseg.vision_grad
+        assert E.cached_gflop("clipseg", learner) == 0  # it changes the image encoder: nothing to cache
+    assert E.train_gflop("cris", "adapter") == E.train_gflop("cris", "coop") == cris.forward + cris.text_grad
+    # + ~5 GFLOP back through the ResNet's attention pool (q/k/v and c_proj on 13 x 13 tokens of width 2048)
+    assert E.train_gflop("cris", "lora") == cris.forward + cris.text_grad + 5.0
+    # The feature cache (as `PromptedVLSM.frozen_image_side` decides): the adapter leaves CRIS's ResNet frozen,
+    # LoRA's attention pool makes the image side trainable.
+    assert E.cached_gflop("cris", "adapter") == E.cached_gflop("cris", "coop") > 0
+    assert E.cached_gflop("cris", "lora") == 0
+    est = E.estimate([_cell("c1", "cris", "lora", "a", trials=1), _cell("c2", "cris", "adapter", "a", trials=1)],
+                     sizes=SIZES.__getitem__)
+    assert [c.rate.source for c in est.cells] == ["assumed", "assumed, feature cache"]
+
+
+def test_a_learner_is_unpriced_on_a_vlsm_its_cost_mapping_does_not_name(unpriced_vlsm):
+    catalog.register_vlsm("other", "Other", {TEXT}, factory="nowhere:factory", image_size=224, max_prompt_depth=6,
+                          cost=VLSMS.get("cris").cost)
+    catalog.register_learner("my_learner", "Mine", object, {TEXT}, model=None, cost={"other": ("text_grad", 1.5)})
+    try:
+        assert E.train_gflop("other", "my_learner") == VLSMS.get("cris").cost.forward + VLSMS.get("cris").cost.text_grad + 1.5
+        assert E.train_gflop("clipseg", "my_learner") is None
+    finally:
+        catalog.LEARNERS.remove("my_learner")
+        VLSMS.remove("other")
+    with pytest.raises(ValueError, match="learner 'bad': cost names lora_grad"):
+        catalog.register_learner("bad", "Bad", object, {TEXT}, model=None, cost={"cris": ("lora_grad",)})
+
+
+def test_json_estimate_with_an_unpriced_cell_is_valid_json(unpriced_vlsm, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["axes"]["vlsm"] = ["clipseg", unpriced_vlsm]
+    raw["axes"]["learner"] = ["coop"]
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert cli.main(["plan", str(spec), "--estimate", "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    mine = next(s for s in data["subtotals"] if s["vlsm"] == unpriced_vlsm)
+    assert mine["seconds_per_image"] is None and mine["source"] == E.UNPRICED
+    assert math.isfinite(data["gpu_hours"]) and data["gpu_hours"] > 0

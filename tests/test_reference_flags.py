@@ -15,8 +15,9 @@ from test_trial import BlobData, TinySegmenter, _cfg
 from benchmark.plan.matrix import build_plan
 from benchmark.plan.spec import load_spec
 from trainables import trial
+from trainables.batches import mask_targets
 from trainables.config import ConfigError
-from trainables.trial import DataConfig, TrialConfig, fit, mask_targets
+from trainables.trial import DataConfig, TrialConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR_MINI = REPO.parent / "shared" / "data" / "kvasir_seg_mini"

@@ -222,22 +222,22 @@ def test_prompt_tuning_state_is_only_the_trainable_parameters():
 
 
 def test_tokens_are_made_once_per_distinct_prompt_list_and_the_cache_is_bounded(monkeypatch):
-    from trainables import trial
+    from trainables import batches
 
     model = TinySegmenter()
     calls = []
     real = model.tokenize_batch
     monkeypatch.setattr(model, "tokenize_batch", lambda texts: calls.append(list(texts)) or real(texts))
     cpu = torch.device("cpu")
-    first = trial.device_tokens(model, ["polyp."] * 4, cpu)
-    again = trial.device_tokens(model, ["polyp."] * 4, cpu)
+    first = batches.device_tokens(model, ["polyp."] * 4, cpu)
+    again = batches.device_tokens(model, ["polyp."] * 4, cpu)
     assert again is first and calls == [["polyp."] * 4]  # a one-class dataset: tokenized once per trial
     assert first["text_index"].tolist() == [0, 0, 0, 0] and first["input_ids"].shape[0] == 1
-    monkeypatch.setattr(trial, "_TOKENS_PER_MODEL", 3)
+    monkeypatch.setattr(batches, "_TOKENS_PER_MODEL", 3)
     for k in range(5):  # list-valued prompts give many keys: the oldest are dropped
-        trial.device_tokens(model, [f"prompt {k}."], cpu)
-    assert len(trial._TOKENS[model]) == 3
-    trial.device_tokens(model, ["polyp."] * 4, cpu)
+        batches.device_tokens(model, [f"prompt {k}."], cpu)
+    assert len(batches._TOKENS[model]) == 3
+    batches.device_tokens(model, ["polyp."] * 4, cpu)
     assert len(calls) == 7  # evicted, so made again
 
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from trainables.batches import _pixel_stats, collate, device_images, forward_batch
 from trainables.data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset, make_synthetic
-from trainables.trial import DataConfig, TrialConfig, _pixel_stats, build_datasets, collate, device_images, forward_batch
+from trainables.trial import DataConfig, TrialConfig, build_datasets
 
 S = 48  # the tiny CLIPSeg's input size
 

@@ -18,7 +18,7 @@ import importlib.util
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 
 from trainables.registry import Registry
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 TEXT = "text"
 VISION = "vision"
+# A learner's cost on one VLSM: names of `VLSMCost` fields it pays, and numbers: GFLOP per image it pays in the
+# image encoder where that VLSM's card has no field for it (LoRA in CRIS's attention pool). Either makes the
+# image side trainable, so the frozen-feature cache skips nothing for it.
+CostTerms = tuple[Union[str, float], ...]
 
 
 def _load(ref: str) -> Any:
@@ -46,7 +50,11 @@ class LearnerCard:
     `search`: its own searched fields (paper Table 2), searched after the common ones; `reference_search`:
     what the original code searched instead, where that drifted from the paper (the `reference` space).
     `cost`: what its training step pays on top of the VLSM's frozen forward, as names of `VLSMCost` fields
-    (`LEARNER_COSTS`); None: unpriced, `plan --estimate` says so instead of guessing.
+    (`LEARNER_COSTS`) and image-side GFLOP numbers (`CostTerms`), either one tuple for every VLSM or a mapping
+    {VLSM name: tuple} where what it changes differs by VLSM (`cost_terms`); None, or a VLSM the mapping
+    does not name: unpriced, `plan --estimate` says so instead of guessing.
+    `original_upsampler`: {VLSM name: upsampler combine mode} where the original's wrapper for this learner
+    on that VLSM combined the upsampler other than "residual" (`ModelConfig.upsampler_combine: original`).
     """
 
     name: str
@@ -57,9 +65,16 @@ class LearnerCard:
     seed: int = 0
     search: tuple[Param, ...] = ()
     reference_search: tuple[Param, ...] | None = None  # None: as `search`
-    cost: tuple[str, ...] | None = None
+    cost: CostTerms | Mapping[str, CostTerms] | None = None
     # True: not one of the paper's learners (LoRA, adapters): tables list it after the paper's rows, marked.
     beyond_paper: bool = False
+    original_upsampler: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def cost_terms(self, vlsm: str) -> CostTerms | None:
+        """Its cost terms on `vlsm` (`CostTerms`); None: unpriced there."""
+        if isinstance(self.cost, Mapping):
+            return self.cost.get(vlsm)
+        return self.cost
 
     @property
     def module_cls(self) -> type | None:
@@ -156,7 +171,8 @@ VLSMS: Registry[VLSMCard] = Registry("VLSM", discover=_discover("trainables.vlsm
 def register_learner(name: str, display_name: str, config_cls: type, modalities: frozenset[str] | set[str],
                      model: str | None, seed: int = 0, search: tuple[Param, ...] = (),
                      reference_search: tuple[Param, ...] | None = None,
-                     cost: tuple[str, ...] | None = None, beyond_paper: bool = False) -> LearnerCard:
+                     cost: CostTerms | Mapping[str, CostTerms] | None = None, beyond_paper: bool = False,
+                     original_upsampler: Mapping[str, str] | None = None) -> LearnerCard:
     def own(params: tuple[Param, ...]) -> tuple[Param, ...]:
         for p in params:
             if p.applies_to not in ((), (name,)):
@@ -164,13 +180,21 @@ def register_learner(name: str, display_name: str, config_cls: type, modalities:
                                  "declares only its own parameters (leave applies_to empty)")
         return tuple(dataclasses.replace(p, applies_to=(name,)) for p in params)
 
-    unknown = sorted(set(cost or ()) - set(LEARNER_COSTS))
-    if unknown:
-        raise ValueError(f"learner {name!r}: cost names {', '.join(unknown)}; allowed: {', '.join(LEARNER_COSTS)}")
+    def terms(t: CostTerms) -> CostTerms:
+        unknown = sorted({x for x in t if isinstance(x, str)} - set(LEARNER_COSTS))
+        if unknown:
+            raise ValueError(f"learner {name!r}: cost names {', '.join(unknown)}; allowed: {', '.join(LEARNER_COSTS)} "
+                             "(or a number: image-side GFLOP per image)")
+        return tuple(t)
+
+    if isinstance(cost, Mapping):
+        cost = {vlsm: terms(t) for vlsm, t in cost.items()}
+    elif cost is not None:
+        cost = terms(cost)
     return LEARNERS.register(name, LearnerCard(
         name, display_name, config_cls, frozenset(modalities), model, seed, own(search),
-        None if reference_search is None else own(reference_search), None if cost is None else tuple(cost),
-        beyond_paper))
+        None if reference_search is None else own(reference_search), cost, beyond_paper,
+        dict(original_upsampler or {})))
 
 
 def register_vlsm(name: str, display_name: str, modalities: frozenset[str] | set[str], factory: str,

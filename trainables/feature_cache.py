@@ -24,36 +24,17 @@ draw changed the pixels). So those features are computed once per worker and rea
 from __future__ import annotations
 
 import collections
-import math
 import os
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from trainables.config import ConfigError
+from trainables.trial_config import GB  # the setting is part of the trial config
+from trainables.trial_config import parse_feature_cache as parse_setting
 
-GB = 1e9
 CPU_AUTO_CAP = 4 * GB  # "auto" on a CPU: 10 % of the RAM, at most this
 GPU_AUTO_SHARE = 0.25  # "auto" on a GPU: this share of the trial's share of the device memory
-
-
-def parse_setting(value) -> float | str:
-    """`data.feature_cache` -> "auto", "off" or a bound in bytes; a clear error otherwise."""
-    if isinstance(value, bool):  # YAML 1.1 reads `off` / `on` as booleans
-        return "auto" if value else "off"
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("auto", "off"):
-            return text
-        try:
-            value = float(text.removesuffix("gb").strip())
-        except ValueError:
-            value = None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"data.feature_cache: expected auto, off or a size in GB >= 0 (e.g. 4 or 0.5), "
-                          f"got {value!r}")
-    return "off" if value == 0 else float(value) * GB
 
 
 def budget_bytes(setting, device: torch.device) -> int:

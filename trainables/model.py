@@ -37,11 +37,6 @@ ARTIFACT_TENSORS = "trainable.safetensors"
 ARTIFACT_FORMAT = "tunevlseg-prompt-artifact"
 ARTIFACT_VERSION = 1
 
-# What the original did with the upsampler per (VLSM, learner) (reference §2, §9.1, §9.2); anything else
-# used the paper's residual combination.
-ORIGINAL_UPSAMPLER = {("clipseg", "coop"): "unused", ("clipseg", "cocoop"): "unused", ("clipseg", "vpt"): "sum"}
-
-
 @dataclass
 class ModelConfig:
     """The `model` block of a trial config.
@@ -77,7 +72,9 @@ class ModelConfig:
 
     def combine_mode(self) -> str:
         if self.upsampler_combine == "original":
-            return ORIGINAL_UPSAMPLER.get((self.vlsm, self.learner), "residual")
+            # What the original did per (VLSM, learner), declared by the learner's card (reference §2, §9.1,
+            # §9.2); every other pair used the paper's residual combination.
+            return LEARNERS.get(self.learner).original_upsampler.get(self.vlsm, "residual")
         return self.upsampler_combine
 
 

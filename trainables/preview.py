@@ -38,7 +38,7 @@ def save_preview(model, dataset, device, path: str | Path, n: int = 4, tile: int
     """Write the preview PNG of `n` samples of `dataset` (a test split: uint8 images, 0/1 masks)."""
     from PIL import Image, ImageDraw
 
-    from trainables.trial import device_images, device_tokens
+    from trainables.batches import device_images, device_tokens
 
     idx = sample_indices(len(dataset), n)
     if not idx:

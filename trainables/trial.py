@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -22,158 +20,24 @@ import random
 import tempfile
 import time
 import warnings
-import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainables import feature_cache
-from trainables.config import ConfigError, from_dict
+from trainables.batches import autocast, forward_batch, make_loader, mask_targets
+from trainables.config import ConfigError
 from trainables.data.readers import DataError
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
-from trainables.protocol import CHECKPOINT_ARTIFACT, DEFAULT_MAX_EPOCHS, FINAL_FILE, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
+from trainables.protocol import CHECKPOINT_ARTIFACT, FINAL_FILE, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
+from trainables.trial_config import DataConfig, TrainConfig, TrialConfig  # noqa: F401 - DataConfig: its public path too
 
-Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
-MaskTarget = Literal["binary", "original"]
-Scheduler = Literal["plateau", "cosine"]
-EarlyStopOn = Literal["val_loss", "val_dice"]
-DecayOn = Literal["weights", "all"]
-Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 CHECKPOINT_FILE = "trial_state.pt"
 _CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str  # a data card name (datasets/<name>.yaml) or a path to a card
-    root: str  # absolute path of the dataset on every node
-    cache: bool = True  # keep decoded, resized samples in memory (the medical sets are small)
-    num_workers: int = 0
-    augment: bool = True  # the original's random augmentation on the train split (medvlsm used none)
-    # binary: mask = grey > 127 (the card's threshold), the target of loss and metrics. original: the
-    # original code's targets on JPEG masks: loss on grey / 255 (soft), metrics count only grey == 255 as
-    # foreground (torchmetrics on mask.long()). Metrics at the original size keep > 127 (its offline script).
-    mask_target: MaskTarget = "binary"
-    # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
-    # (bool too: YAML 1.1 reads `off` as false.)
-    feature_cache: str | float | bool = "auto"
-
-    def __post_init__(self):
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.mask_target not in ("binary", "original"):
-            raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
-        from trainables.feature_cache import parse_setting
-
-        parse_setting(self.feature_cache)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = 2e-4
-    weight_decay: float = 1e-3
-    batch_size: int = 32  # per step; the effective batch is reached by gradient accumulation
-    effective_batch_size: int = 32
-    max_epochs: int = DEFAULT_MAX_EPOCHS
-    min_epochs: int = 10
-    early_stop_patience: int = 12  # epochs without val-loss improvement (min delta below)
-    early_stop_min_delta: float = 1e-4
-    plateau_factor: float = 0.2
-    plateau_patience: int = 5
-    bce_weight: float = 0.2
-    precision: Precision = "auto"  # auto: bf16-mixed on CUDA with bf16 support, 16-mixed on older GPUs, 32 on CPU
-    seed: int = 12345
-    objective: Objective = "last_val_loss"  # what the sweep optimises; the original used the last val loss
-    device: str = "auto"
-    eval_original_size: bool = True  # also report test Dice/IoU with predictions resized to the image's size
-    max_steps_per_epoch: int | None = None  # smoke tests only: truncate each epoch
-    max_eval_batches: int | None = None  # smoke runs only: validate and test on the first N batches
-    # Validations per epoch, evenly spaced, the last at the epoch's end (the original validated Cityscapes
-    # twice: Lightning's val_check_interval 0.5). Each one counts for early stopping and the best state;
-    # the LR scheduler steps once per epoch on the last one.
-    val_checks_per_epoch: int = 1
-    # Alternatives for other recipes (experiments/medvlsm_e2e.yaml): CosineAnnealingLR(T_max, eta_min)
-    # stepped per epoch instead of ReduceLROnPlateau; early stopping on val Dice (mode max); gradient-norm
-    # clipping (Lightning's gradient_clip_val; fp16 gradients are unscaled first); weight decay on every
-    # parameter (torch's AdamW(model.parameters())) instead of weights only.
-    scheduler: Scheduler = "plateau"
-    cosine_t_max: int = 50
-    cosine_eta_min: float = 0.0
-    early_stop_on: EarlyStopOn = "val_loss"
-    grad_clip_norm: float | None = None
-    weight_decay_on: DecayOn = "weights"
-    save_artifact: bool = True
-    # Seconds between resumable checkpoints: 0 checkpoints every epoch; N skips an epoch's checkpoint until N
-    # seconds passed since the last (a killed trial then redoes up to N seconds). Never changes a number:
-    # a checkpoint only reads the state. The mini benchmark's epochs take about a second and its E2E
-    # checkpoints tens of MB, so `mini.yaml` sets 30; epochs of real datasets take minutes.
-    checkpoint_every_s: float = 0.0
-
-    def __post_init__(self):
-        checks = [
-            (self.lr > 0 and math.isfinite(self.lr), "train.lr must be a positive number", self.lr),
-            (self.weight_decay >= 0, "train.weight_decay must be >= 0", self.weight_decay),
-            (self.batch_size >= 1, "train.batch_size must be >= 1", self.batch_size),
-            (self.effective_batch_size >= self.batch_size,
-             "train.effective_batch_size must be >= train.batch_size", self.effective_batch_size),
-            (self.max_epochs >= 1, "train.max_epochs must be >= 1", self.max_epochs),
-            (0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, max_epochs]", self.min_epochs),
-            (0 < self.plateau_factor < 1, "train.plateau_factor must be in (0, 1)", self.plateau_factor),
-            (self.bce_weight >= 0, "train.bce_weight must be >= 0", self.bce_weight),
-            (self.val_checks_per_epoch >= 1, "train.val_checks_per_epoch must be >= 1", self.val_checks_per_epoch),
-            (self.scheduler in ("plateau", "cosine"), "train.scheduler must be 'plateau' or 'cosine'", self.scheduler),
-            (self.cosine_t_max >= 1, "train.cosine_t_max must be >= 1", self.cosine_t_max),
-            (self.early_stop_on in ("val_loss", "val_dice"), "train.early_stop_on must be 'val_loss' or 'val_dice'",
-             self.early_stop_on),
-            (self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm must be > 0 (or null)",
-             self.grad_clip_norm),
-            (self.weight_decay_on in ("weights", "all"), "train.weight_decay_on must be 'weights' or 'all'",
-             self.weight_decay_on),
-            (self.checkpoint_every_s >= 0, "train.checkpoint_every_s must be >= 0 (0: every epoch)",
-             self.checkpoint_every_s),
-            (self.max_eval_batches is None or self.max_eval_batches >= 1,
-             "train.max_eval_batches must be >= 1 (or null for whole splits)", self.max_eval_batches),
-        ]
-        for ok, msg, value in checks:
-            if not ok:
-                raise ConfigError(f"{msg}, got {value!r}")
-        if self.effective_batch_size % self.batch_size:
-            raise ConfigError(
-                f"train.effective_batch_size ({self.effective_batch_size}) must be a multiple of "
-                f"train.batch_size ({self.batch_size}) so every optimizer step sees the same number of images"
-            )
-
-    @property
-    def accumulate(self) -> int:
-        return self.effective_batch_size // self.batch_size
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    model: Any  # trainables.model.ModelConfig
-    data: DataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrialConfig":
-        from trainables.model import ModelConfig
-
-        unknown = sorted(set(d) - {"model", "data", "train"})
-        if unknown:
-            raise ConfigError(f"trial config: unknown key(s) {unknown}; allowed: model, data, train")
-        return cls(
-            model=from_dict(ModelConfig, d.get("model"), where="model"),
-            data=from_dict(DataConfig, d.get("data"), where="data"),
-            train=from_dict(TrainConfig, d.get("train"), where="train"),
-        )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class TrialDiverged(RuntimeError):
@@ -284,103 +148,6 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             p.copy_(state[n])
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int):
-    # A generator per loader makes the shuffle order a function of (seed, epoch) — see `set_epoch_seed` —
-    # so a resumed trial sees exactly the batches an uninterrupted one would.
-    g = torch.Generator()
-    g.manual_seed(seed)
-    if num_workers > 0 and hasattr(dataset, "preload"):
-        # Decode and resize every sample once in this process before workers fork, so they inherit the
-        # cache instead of each decoding JPEGs again every epoch.
-        dataset.preload()
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers,
-        collate_fn=collate, generator=g, persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-def collate(samples: list[dict]) -> dict:
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "mask": torch.stack([s["mask"] for s in samples]),
-        "prompt": [s["prompt"] for s in samples],
-        "original_size": [tuple(int(v) for v in s["original_size"]) for s in samples],
-        "index": [s.get("index", -1) for s in samples],
-        "image_id": [s.get("image_id") for s in samples],  # set for un-augmented images (feature cache)
-    }
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_stats(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    # Made once per (device, statistics): a fresh tensor every step would be a host->device copy per step.
-    mean_255 = torch.tensor(mean, dtype=torch.float32).mul(255).view(1, -1, 1, 1).to(device)
-    inv_std_255 = torch.tensor(std, dtype=torch.float32).mul(255).reciprocal().view(1, -1, 1, 1).to(device)
-    return mean_255, inv_std_255
-
-
-def device_images(images: torch.Tensor, device: torch.device, mean, std) -> torch.Tensor:
-    """A batch of images on `device`, ready for the model: uint8 (N, 3, S, S) are normalised there as
-    albumentations' Normalize does, (x - 255 mean) / (255 std); float batches are taken as already normalised.
-    """
-    if images.dtype == torch.uint8:
-        mean_255, inv_std_255 = _pixel_stats(torch.device(device), tuple(mean), tuple(std))
-        # In place on the fresh float copy: one float32 batch allocated instead of three (on CPU, 20 ms
-        # instead of 56 ms for 32 x 352 px).
-        return to_device(images, device).float().sub_(mean_255).mul_(inv_std_255)
-    if not images.is_floating_point():
-        raise TypeError(f"batch images must be uint8 (to be normalised) or float (normalised), got {images.dtype}")
-    return to_device(images, device)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host->device copy that never makes the host wait: a copy from pageable memory waits for all the
-    GPU work queued before it (a hidden sync per step), so CPU tensors are staged in pinned memory first.
-    (DataLoader batches are already pinned; PyTorch keeps the pinned block alive until the copy is done.)"""
-    if torch.device(device).type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-# Tokenized batches already on the device, per model and (device, prompts): a one-class dataset tokenizes and
-# copies once per trial instead of every step. Bounded, as list-valued prompts (CAMUS) make many keys.
-_TOKENS: "weakref.WeakKeyDictionary[Any, collections.OrderedDict]" = weakref.WeakKeyDictionary()
-_TOKENS_PER_MODEL = 64
-
-
-def device_tokens(model, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """`model.tokenize_batch(prompts)` on `device` (the distinct prompts and each image's `text_index`)."""
-    cache = _TOKENS.setdefault(model, collections.OrderedDict())
-    key = (str(device), tuple(prompts))
-    tokens = cache.get(key)
-    if tokens is None:
-        tokens = cache[key] = {k: to_device(v, device) for k, v in model.tokenize_batch(list(prompts)).items()}
-        if len(cache) > _TOKENS_PER_MODEL:
-            cache.popitem(last=False)
-    else:
-        cache.move_to_end(key)
-    return tokens
-
-
-def forward_batch(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, float mask) of a collated batch; uint8 images are normalised on the device, and the text
-    encoder runs once per distinct prompt of the batch (`text_index` maps images to them)."""
-    images = device_images(batch["image"], device, model.spec.mean, model.spec.std)
-    cache = getattr(model, "feature_cache", None)  # a trainables.feature_cache.Session, set by `fit`
-    side = None if cache is None else cache.image_side(model, images, batch.get("image_id"))
-    logits = model(images, **device_tokens(model, batch["prompt"], device),
-                   **({} if side is None else {"image_side": side}))
-    return logits, to_device(batch["mask"], device).float()
-
-
-def mask_targets(mask: torch.Tensor, mode: str = "binary") -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss target, metric target) of a batch's float mask: {0,1} masks serve both; grey 0..255 masks
-    (`data.mask_target: original`) give grey / 255 for the loss and grey == 255 for the metrics."""
-    if mode == "original":
-        return mask / 255, (mask == 255).float()
-    return mask, mask
-
-
 @torch.no_grad()
 def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
              original_size: bool = False, max_batches: int | None = None, mask_target: str = "binary") -> dict[str, float]:
@@ -393,7 +160,7 @@ def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
     for k, batch in enumerate(loader):
         if max_batches is not None and k >= max_batches:
             break
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits, mask = forward_batch(model, batch, device)
         mask, metric_mask = mask_targets(mask, mask_target)
         loss_sum += dice_bce_loss(logits, mask, bce_weight).double() * len(mask)
@@ -411,12 +178,6 @@ def evaluate(model, loader, device, amp_dtype, bce_weight: float, dataset=None,
         orig = metrics_orig.compute() if float(metrics_orig.count) else {"dice": float("nan"), "iou": float("nan")}
         out.update(dice_orig=orig["dice"], iou_orig=orig["iou"])
     return out
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
@@ -459,85 +220,26 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     amp_dtype, use_scaler = resolve_precision(tc, device)
     seed_everything(tc.seed)  # same seed for every trial, as the original: equal J gives equal learner init
 
-    if model is None:
-        from trainables.model import build_model
-
-        model = build_model(cfg.model)
-    model.to(device)
-    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
-    datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
-    if cfg.data.cache:
-        # Decode every split now, into the cache training reads from anyway: a corrupt test image fails
-        # the trial in seconds, naming the file, instead of after the last epoch.
-        for split in ("train", "val", "test"):
-            if hasattr(datasets[split], "preload"):
-                datasets[split].preload()
+    model, features, datasets = _model_and_data(cfg, device, amp_dtype, model, datasets)
     train_loader = make_loader(datasets["train"], tc.batch_size, True, tc.seed, cfg.data.num_workers)
     val_loader = make_loader(datasets["val"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     test_loader = make_loader(datasets["test"], tc.batch_size, False, tc.seed, cfg.data.num_workers)
     trainable_params = sum(p.numel() for _, p in model.named_trainable_parameters())
-
-    groups = model.param_groups(tc.weight_decay)
-    if tc.weight_decay_on == "all":
-        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
-    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
-    if tc.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
-                                                               eta_min=tc.cosine_eta_min)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
+    optimizer, scheduler, scaler = _optimization(model, tc, device, use_scaler)
+    state = _resume(resume_dir, model, optimizer, scheduler, scaler) if resume_dir is not None else _fresh_state()
     last_epoch: dict = {}  # the metrics of the last epoch trained here, reported with the final ones
     last_checkpoint = time.time()
-    state = {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
-             "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
-    if resume_dir is not None:
-        ck = torch.load(Path(resume_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        load_trainable_state(model, ck["trainable"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        state = ck["loop"]
-        set_rng_state(ck["rng"])
-
-    def save_state(directory: str) -> None:
-        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "loop": state, "rng": rng_state()}, Path(directory) / CHECKPOINT_FILE)
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
 
     def validate(epoch: int) -> dict:
-        val = evaluate(model, val_loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
-                       mask_target=cfg.data.mask_target)
-        if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
-            state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
-        if tc.early_stop_on == "val_dice":
-            improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
-            if improved:
-                state["es_best_dice"] = val["dice"]
-            state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
-        else:
-            improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
-            if improved:
-                state["best_val_loss"] = val["loss"]
-        # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        state["last_val_loss"] = val["loss"]
-        return val
+        return _validate(model, val_loader, device, amp_dtype, cfg, state, epoch)
 
-    n_batches = len(train_loader)
-    if tc.max_steps_per_epoch is not None:
-        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
-    checks = tc.val_checks_per_epoch
-    mid_checks = {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}  # after batch i+1
+    mid_checks = _mid_epoch_checks(len(train_loader), tc)  # after these batches (1-based), besides the epoch's end
     step = 0
     for epoch in range(state["epoch"] + 1, tc.max_epochs):
-        if epoch >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience:
+        if _patience_spent(tc, state, epochs_done=epoch):
             break  # early stopping (checked here too so a resumed trial stops where it would have)
         t0 = time.time()
         model.train()  # the frozen VLSM stays in eval mode (PromptedVLSM.train takes care of it)
@@ -554,7 +256,7 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         for i, batch in enumerate(train_loader):
             if tc.max_steps_per_epoch is not None and i >= tc.max_steps_per_epoch * tc.accumulate:
                 break
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits, mask = forward_batch(model, batch, device)
                 loss = dice_bce_loss(logits, mask_targets(mask, cfg.data.mask_target)[0], tc.bce_weight)
             # Remember the first non-finite step on the device; reading it every step would be a host sync
@@ -609,11 +311,11 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
             "val_seconds": val_seconds, "val_images": val["images"],
             **(features.metrics() if features else {}),  # this epoch's train + val lookups
         }
-        if epoch + 1 >= tc.max_epochs or (epoch + 1 >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience):
+        if epoch + 1 >= tc.max_epochs or _patience_spent(tc, state, epochs_done=epoch + 1):
             break  # the last epoch (the two conditions that end the loop): reported with the final result
         if time.time() - last_checkpoint >= tc.checkpoint_every_s:
             with tempfile.TemporaryDirectory() as d:
-                save_state(d)
+                _save_state(Path(d), model, optimizer, scheduler, scaler, state)
                 report(last_epoch, d)
             last_checkpoint = time.time()
         else:
@@ -640,17 +342,127 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
         "test_dice_orig": test.get("dice_orig", float("nan")), "test_iou_orig": test.get("iou_orig", float("nan")),
         "epochs_run": state["epoch"] + 1,
         "trainable_params": trainable_params,
-        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
-        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-        "peak_rss_mb": peak_rss_mb(),
-        "trial_seconds": time.time() - t_start,
+        **_resource_metrics(device, t_start),
         "status": STATUS_OK, "error": "",
     }
     if features:
         final.update(features.metrics(), feature_cache_hit_rate=features.trial_hit_rate())
-    if not tc.save_artifact:
+    _report_final(final, report, model, data, datasets["test"], device, tc.save_artifact)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop's steps, in the order `fit` takes them
+
+
+def _model_and_data(cfg: TrialConfig, device: torch.device, amp_dtype, model=None, datasets: dict | None = None):
+    """(model on `device`, its feature-cache session or None, the three splits): built from `cfg` unless given."""
+    if model is None:
+        from trainables.model import build_model
+
+        model = build_model(cfg.model)
+    model.to(device)
+    features = feature_cache.attach(model, cfg.data.feature_cache, device, amp_dtype)
+    datasets = datasets if datasets is not None else build_datasets(cfg, model.spec)
+    if cfg.data.cache:
+        # Decode every split now, into the cache training reads from anyway: a corrupt test image fails
+        # the trial in seconds, naming the file, instead of after the last epoch.
+        for split in ("train", "val", "test"):
+            if hasattr(datasets[split], "preload"):
+                datasets[split].preload()
+    return model, features, datasets
+
+
+def _optimization(model, tc: TrainConfig, device: torch.device, use_scaler: bool):
+    """(AdamW over the model's parameter groups, the LR scheduler, the fp16 GradScaler: a no-op unless used)."""
+    groups = model.param_groups(tc.weight_decay)
+    if tc.weight_decay_on == "all":
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": tc.weight_decay}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, fused=device.type == "cuda")
+    if tc.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.cosine_t_max,
+                                                               eta_min=tc.cosine_eta_min)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience)
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
+def _fresh_state() -> dict:
+    """The loop's state: what a resumed trial needs besides the weights, optimizer, scheduler and RNGs."""
+    return {"epoch": -1, "best_val_dice": -1.0, "best_epoch": -1, "best_state": None,
+            "best_val_loss": math.inf, "bad_epochs": 0, "last_val_loss": math.inf}
+
+
+def _resume(resume_dir: str, model, optimizer, scheduler, scaler) -> dict:
+    """Load the state `_save_state` wrote into the model, optimizer, scheduler, scaler and RNGs; the loop's state."""
+    ck = torch.load(Path(resume_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    load_trainable_state(model, ck["trainable"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    scaler.load_state_dict(ck["scaler"])
+    set_rng_state(ck["rng"])
+    return ck["loop"]
+
+
+def _save_state(directory: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "loop": state, "rng": rng_state()}, directory / CHECKPOINT_FILE)
+
+
+def _validate(model, loader, device: torch.device, amp_dtype, cfg: TrialConfig, state: dict, epoch: int) -> dict:
+    """Evaluate on the validation split and update `state`: the best-val-Dice weights, early stopping."""
+    tc = cfg.train
+    val = evaluate(model, loader, device, amp_dtype, tc.bce_weight, max_batches=tc.max_eval_batches,
+                   mask_target=cfg.data.mask_target)
+    if val["dice"] > state["best_val_dice"]:  # the original's ModelCheckpoint(monitor=val_dice, max)
+        state.update(best_val_dice=val["dice"], best_epoch=epoch, best_state=trainable_state(model))
+    if tc.early_stop_on == "val_dice":
+        improved = val["dice"] > state.get("es_best_dice", -math.inf) + tc.early_stop_min_delta
+        if improved:
+            state["es_best_dice"] = val["dice"]
+        state["best_val_loss"] = min(state["best_val_loss"], val["loss"])
+    else:
+        improved = val["loss"] < state["best_val_loss"] - tc.early_stop_min_delta
+        if improved:
+            state["best_val_loss"] = val["loss"]
+    # Counts validations: half-epochs with two checks per epoch, as Lightning's patience did.
+    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    state["last_val_loss"] = val["loss"]
+    return val
+
+
+def _mid_epoch_checks(batches_per_epoch: int, tc: TrainConfig) -> set[int]:
+    """The batch counts (1-based) after which an epoch validates besides its end (`train.val_checks_per_epoch`)."""
+    n_batches = batches_per_epoch
+    if tc.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, tc.max_steps_per_epoch * tc.accumulate)
+    checks = tc.val_checks_per_epoch
+    return {max(1, n_batches * k // checks) for k in range(1, checks)} - {n_batches}
+
+
+def _patience_spent(tc: TrainConfig, state: dict, epochs_done: int) -> bool:
+    """Early stopping: past `min_epochs`, and `early_stop_patience` validations without improvement."""
+    return epochs_done >= tc.min_epochs and state["bad_epochs"] >= tc.early_stop_patience
+
+
+def _resource_metrics(device: torch.device, t_start: float) -> dict:
+    """What the trial used: peak GPU and host memory, the GPU's name, and its wall-clock seconds."""
+    return {
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "peak_rss_mb": peak_rss_mb(),
+        "trial_seconds": time.time() - t_start,
+    }
+
+
+def _report_final(final: dict, report: Report, model, data: dict, test_set, device: torch.device,
+                  save_artifact: bool) -> None:
+    """The trial's last report: the final metrics, with the artifact as its checkpoint (`train.save_artifact`)."""
+    if not save_artifact:
         report(final, None)
-        return final
+        return
     # The tuned prompt travels as the trial's last checkpoint, `<checkpoint>/artifact`: Ray persists
     # checkpoints to the run's storage, whereas files written to a trial's working directory are lost
     # when its worker is reused. No training state goes along (for E2E that would be the optimizer's
@@ -659,9 +471,8 @@ def fit(cfg: TrialConfig, report: Report, resume_dir: str | None = None, artifac
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / FINAL_FILE).write_text(json.dumps(final, default=_json_default))
         model.save_artifact(Path(d) / CHECKPOINT_ARTIFACT, data=data)
-        _preview(model, datasets["test"], device, Path(d) / CHECKPOINT_ARTIFACT)
+        _preview(model, test_set, device, Path(d) / CHECKPOINT_ARTIFACT)
         report(final, d)
-    return final
 
 
 def _json_default(v):

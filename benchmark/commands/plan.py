@@ -92,10 +92,10 @@ def _estimate(args, spec, plan) -> int:
     disk_gb, disk_notes = run_dir_gb(plan.cells, mlflow_copy=spec.tracking.mlflow and not spec.tracking.uri)
     est.notes += disk_notes
     if args.json:
-        print(json.dumps({"spec": spec.name, "gpu_hours": est.gpu_hours, "slot_hours": est.slot_hours,
-                          "subtotals": [{"vlsm": v, "learner": lrn, **s}
-                                        for (v, lrn), s in est.subtotals().items()],
-                          "run_dir_gb": disk_gb, "notes": est.notes}, indent=1))
+        print(json.dumps(E.json_ready({"spec": spec.name, "gpu_hours": est.gpu_hours, "slot_hours": est.slot_hours,
+                                       "subtotals": [{"vlsm": v, "learner": lrn, **s}
+                                                     for (v, lrn), s in est.subtotals().items()],
+                                       "run_dir_gb": disk_gb, "notes": est.notes}), indent=1, allow_nan=False))
         return 0
     print(E.format_estimate(est, spec.name, args.gpus))
     return 0

@@ -78,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
     from PIL import Image, UnidentifiedImageError
 
+    from trainables.batches import device_images, device_tokens
     from trainables.config import ConfigError
     from trainables.data.transforms import resize_image
     from trainables.model import build_from_artifact
-    from trainables.trial import device_images, device_tokens
 
     src = Path(args.images)
     if not src.exists():

@@ -43,29 +43,31 @@ UNTOUCHED_TRAIN_FRACTION = (1 - AUGMENT_P) ** AUGMENT_TRANSFORMS
 
 
 def _costs(vlsm: str, learner: str):
-    """(the VLSM's `VLSMCost`, the learner's cost terms), or None when either has no cost facts."""
+    """(the VLSM's `VLSMCost`, the learner's cost terms on it), or None when either has no cost facts."""
     if vlsm not in VLSMS or learner not in LEARNERS:
         return None
-    cost, terms = VLSMS.get(vlsm).cost, LEARNERS.get(learner).cost
-    if cost is None or terms is None or any(getattr(cost, t) is None for t in terms):
+    cost, terms = VLSMS.get(vlsm).cost, LEARNERS.get(learner).cost_terms(vlsm)
+    if cost is None or terms is None or any(isinstance(t, str) and getattr(cost, t) is None for t in terms):
         return None
     return cost, terms
 
 
 def train_gflop(vlsm: str, learner: str) -> float | None:
     """Analytic GFLOP of one training image of `learner` on `vlsm`: the VLSM's frozen forward plus the terms
-    the learner's card names; None (unpriced) without cost facts."""
+    the learner's card names on it (`VLSMCost` fields, or GFLOP of its own); None (unpriced) without cost facts."""
     costs = _costs(vlsm, learner)
     if costs is None:
         return None
     cost, terms = costs
-    return cost.forward + sum(getattr(cost, t) for t in terms)
+    return cost.forward + sum(getattr(cost, t) if isinstance(t, str) else t for t in terms)
 
 
 def cached_gflop(vlsm: str, learner: str) -> float:
     """GFLOP a feature-cache hit skips; 0 for a learner that trains the image encoder or its input."""
     costs = _costs(vlsm, learner)
-    if costs is None or not costs[1] or {"vision_grad", "weight_grad"} & set(costs[1]):
+    # A number among the terms is GFLOP paid in the image encoder (`catalog.CostTerms`): not frozen either.
+    if (costs is None or not costs[1] or {"vision_grad", "weight_grad"} & set(costs[1])
+            or any(not isinstance(t, str) for t in costs[1])):
         return 0.0
     cost, terms = costs
     return cost.cached_image_features if "image_features" in terms else cost.cached_image_pass
@@ -153,6 +155,17 @@ class Estimate:
         return out
 
 
+def json_ready(value: Any) -> Any:
+    """`value` with every NaN/inf float (an unpriced cell's seconds per image) as None: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def split_sizes(dataset: str, load_card: Callable[[str], Any] | None = None) -> tuple[int, int]:
     """(train, val) sample counts from the dataset's card."""
     if load_card is None:
@@ -192,7 +205,7 @@ def rates_from_rows(rows: Iterable[dict[str, Any]],
 def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_image: float | None = None,
              measured: dict[tuple[str, str], tuple[float, int]] | None = None, run_label: str = "",
              overhead_seconds: float = 0.0) -> Estimate:
-    """`cells`: objects with id, vlsm, learner, dataset, trials, config (nested trial config), resources."""
+    """`cells`: objects with id, vlsm, learner, dataset, trials, reseeds, config (nested trial config), resources."""
     est = Estimate()
     assumed: set[tuple[str, str]] = set()
     unpriced: set[tuple[str, str]] = set()
@@ -215,7 +228,7 @@ def estimate(cells, *, sizes: Callable[[str], tuple[int, int]], gpu_seconds_per_
                         "assumed, feature cache" if saved else "assumed", slot_seconds=False)
             assumed.add(key)
         epochs = int(c.config.get("train", {}).get("max_epochs", DEFAULT_MAX_EPOCHS))
-        est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials + getattr(c, "reseeds", 0), epochs, train + val,
+        est.cells.append(CellEstimate(c.id, c.vlsm, c.learner, c.dataset, c.trials + c.reseeds, epochs, train + val,
                                       float(c.resources.get("gpu", 0.0)), rate, overhead_seconds).compute())
     if measured and gpu_seconds_per_image is None:
         missing = sorted({k for k in assumed})

@@ -28,10 +28,7 @@ import copy
 from benchmark.plan.spec import Selection
 from benchmark.results.run_dir import is_reseed, select
 from trainables.protocol import STATUS_ERROR, STATUS_OK
-
-# The training seed a trial config without `train.seed` runs with: trainables.trial.TrainConfig.seed (a test
-# keeps the two equal; the driver does not import the torch trainable).
-DEFAULT_SEED = 12345
+from trainables.trial_config import DEFAULT_SEED  # a trial config without `train.seed` runs with it
 
 
 def base_seed(config: dict) -> int:

@@ -174,7 +174,7 @@ def build_rehearsal(spec, *, on_gpu: bool, cpus: float, batch_cap: int | None = 
     from benchmark.plan import search_space
     from benchmark.plan.matrix import Plan, build_plan
     from trainables.config import ConfigError
-    from trainables.trial import TrainConfig
+    from trainables.trial_config import TrainConfig
 
     full_plan = build_plan(spec)
     derived, fallbacks = resolve_weights(spec)

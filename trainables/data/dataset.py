@@ -23,7 +23,7 @@ class SegmentationDataset(Dataset):
 
     With `normalize=False`, image is (3, S, S) uint8 (after the random augmentation: the pixels Normalize
     would have received) and mask (1, S, S) uint8 in {0, 1}; the consumer normalises, as
-    `trainables.trial.forward_batch` does on the device. Everything else, random draws included, is the same.
+    `trainables.batches.forward_batch` does on the device. Everything else, random draws included, is the same.
     """
 
     def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,

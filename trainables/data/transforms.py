@@ -7,7 +7,7 @@ the random part runs on the cached S x S arrays, in the order of the original pi
   (the two random steps fire independently: neither 64 %, one of them 32 %, both 4 % of draws)
   val / test: Normalize
 With `normalize=False` the Normalize step is left out and samples stay uint8: a trial sends those across
-the DataLoader (a quarter of the bytes) and normalises on the device (`trainables.trial.device_images`).
+the DataLoader (a quarter of the bytes) and normalises on the device (`trainables.batches.device_images`).
 The original's PadIfNeeded(S, S) and CropNonEmptyMaskIfExists(S, S) are no-ops after an S x S resize and
 are left out; its flip was commented out.
 """

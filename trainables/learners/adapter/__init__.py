@@ -64,9 +64,11 @@ class AdapterConfig(EncoderConfig):
 # VLSM's attach points (a ResNet image encoder has no transformer layers to adapt).
 register_learner("adapter", "VLSM-Adapter", AdapterConfig, {TEXT},
                  model="trainables.learners.adapter.model:VLSMAdapterLearner", seed=1234, beyond_paper=True,
-                 # Dense blocks in CLIPSeg's ViT from layer 1: vision activation gradients as for VPT. (On CRIS it
-                 # adapts the text side only, ~CoOp's cost; one cost per learner cannot say so: unpriced there.)
-                 cost=("text_grad", "vision_grad"),
+                 # On each VLSM: the frozen forward plus the activation gradients back through what it adapts
+                 # (the bottleneck blocks' own products are left out on both, as small as LoRA's). CLIPSeg: its
+                 # text layers and dense blocks in its ViT from layer 1, so the text and vision gradients. CRIS:
+                 # its text blocks only (the ResNet has no transformer layers), so the text gradients, like CoOp.
+                 cost={"clipseg": ("text_grad", "vision_grad"), "cris": ("text_grad",)},
                  # beside the paper's lr and weight decay; VLSM-Adapter's dense bottleneck (64) lies inside
                  search=(Param("adapter_bottleneck", "categorical", LEARNER_CONFIG + "bottleneck",
                                choices=(16, 32, 64, 128), label="Adapter bottleneck"),))

@@ -20,4 +20,6 @@ register_learner("cocoop", "CoCoOp", CoCoOpConfig, {TEXT},
                  # The original's drifted `choice(32, 129, 32)`, kept verbatim: 32 is listed twice, so the random
                  # start-up trials draw it twice as often (reference spec §7/§9.6).
                  reference_search=(dataclasses.replace(INTERMEDIATE_DIM, choices=(32, 129, 32)), USE_LORA),
-                 cost=("text_grad", "image_features"))
+                 cost=("text_grad", "image_features"),
+                 # the original's CLIPSeg wrapper for it created and counted the upsampler, never ran it (reference §9.1)
+                 original_upsampler={"clipseg": "unused"})

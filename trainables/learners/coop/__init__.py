@@ -16,4 +16,6 @@ class CoOpConfig(PromptConfig):
 
 register_learner("coop", "CoOp", CoOpConfig, {TEXT},
                  model="trainables.learners.coop.model:CoOp", seed=12345,
-                 cost=("text_grad",))
+                 cost=("text_grad",),
+                 # the original's CLIPSeg wrapper for it created and counted the upsampler, never ran it (reference §9.1)
+                 original_upsampler={"clipseg": "unused"})

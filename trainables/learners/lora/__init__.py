@@ -56,7 +56,11 @@ SEARCH = (
 
 register_learner("lora", "LoRA", LoRAConfig, {TEXT}, model="trainables.learners.lora.model:LoRA", seed=1234,
                  search=SEARCH, beyond_paper=True,
-                 # Its vision-side LoRA changes CLIPSeg's ViT from layer 1, so it pays the vision activation
-                 # gradients like VPT. On CRIS it reaches the ResNet's attention pool, which the card's cost
-                 # facts (no vision prompts there) cannot price: cris/lora is "unpriced" in plan --estimate.
-                 cost=("text_grad", "vision_grad"))
+                 # On each VLSM: the frozen forward plus the activation gradients back through what its LoRA
+                 # changes (LoRA's own low-rank products, < 0.1 GFLOP at rank 16, are left out on both).
+                 # CLIPSeg: its text layers and its ViT from layer 1, so the text and vision gradients, like
+                 # MaPLe. CRIS: its text blocks (the text gradients, through neck and decoder, like CoOp) and the
+                 # ResNet's attention pool, the last vision stage: its gradients are about its forward, at 416 px
+                 # 13 x 13 tokens of width 2048: q/k/v 3 x 2 x 169 x 2048^2 = 4.25, scores and mixing
+                 # 2 x 2 x 169^2 x 2048 = 0.23, c_proj 2 x 169 x 2048 x 1024 = 0.71, so ~5 GFLOP.
+                 cost={"clipseg": ("text_grad", "vision_grad"), "cris": ("text_grad", 5.0)})

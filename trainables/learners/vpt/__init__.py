@@ -19,4 +19,6 @@ class VPTConfig(PromptConfig):
 
 register_learner("vpt", "VPT", VPTConfig, {VISION},
                  model="trainables.learners.vpt.model:VPT", seed=1234,
-                 cost=("vision_grad",))
+                 cost=("vision_grad",),
+                 # the original's CLIPSeg wrapper for it summed head and upsampler, no residual factor (reference §9.2)
+                 original_upsampler={"clipseg": "sum"})
