@@ -183,29 +183,29 @@ def test_read_only_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys)
 def test_a_changed_setting_is_refused_naming_old_and_new(tmp_path, changes, named):
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
     from trainables.config import ConfigError
 
     run_dir = tmp_path / "smoke"
-    _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
+    plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
     (run_dir / "tune").mkdir()
     with pytest.raises(ConfigError) as e:
-        _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=False)
+        plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=False)
     assert named in str(e.value) and "\n" not in str(e.value), str(e.value)
     # --force is the way through
-    _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
+    plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
 
 
 def test_a_run_started_with_the_old_fingerprint_resumes(tmp_path):
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     plan = build_plan(load_spec(SMOKE))
     run_dir = tmp_path / "smoke"
     (run_dir / "tune").mkdir(parents=True)
     (run_dir / "plan.json").write_text(json.dumps({"sweep_id": "abc", "fingerprint": plan.legacy_fingerprint()}))
-    assert _plan_state(run_dir, plan, force=False)["sweep_id"] == "abc"
+    assert plan_state(run_dir, plan, force=False)["sweep_id"] == "abc"
     assert json.loads((run_dir / "plan.json").read_text())["fingerprint"]["version"] == 2
 
 
@@ -214,7 +214,7 @@ def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
     `shared-attention`/`mini-polyp` resumes with `shared_attention`/`mini_polyp` and vice versa."""
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     def spec(learner: str, dataset: str):
         return load_spec(_spec_file(tmp_path, axes={"vlsm": ["clipseg"], "learner": ["coop", learner],
@@ -224,9 +224,9 @@ def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
     assert dashed.fingerprint() == snake.fingerprint()
     assert "clipseg_shared-attention_mini-polyp" in dashed.fingerprint()["cells"]
     run_dir = tmp_path / "run"
-    sweep_id = _plan_state(run_dir, dashed, force=False)["sweep_id"]
+    sweep_id = plan_state(run_dir, dashed, force=False)["sweep_id"]
     (run_dir / "tune").mkdir()
-    assert _plan_state(run_dir, snake, force=False)["sweep_id"] == sweep_id  # no "changed" refusal
+    assert plan_state(run_dir, snake, force=False)["sweep_id"] == sweep_id  # no "changed" refusal
 
 
 @pytest.mark.parametrize("spec_name", ["table3", "mini", "smoke"])

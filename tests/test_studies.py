@@ -135,7 +135,7 @@ def test_a_restored_searcher_writes_the_studies_where_the_run_is_now(tmp_path, h
 
     if how == "snapshot":
         restored = MultiCellSearcher.__new__(MultiCellSearcher)
-        restored.run_dir = str(b)  # as coordinator._repoint sets it before Tune restores the snapshot
+        restored.run_dir = str(b)  # as relocation.repoint_restored sets it before Tune restores the snapshot
         restored.restore(str(b / "state.pkl"))
     else:
         restored = pickle.loads(pickle.dumps(searcher))

@@ -34,9 +34,10 @@ OPTUNA_DB = "optuna.db"
 
 # The layout and pickles a run directory is written in, recorded in plan.json (`run_format`, with the
 # `written_by` version). 1: runs without the key (their pickles may name modules from before the move of
-# 2026-11-29, mapped by benchmark/sweep/snapshots.py); 2: since the key. Bump it when an older tunevlseg
-# could no longer resume what this one writes.
-RUN_FORMAT = 2
+# 2026-11-29, mapped by benchmark/sweep/snapshots.py); 2: since the key; 3: since the coordinator's split of
+# 2026-12-03 (tuner.pkl names the callbacks' new modules, which a format-2 tunevlseg cannot import). Bump it
+# when an older tunevlseg could no longer resume what this one writes.
+RUN_FORMAT = 3
 
 
 # ---- the selection rule ----------------------------------------------------------------------------------
@@ -143,6 +144,15 @@ class RunDir:
             raise ConfigError(f"{self.path} was written by tunevlseg {by} (run format {fmt}); this tunevlseg "
                               f"{version()} reads run formats up to {RUN_FORMAT}: install tunevlseg>={by} to use it")
         return state
+
+    def write_plan_state(self, state: dict[str, Any]) -> None:
+        """plan.json, written whole (temp file + rename)."""
+        import json
+        import os
+
+        tmp = self.plan_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.plan_file)
 
     # -- rows
     def rows(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -171,9 +171,9 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
     with RunLock(rd.path, command=f"tunevlseg mlflow sync {rd.path}"):
         artifacts = rd.mlflow_artifacts.resolve().as_uri() if uri.startswith("sqlite") else None
         if uri == default_uri(rd.path):  # moved or copied: the store's artifact paths follow it
-            from benchmark.sweep.coordinator import _repoint_store
+            from benchmark.sweep.relocation import repoint_store
 
-            _repoint_store(rd.path)
+            repoint_store(rd.path)
         mirror = _mirror(rd, state, spec, uri, artifacts)
         try:
             mirror.ensure_experiment()

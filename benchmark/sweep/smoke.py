@@ -309,7 +309,8 @@ def run_rehearsal(spec, storage, *, address=None, num_cpus=None, num_gpus=None, 
 
     import ray
 
-    from benchmark.sweep.coordinator import connect_ray, run_sweep
+    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.ray_session import connect_ray
     from benchmark.sweep.storage import check_storage
 
     storage = check_storage(storage)
