@@ -46,7 +46,7 @@ from benchmark.sweep.ray_session import check_cluster, quiet_libraries, ray_sess
 from benchmark.sweep.records_callback import PrunedMarker, RecordsCallback
 from benchmark.sweep.relocation import note_location, repoint_restored, repoint_store
 from benchmark.sweep.run_state import archive, note_mirror, note_optuna, plan_state, recorded, recorded_uri
-from benchmark.sweep.snapshots import RestoreLost, SnapshotError
+from benchmark.sweep.snapshots import RestoreLost, SnapshotError, restorable, retry_failed_trials
 from benchmark.sweep.storage import check_free_space, check_storage, check_uri, default_uri
 from benchmark.sweep.summary import SweepResult, print_summary, summarise
 from trainables.config import ConfigError
@@ -205,9 +205,11 @@ def _sweep(spec: Spec, plan: Plan, fn: Callable, run_dir: Path, uri: str | None,
         moved = archive(run_dir, uri, spec.name)
         say(f"--force: previous results moved to {moved}")
     exp_path = run_dir / TUNE_DIR
-    expect = _restorable(exp_path, run_dir, plan, hint)  # before anything is written
+    existing = _read_existing(run_dir, plan)
+    expect = restorable(exp_path, run_dir, sum(len(cell) for cell in existing.values()), hint)  # before any write
     if retry_failed:
-        _mark_failed_for_retry(exp_path, run_dir, plan, expect)
+        retry_failed_trials(exp_path, {tid for cell in existing.values() for tid, r in cell.items()
+                                       if r["status"] == STATUS_ERROR}, expect)
     state = plan_state(run_dir, plan, force)
     moved_from = note_location(run_dir, state)
     note_optuna(run_dir, state, optuna_url)
@@ -345,35 +347,6 @@ def _say_how_it_ended(result: SweepResult, run_dir: Path, mirror, hint: str) -> 
         say(f"the sweep ended with {result.done}/{result.planned} trials: the searcher scheduled no more trials for "
             f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; rerunning will not change that (a bug: "
             f"please report it with {run_dir / TUNE_DIR})")
-
-
-def _mark_failed_for_retry(exp_path: Path, run_dir: Path, plan: Plan, expect: frozenset[str] | None) -> None:
-    failed = {tid for cell in _read_existing(run_dir, plan).values() for tid, r in cell.items()
-              if r["status"] == STATUS_ERROR}
-    if not failed or expect is None:
-        say("--retry-failed: no failed trial to run again")
-        return
-    from benchmark.sweep.snapshots import mark_for_retry
-
-    n = mark_for_retry(exp_path, failed & expect)
-    say(f"--retry-failed: {n} failed trial(s) run again (same trial ids and parameters); the other rows are kept")
-
-
-def _restorable(exp_path: Path, run_dir: Path, plan: Plan, hint: str) -> frozenset[str] | None:
-    """The trial ids of the Tune snapshot that will be restored (None: a new experiment). A snapshot that
-    does not load, or recorded rows without any snapshot, stop here, before Ray changes anything."""
-    from ray import tune
-
-    n_recorded = sum(len(cell) for cell in _read_existing(run_dir, plan).values())
-    if tune.Tuner.can_restore(str(exp_path)):
-        from benchmark.sweep import snapshots
-
-        return snapshots.check(exp_path, n_recorded, hint)
-    if n_recorded:
-        raise SnapshotError(f"{run_dir} holds {n_recorded} recorded trial(s) but {exp_path} has no Ray Tune snapshot to "
-                            f"resume from; a new experiment would run them again. Put back {exp_path} (from a "
-                            f"backup), or start over with --force (the old results are kept under previous/)")
-    return None
 
 
 def _unfinished(grid) -> int | None:
