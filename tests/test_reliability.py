@@ -61,7 +61,8 @@ def test_predict_refuses_an_output_file_that_is_an_input(tmp_path, capsys):
 # ---- one driver per run directory -------------------------------------------------------------------------
 
 def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, LockHeld, RunLock
+    from benchmark.results.run_dir import LOCK_FILE
+    from benchmark.sweep.lock import LockHeld, RunLock
 
     run = tmp_path / "run"
     first = RunLock(run, command="tunevlseg run a.yaml").acquire()
@@ -79,7 +80,8 @@ def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
 
 
 def test_a_dead_drivers_lock_is_taken_over(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, RunLock
+    from benchmark.results.run_dir import LOCK_FILE
+    from benchmark.sweep.lock import RunLock
 
     run = tmp_path / "run"
     # A driver on this host that was killed (-9): its pid is gone.

@@ -8,6 +8,10 @@ Layout of a run directory `<storage>/<spec name>/`:
     mlflow.db, mlartifacts/    the MLflow mirror (default local tracking)
     optuna.db                  each searched cell's Optuna study (default storage; benchmark/sweep/studies.py)
     tune/                      Ray Tune's experiment (restored on rerun)
+    driver.lock                the driver that holds the run (benchmark/sweep/lock.py)
+    previous/<timestamp>/      an earlier run, moved aside by `run --force`
+    smoke.json, smoke.txt      a rehearsal folder's measurements and table (`run --smoke`, <spec>.smoke/)
+    .storage-check-<id>        for a moment at a multi-node start: can every node see the run directory?
 
 The sweep (benchmark.sweep.coordinator), `tunevlseg tables`, `predict`, `plan --from` and the searcher's
 resume all go through `RunDir`; no other module spells a file name of this layout. Torch-free.
@@ -31,6 +35,11 @@ TUNE_DIR = "tune"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 OPTUNA_DB = "optuna.db"
+LOCK_FILE = "driver.lock"
+PREVIOUS_DIR = "previous"
+SMOKE_MARKER = "smoke.json"
+SMOKE_TABLE = "smoke.txt"
+STORAGE_CHECK = ".storage-check"
 
 # The layout and pickles a run directory is written in, recorded in plan.json (`run_format`, with the
 # `written_by` version). 1: runs without the key (their pickles may name modules from before the move of
@@ -114,6 +123,28 @@ class RunDir:
     @property
     def optuna_db(self) -> Path:
         return self.path / OPTUNA_DB
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def previous_dir(self) -> Path:
+        return self.path / PREVIOUS_DIR
+
+    @property
+    def smoke_marker(self) -> Path:
+        return self.path / SMOKE_MARKER
+
+    @property
+    def smoke_table(self) -> Path:
+        return self.path / SMOKE_TABLE
+
+    def storage_check_marker(self) -> Path:
+        """A marker file of a name no other check uses at the same time."""
+        import uuid
+
+        return self.path / f"{STORAGE_CHECK}-{uuid.uuid4().hex[:8]}"
 
     def trial_files(self) -> list[Path]:
         return sorted(self.trials_dir.glob("*.parquet"))

@@ -34,6 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from benchmark.results.run_dir import RunDir
 from benchmark.sweep.storage import mlflow_problem, storage_problem
 from trainables.config import ConfigError
 
@@ -357,7 +358,7 @@ def check_shared_storage(run_dir: Path, nodes: list[dict]) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / f".storage-check-{uuid.uuid4().hex[:8]}"
+    marker = RunDir(run_dir).storage_check_marker()
     marker.write_text("tunevlseg")
 
     @ray.remote(num_cpus=0)

@@ -148,7 +148,7 @@ def archive(run_dir: Path, uri: str | None, experiment: str) -> Path:
     own MLflow store moves along (its artifact paths re-pointed there), so the new sweep's runs never share
     names with the old ones; on a server the old sweep's runs are ended and deleted (MLflow's trash:
     restorable), so none stays RUNNING or doubles a name in the experiment's view."""
-    dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    dest = RunDir(run_dir).previous_dir / time.strftime("%Y%m%d-%H%M%S")
     dest.mkdir(parents=True)
     try:
         old_sweep = RunDir(run_dir).plan_state().get("sweep_id")
