@@ -198,19 +198,6 @@ def test_a_changed_setting_is_refused_naming_old_and_new(tmp_path, changes, name
     plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
 
 
-def test_a_run_started_with_the_old_fingerprint_resumes(tmp_path):
-    from benchmark.plan.matrix import build_plan
-    from benchmark.plan.spec import load_spec
-    from benchmark.sweep.run_state import plan_state
-
-    plan = build_plan(load_spec(SMOKE))
-    run_dir = tmp_path / "smoke"
-    (run_dir / "tune").mkdir(parents=True)
-    (run_dir / "plan.json").write_text(json.dumps({"sweep_id": "abc", "fingerprint": plan.legacy_fingerprint()}))
-    assert plan_state(run_dir, plan, force=False)["sweep_id"] == "abc"
-    assert json.loads((run_dir / "plan.json").read_text())["fingerprint"]["version"] == 2
-
-
 def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
     """Names are canonicalised before the fingerprint is taken (issue 17): a run started with
     `shared-attention`/`mini-polyp` resumes with `shared_attention`/`mini_polyp` and vice versa."""

@@ -81,10 +81,6 @@ def plan_state(run_dir: Path, plan: Plan, force: bool) -> dict[str, Any]:
             state.update(run_format=RUN_FORMAT, written_by=_version())
             RunDir(run_dir).write_plan_state(state)
         old = state.get("fingerprint") or {}
-        if old.get("version") is None and old == plan.legacy_fingerprint():
-            old = fingerprint  # started before fingerprints covered the trial settings: nothing to compare
-            state["fingerprint"] = fingerprint
-            RunDir(run_dir).write_plan_state(state)
         if old != fingerprint and started:
             changes = plan_changes(old, fingerprint)
             raise ConfigError(f"{run_dir} was started with a different plan; changed: {'; '.join(changes)}. Undo the "
