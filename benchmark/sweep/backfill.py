@@ -135,12 +135,17 @@ def _backfill(rd: RunDir, mirror) -> dict[str, int]:
     return counts
 
 
+def _planned(rd: RunDir) -> dict[str, SimpleNamespace]:
+    """Each planned cell's searched trials and reruns over seeds, in plan order (plan.json's fingerprint)."""
+    if not rd.plan_file.is_file():
+        return {}
+    cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
+    return {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
+            for cid, c in cells.items() if c.get("trials") is not None}
+
+
 def _parents(rd: RunDir, mirror, rows: list[dict[str, Any]]) -> None:
-    planned = {}
-    if rd.plan_file.is_file():
-        cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
-        planned = {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
-                   for cid, c in cells.items() if c.get("trials") is not None}
+    planned = _planned(rd)
     rule = rd.selection()
     by_cell: dict[str, list[dict]] = {}
     for r in rows:
@@ -180,7 +185,26 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"MLflow at {uri} is not reachable ({type(e).__name__}: "
                               f"{(str(e).splitlines() or [''])[0][:160]}); start the server and run this again") from None
-        return _backfill(rd, mirror)
+        counts = _backfill(rd, mirror)
+        _record_sweep(rd, mirror)
+        return counts
+
+
+def _record_sweep(rd: RunDir, mirror) -> None:
+    """The sweep run's summary metrics and status, as the live driver ends a sweep (`MLflowMirror.finalize`):
+    per planned cell, in plan order, its trials planned (with reruns over seeds), done and failed, and its
+    selected trial."""
+    rule = rd.selection()
+    rows = rd.rows()
+    states = {}
+    for cid, cell in _planned(rd).items():
+        cell_rows = list(rows.get(cid, {}).values())
+        if cell_rows and cid not in mirror.cells:  # the variant of its mean_selected_* metrics
+            mirror.cells[cid] = {k: cell_rows[0][k] for k in ("vlsm", "learner", "dataset", "variant")}
+        planned = reseed.expected(cell, cell_rows, rule)
+        states[cid] = {"done": len(cell_rows) >= planned, "trials_done": len(cell_rows), "planned": planned,
+                       "failed": sum(r["status"] == STATUS_ERROR for r in cell_rows), "best": select(cell_rows, rule)}
+    mirror.record_sweep(states)
 
 
 def _mirror(rd: RunDir, state: dict[str, Any], spec: str, uri: str, artifacts: str | None):
