@@ -61,3 +61,24 @@ def test_sync_writes_the_sweep_runs_summary_metrics(tmp_path):
                                 "mean_selected_test_dice.default": (0.75 + 0.7) / 2}
     assert run.info.status == "KILLED"  # as the live driver ends a sweep short of its plan
 
+
+def test_a_later_sync_or_resume_updates_the_summary_and_the_selected_metrics(tmp_path):
+    """Summary metrics are logged at step 0 each time a driver (or sync) ends; the later value must be the one
+    MLflow shows, also when it is smaller (fewer failures, a better selected objective)."""
+    from benchmark.sweep.backfill import sync
+
+    sync(_run_dir(tmp_path, {"clipseg_coop_kvasir": [0.5, 0.25, 0.75, 0.4], "clipseg_maple_kvasir": [0.3, None]}))
+    run_dir = _run_dir(tmp_path, {"clipseg_coop_kvasir": [0.5, 0.25, 0.75, 0.4],
+                                  "clipseg_maple_kvasir": [0.3, 0.2, 0.6, 0.9]})
+    sync(run_dir)
+    run = _sweep_run(run_dir)
+    assert run.data.metrics["trials_done"] == 8 and run.data.metrics["cells_done"] == 2
+    assert run.data.metrics["trials_failed"] == 0
+    assert run.data.metrics["mean_selected_objective.default"] == (0.25 + 0.2) / 2
+    assert run.info.status == "FINISHED"
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    maple = client.search_runs([run.info.experiment_id], "tags.`cell_id` = 'clipseg_maple_kvasir' and "
+                                                         "tags.`tunevlseg.role` = 'cell'")
+    assert maple[0].data.metrics["selected_objective"] == 0.2

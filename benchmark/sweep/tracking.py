@@ -39,6 +39,7 @@ import functools
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from ray.tune import Callback
@@ -334,7 +335,10 @@ class MLflowMirror:
         for variant, scores in by_variant.items():
             for key, xs in scores.items():
                 values[f"mean_selected_{key}.{variant}"] = sum(xs) / len(xs)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()])
+        # Step 0 every time a driver (or sync) ends; MLflow shows the value of the latest timestamp at a step (the
+        # larger value on a tie), so the time of logging makes a later, smaller value the one shown.
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
         done = values["trials_done"] >= values["trials_planned"]
         self.client.set_terminated(run_id, "FINISHED" if done else "KILLED")
         return run_id
@@ -349,7 +353,8 @@ class MLflowMirror:
             names = {"objective": "selected_objective", "test_dice": "selected_test_dice",
                      "test_iou": "selected_test_iou", "best_val_dice": "selected_val_dice",
                      "val_loss": "selected_val_loss"}
-            metrics = [Metric(name, float(best[k]), 0, 0) for k, name in names.items()
+            now = int(time.time() * 1000)  # a later selection wins (see record_sweep)
+            metrics = [Metric(name, float(best[k]), now, 0) for k, name in names.items()
                        if _numeric(best.get(k)) and math.isfinite(best[k])]
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics)
