@@ -50,7 +50,7 @@ def _sweep_run(run_dir: Path):
 
 
 def test_sync_writes_the_sweep_runs_summary_metrics(tmp_path):
-    from benchmark.sweep.backfill import sync
+    from benchmark.mlflow_mirror.backfill import sync
 
     run_dir = _run_dir(tmp_path, {"clipseg_coop_kvasir": [0.5, 0.25, 0.75, 0.4],
                                   "clipseg_maple_kvasir": [0.3, None]})
@@ -65,7 +65,7 @@ def test_sync_writes_the_sweep_runs_summary_metrics(tmp_path):
 def test_a_later_sync_or_resume_updates_the_summary_and_the_selected_metrics(tmp_path):
     """Summary metrics are logged at step 0 each time a driver (or sync) ends; the later value must be the one
     MLflow shows, also when it is smaller (fewer failures, a better selected objective)."""
-    from benchmark.sweep.backfill import sync
+    from benchmark.mlflow_mirror.backfill import sync
 
     sync(_run_dir(tmp_path, {"clipseg_coop_kvasir": [0.5, 0.25, 0.75, 0.4], "clipseg_maple_kvasir": [0.3, None]}))
     run_dir = _run_dir(tmp_path, {"clipseg_coop_kvasir": [0.5, 0.25, 0.75, 0.4],

@@ -222,9 +222,9 @@ def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
 def test_sync_gives_a_cell_the_params_the_live_mirror_gave_it(spec_name):
     """`mlflow sync` rebuilds a parent run's params from plan.json's fingerprint; they must be the strings
     the live mirror logged from the Cell."""
+    from benchmark.mlflow_mirror.tags import cell_params, cell_params_from_plan
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.tracking_tags import cell_params, cell_params_from_plan
 
     plan = build_plan(load_spec(REPO / "experiments" / f"{spec_name}.yaml"))
     stored = json.loads(json.dumps(plan.fingerprint()))["cells"]  # as plan.json holds it
@@ -282,7 +282,7 @@ def test_a_dying_mlflow_server_turns_the_mirror_off_with_one_warning(monkeypatch
     import logging
     from types import SimpleNamespace
 
-    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
+    from benchmark.mlflow_mirror.tracking import MLflowCallback, MLflowMirror
 
     for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.delenv(k, raising=False)

@@ -271,9 +271,9 @@ def _callbacks(spec: Spec, plan: Plan, run_dir: Path, uri: str | None, state: di
                expect: frozenset[str] | None, optuna_url: str | None) -> tuple[list, Any]:
     """The driver's Tune callbacks, in order (the run directory's, the rows', the checkpoints', then the MLflow
     mirror's and the studies' links when MLflow is on), and the mirror (None without MLflow)."""
+    from benchmark.mlflow_mirror.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
     from benchmark.sweep.checkpoints import KeepFinalCheckpoint
     from benchmark.sweep.in_place import RestoredInPlace
-    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror, cell_params, system_tags
 
     records_cb = RecordsCallback(str(run_dir), spec.name, _cells_info(plan), dataclasses.asdict(spec.select),
                                  expect_trials=expect)
@@ -292,7 +292,7 @@ def _callbacks(spec: Spec, plan: Plan, run_dir: Path, uri: str | None, state: di
         # Create the DB in the driver, before any trial (migration races otherwise); an unreachable server
         # turns the mirror off with one warning instead of stopping the sweep.
         if mirror.connect() is not None:
-            from benchmark.sweep.backfill import backfill
+            from benchmark.mlflow_mirror.backfill import backfill
 
             backfill(run_dir, mirror, quiet=True)  # rows a dead server (or a killed driver) left out
         callbacks.append(MLflowCallback(mirror))

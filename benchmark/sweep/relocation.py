@@ -22,7 +22,7 @@ def repoint_store(run_dir: Path) -> None:
     (torn by a full disk, overwritten) is one line: the mirror is rebuilt from Parquet."""
     import sqlite3
 
-    from benchmark.sweep.mlflow_paths import repoint
+    from benchmark.mlflow_mirror.paths import repoint
 
     try:
         repoint(run_dir)
@@ -34,7 +34,7 @@ def repoint_store(run_dir: Path) -> None:
 
 def note_location(run_dir: Path, state: dict[str, Any]) -> str | None:
     """Where this run directory was last driven from; returns the old path when it moved or was copied.
-    The run's own MLflow store is re-pointed by `repoint_store` (benchmark/sweep/mlflow_paths.py, the one
+    The run's own MLflow store is re-pointed by `repoint_store` (benchmark/mlflow_mirror/paths.py, the one
     implementation; a copy's DB is its own file, so the original stays untouched), Tune's snapshots by
     `repoint_restored`."""
     here = str(run_dir.resolve())

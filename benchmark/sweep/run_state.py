@@ -156,7 +156,7 @@ def archive(run_dir: Path, uri: str | None, experiment: str) -> Path:
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
     if local and (dest / MLFLOW_DB).exists():
-        from benchmark.sweep.mlflow_paths import repoint
+        from benchmark.mlflow_mirror.paths import repoint
 
         repoint(dest)
     elif not local and old_sweep:
@@ -165,7 +165,7 @@ def archive(run_dir: Path, uri: str | None, experiment: str) -> Path:
 
 
 def _retire_sweep_runs(uri: str, experiment: str, sweep_id: str) -> None:
-    from benchmark.sweep.tracking import MLflowMirror
+    from benchmark.mlflow_mirror.tracking import MLflowMirror
 
     mirror = MLflowMirror(uri, experiment, sweep_id, {})
     try:

@@ -13,7 +13,8 @@ coordinator checks that the restored experiment knows all of them before any orp
 (`RestoreLost`).
 
 Pickles of runs written before the module move of 2026-11-29 (`benchmark.searcher` ->
-`benchmark.sweep.searcher`, ...) load through `install_module_aliases`.
+`benchmark.sweep.searcher`, ...) or before the MLflow modules moved to benchmark/mlflow_mirror/ (2026-12-03)
+load through `install_module_aliases`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ SEARCHER_STATE = "searcher-state-*.pkl"
 LEGACY_MODULES = {
     **{f"benchmark.{m}": f"benchmark.plan.{m}" for m in ("estimate", "matrix", "search_space", "spec")},
     **{f"benchmark.{m}": f"benchmark.results.{m}" for m in ("figures", "records", "report", "selection", "tables")},
-    **{f"benchmark.{m}": f"benchmark.sweep.{m}"
-       for m in ("coordinator", "preflight", "scheduler", "searcher", "tracking", "smoke")},
+    **{f"benchmark.{m}": f"benchmark.sweep.{m}" for m in ("coordinator", "preflight", "scheduler", "searcher", "smoke")},
+    # ... and the MLflow mirror's callback, in benchmark/sweep/tracking.py from 2026-11-29 to 2026-12-03.
+    "benchmark.tracking": "benchmark.mlflow_mirror.tracking",
+    "benchmark.sweep.tracking": "benchmark.mlflow_mirror.tracking",
 }
 
 

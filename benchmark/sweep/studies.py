@@ -293,7 +293,7 @@ class StudyLinks(Callback):
 
 
 def study_attrs(cell) -> dict[str, Any]:
-    from benchmark.sweep.tracking_tags import objective_text  # what `objective` is, as MLflow says it too
+    from benchmark.mlflow_mirror.tags import objective_text  # what `objective` is, as MLflow says it too
 
     return {"cell_id": cell.id, **cell.keys, "spec": cell.spec, "seed": cell.seed,
             "objective": objective_text(cell.config)}

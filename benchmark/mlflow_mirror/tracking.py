@@ -14,7 +14,7 @@ the driver (a single writer), through a Tune callback:
   under a new id) are deleted, and `finalize` leaves nothing RUNNING when the driver returns.
 - A broken tracking server never stops a sweep: HTTP calls get short timeouts and no retries
   (`_short_http_timeouts`), and the first failure turns the mirror off for the rest of the sweep with one
-  warning line; `tunevlseg mlflow sync RUN` (benchmark/sweep/backfill.py) fills MLflow from Parquet later.
+  warning line; `tunevlseg mlflow sync RUN` (benchmark/mlflow_mirror/backfill.py) fills MLflow from Parquet later.
 
 Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`sweep`, `cell` or `trial`), `cell_id`,
 `vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`, `objective` (what it is);
@@ -44,8 +44,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from benchmark.mlflow_mirror.tags import EXPERIMENT_KIND, cell_params, flatten, objective_text, system_tags, ui_link  # noqa: F401
 from benchmark.sweep.failures import trial_error_text
-from benchmark.sweep.tracking_tags import EXPERIMENT_KIND, cell_params, flatten, objective_text, system_tags, ui_link  # noqa: F401
 from trainables.protocol import CHECKPOINT_ARTIFACT, PREVIEW_FILE, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger("tunevlseg.tracking")
@@ -345,7 +345,7 @@ class MLflowMirror:
 
     def record_cell(self, cid: str, best: dict[str, Any] | None, trials_done: int) -> str:
         """The cell's parent run with its selected trial (`selected_*` metrics, `selected_trial` tag) and
-        `trials_done`; returns its run id. Used by `finalize` and by `mlflow sync` (benchmark/sweep/backfill.py)."""
+        `trials_done`; returns its run id. Used by `finalize` and by `mlflow sync` (benchmark/mlflow_mirror/backfill.py)."""
         run_id = self.parent_run(cid)
         if best:
             from mlflow.entities import Metric

@@ -1,6 +1,6 @@
 """Fill the MLflow mirror from Parquet (`tunevlseg mlflow sync RUN`, and at every sweep start).
 
-MLflow is a mirror: when the tracking server is down the sweep goes on without it (benchmark/sweep/tracking.py
+MLflow is a mirror: when the tracking server is down the sweep goes on without it (benchmark/mlflow_mirror/tracking.py
 turns the mirror off after the first failure). Afterwards every trial row in `trials/*.parquet` is mirrored
 again: a trial whose MLflow run is missing gets one (params from the trial's `params.json` in the Tune
 directory, per-epoch metrics from its `result.json`, final metrics, status and error from its row, the
@@ -12,7 +12,7 @@ Runs are written by the live mirror's own methods (`MLflowMirror.start_trial`, `
 `record_cell`), so a backfilled run has what a live one has: the system tags and the spec's description the
 last driver recorded in plan.json, the cell's params from the plan fingerprint, one value per metric and
 epoch, the tuned-prompt artifact and preview.png, `selected_*` metrics on the cell's parent run. A moved or
-copied run directory's local store is re-pointed first (benchmark/sweep/mlflow_paths.py).
+copied run directory's local store is re-pointed first (benchmark/mlflow_mirror/paths.py).
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ def _mirror(rd: RunDir, state: dict[str, Any], spec: str, uri: str, artifacts: s
     """The mirror the sweep's driver had: its description and system tags (plan.json `mlflow`, written by
     the driver; a run from before that gets this process's tags) and each cell's params and keys (the
     fingerprint)."""
-    from benchmark.sweep.tracking import MLflowMirror
-    from benchmark.sweep.tracking_tags import cell_params_from_plan, system_tags
+    from benchmark.mlflow_mirror.tags import cell_params_from_plan, system_tags
+    from benchmark.mlflow_mirror.tracking import MLflowMirror
 
     cells = (state.get("fingerprint") or {}).get("cells") or {}
     params = {cid: cell_params_from_plan(c) for cid, c in cells.items() if "config" in c}
