@@ -96,7 +96,7 @@ tables: install ## regenerate tables and figures of RUN from its Parquet files
 	$(PY) -m benchmark tables $(RUN) --out $(RUN)/tables --format all --vs-paper
 
 mlflow-ui: install ## open the MLflow UI on the run's sqlite store (http://127.0.0.1:5000)
-	$(PY) -m benchmark.sweep.mlflow_paths $(RUN)
+	$(PY) -m benchmark.mlflow_mirror.paths $(RUN)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN))/mlflow.db --host 127.0.0.1 --port 5000
 
 optuna-dashboard: install ## open optuna-dashboard on the run's studies (http://127.0.0.1:8080; extra: .[dashboard])

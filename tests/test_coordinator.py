@@ -220,16 +220,16 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
 
 def test_changed_plan_is_refused_on_resume(tmp_path):
     from benchmark.plan.matrix import build_plan
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     run_dir = tmp_path / "smoke"
-    first = _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
+    first = plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
     bigger = build_plan(load_spec(_spec_file(tmp_path, search={"trials": 5})))
     # Nothing ran yet (no Tune experiment, no rows): the new plan simply replaces the old one.
-    assert _plan_state(run_dir, bigger, force=False)["sweep_id"] != first["sweep_id"]
+    assert plan_state(run_dir, bigger, force=False)["sweep_id"] != first["sweep_id"]
     (run_dir / "tune").mkdir()
     with pytest.raises(ConfigError, match="started with a different plan"):
-        _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
+        plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
 
 
 @pytest.mark.slow

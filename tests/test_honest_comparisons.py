@@ -124,7 +124,7 @@ def test_table2_without_a_recorded_space_says_it_shows_the_papers(tmp_path):
 def test_plan_records_the_searched_domains_and_backfills_an_old_plan(tmp_path):
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import spec_from_dict
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     spec = spec_from_dict({"axes": {"vlsm": ["clipseg"], "learner": ["coop", "shared_attention", "e2e"],
                                     "dataset": ["kvasir"]},
@@ -137,13 +137,13 @@ def test_plan_records_the_searched_domains_and_backfills_an_old_plan(tmp_path):
     assert "intermediate_dim" not in space  # no planned learner searches it
 
     run_dir = tmp_path / "run"
-    state = _plan_state(run_dir, plan, force=False)
+    state = plan_state(run_dir, plan, force=False)
     assert json.loads((run_dir / "plan.json").read_text())["space"] == state["space"] == plan.searched_space()
     # A plan.json from before the record: same fingerprint, so the sweep id stays and the space is added.
     old = {k: v for k, v in state.items() if k != "space"}
     (run_dir / "plan.json").write_text(json.dumps(old))
     (run_dir / "tune").mkdir()
-    again = _plan_state(run_dir, plan, force=False)
+    again = plan_state(run_dir, plan, force=False)
     assert again["sweep_id"] == state["sweep_id"] and again["space"] == plan.searched_space()
     params = T.searched_space(run_dir)
     assert [p.name for p in params][:3] == ["lr", "weight_decay", "prompt_depth"]

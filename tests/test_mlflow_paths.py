@@ -1,11 +1,11 @@
-"""A copied run directory's MLflow store points at its own artifacts after `mlflow_paths.repoint`."""
+"""A copied run directory's MLflow store points at its own artifacts after `benchmark.mlflow_mirror.paths.repoint`."""
 
 from __future__ import annotations
 
 import shutil
 
+from benchmark.mlflow_mirror.paths import main, repoint
 from benchmark.results.run_dir import RunDir
-from benchmark.sweep.mlflow_paths import main, repoint
 
 
 def test_a_copied_run_directory_reads_its_own_artifacts(tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_a_copied_run_directory_reads_its_own_artifacts(tmp_path, capsys):
 def test_the_ui_address_printed_opens_the_runs_list(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from benchmark.sweep.mlflow_paths import main
+    from benchmark.mlflow_mirror.paths import main
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from benchmark.results.mlflow_report import _MAX_NOTE, log_outputs, note_text
+from benchmark.mlflow_mirror.report import _MAX_NOTE, log_outputs, note_text
 
 MINI = Path(__file__).resolve().parents[1] / "results" / "mini"
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.sweep.coordinator import RecordsCallback
 from benchmark.sweep.progress import disk_usage, eta_seconds, eta_text, human_bytes
+from benchmark.sweep.records_callback import RecordsCallback
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -61,7 +61,8 @@ def test_predict_refuses_an_output_file_that_is_an_input(tmp_path, capsys):
 # ---- one driver per run directory -------------------------------------------------------------------------
 
 def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, LockHeld, RunLock
+    from benchmark.results.run_dir import LOCK_FILE
+    from benchmark.sweep.lock import LockHeld, RunLock
 
     run = tmp_path / "run"
     first = RunLock(run, command="tunevlseg run a.yaml").acquire()
@@ -79,7 +80,8 @@ def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
 
 
 def test_a_dead_drivers_lock_is_taken_over(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, RunLock
+    from benchmark.results.run_dir import LOCK_FILE
+    from benchmark.sweep.lock import RunLock
 
     run = tmp_path / "run"
     # A driver on this host that was killed (-9): its pid is gone.
@@ -183,30 +185,17 @@ def test_read_only_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys)
 def test_a_changed_setting_is_refused_naming_old_and_new(tmp_path, changes, named):
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
     from trainables.config import ConfigError
 
     run_dir = tmp_path / "smoke"
-    _plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
+    plan_state(run_dir, build_plan(load_spec(SMOKE)), force=False)
     (run_dir / "tune").mkdir()
     with pytest.raises(ConfigError) as e:
-        _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=False)
+        plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=False)
     assert named in str(e.value) and "\n" not in str(e.value), str(e.value)
     # --force is the way through
-    _plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
-
-
-def test_a_run_started_with_the_old_fingerprint_resumes(tmp_path):
-    from benchmark.plan.matrix import build_plan
-    from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
-
-    plan = build_plan(load_spec(SMOKE))
-    run_dir = tmp_path / "smoke"
-    (run_dir / "tune").mkdir(parents=True)
-    (run_dir / "plan.json").write_text(json.dumps({"sweep_id": "abc", "fingerprint": plan.legacy_fingerprint()}))
-    assert _plan_state(run_dir, plan, force=False)["sweep_id"] == "abc"
-    assert json.loads((run_dir / "plan.json").read_text())["fingerprint"]["version"] == 2
+    plan_state(run_dir, build_plan(load_spec(_spec_file(tmp_path, **changes))), force=True)
 
 
 def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
@@ -214,7 +203,7 @@ def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
     `shared-attention`/`mini-polyp` resumes with `shared_attention`/`mini_polyp` and vice versa."""
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     def spec(learner: str, dataset: str):
         return load_spec(_spec_file(tmp_path, axes={"vlsm": ["clipseg"], "learner": ["coop", learner],
@@ -224,18 +213,18 @@ def test_either_spelling_of_a_name_is_the_same_plan(tmp_path):
     assert dashed.fingerprint() == snake.fingerprint()
     assert "clipseg_shared-attention_mini-polyp" in dashed.fingerprint()["cells"]
     run_dir = tmp_path / "run"
-    sweep_id = _plan_state(run_dir, dashed, force=False)["sweep_id"]
+    sweep_id = plan_state(run_dir, dashed, force=False)["sweep_id"]
     (run_dir / "tune").mkdir()
-    assert _plan_state(run_dir, snake, force=False)["sweep_id"] == sweep_id  # no "changed" refusal
+    assert plan_state(run_dir, snake, force=False)["sweep_id"] == sweep_id  # no "changed" refusal
 
 
 @pytest.mark.parametrize("spec_name", ["table3", "mini", "smoke"])
 def test_sync_gives_a_cell_the_params_the_live_mirror_gave_it(spec_name):
     """`mlflow sync` rebuilds a parent run's params from plan.json's fingerprint; they must be the strings
     the live mirror logged from the Cell."""
+    from benchmark.mlflow_mirror.tags import cell_params, cell_params_from_plan
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.tracking_tags import cell_params, cell_params_from_plan
 
     plan = build_plan(load_spec(REPO / "experiments" / f"{spec_name}.yaml"))
     stored = json.loads(json.dumps(plan.fingerprint()))["cells"]  # as plan.json holds it
@@ -293,7 +282,7 @@ def test_a_dying_mlflow_server_turns_the_mirror_off_with_one_warning(monkeypatch
     import logging
     from types import SimpleNamespace
 
-    from benchmark.sweep.tracking import MLflowCallback, MLflowMirror
+    from benchmark.mlflow_mirror.tracking import MLflowCallback, MLflowMirror
 
     for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.delenv(k, raising=False)

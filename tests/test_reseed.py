@@ -230,7 +230,7 @@ def test_sweep_runs_k_reseeds_per_cell_and_reruns_as_noop(tmp_path, local_ray):
     # for a trial whose params.json is gone, and every cell's parent run counts its reruns as done
     import shutil
 
-    from benchmark.sweep.backfill import sync
+    from benchmark.mlflow_mirror.backfill import sync
 
     # (a copy without the MLflow store: this process keeps the original sqlite store open)
     run_dir = tmp_path / "copy" / "smoke"
@@ -250,7 +250,7 @@ def test_sweep_runs_k_reseeds_per_cell_and_reruns_as_noop(tmp_path, local_ray):
 
 
 def test_backfill_config_of_a_rerun_without_params_json():
-    from benchmark.sweep.backfill import _config_of
+    from benchmark.mlflow_mirror.backfill import _config_of
 
     row = {"cell_id": "c", "trial_index": 5, "hp_lr": 0.01, "reseed": 2, "reseed_of": 1, "seed": 12347}
     assert _config_of(row, None)["reseed"] == {"k": 2, "of": 1, "seed": 12347}

@@ -361,8 +361,8 @@ def test_a_lock_take_over_waits_for_the_dead_drivers_late_writes(tmp_path):
 
     run = tmp_path / "run"
     (run / "tune" / "trial_0").mkdir(parents=True)
-    (run / L.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
-                                               "heartbeat_at": time.time() - 500}))
+    RunDir(run).lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
+                                                 "heartbeat_at": time.time() - 500}))
     stop = time.time() + 1.5
 
     def late_worker():

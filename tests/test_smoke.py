@@ -10,6 +10,7 @@ import pytest
 
 from benchmark import cli
 from benchmark.plan.spec import spec_from_dict
+from benchmark.results.run_dir import RunDir
 from benchmark.sweep import smoke
 from trainables.config import ConfigError
 
@@ -118,7 +119,7 @@ def _rehearsal_folder(tmp_path: Path) -> Path:
         {"cell_id": "cris_coop_kvasir", "vlsm": "cris", "learner": "coop", "dataset": "kvasir",
          "status": "error", "train_seconds_per_image": 9.0, "val_seconds_per_image": 9.0, "fixed_seconds": 1.0},
     ]
-    (run / smoke.MARKER).write_text(json.dumps({"device": "cpu", "batch_cap": 2, "cells": cells}))
+    RunDir(run).smoke_marker.write_text(json.dumps({"device": "cpu", "batch_cap": 2, "cells": cells}))
     return run
 
 
@@ -177,7 +178,7 @@ def test_smoke_rehearsal_end_to_end_on_the_mini_models(tmp_path, capsys):
     # config (4 promptable layers), and the rehearsal runs the space's deepest prompts (6).
     assert code == 1, out
     run = storage / "rehearse.smoke"
-    info = json.loads((run / smoke.MARKER).read_text())
+    info = json.loads(RunDir(run).smoke_marker.read_text())
     status = {c["cell_id"]: c["status"] for c in info["cells"]}
     assert status == {"clipseg_coop_mini-polyp": "ok", "clipseg_e2e_mini-polyp": "ok",
                       "cris_coop_mini-polyp": "error", "cris_e2e_mini-polyp": "ok"}
@@ -188,6 +189,6 @@ def test_smoke_rehearsal_end_to_end_on_the_mini_models(tmp_path, capsys):
     for c in (c for c in info["cells"] if c["status"] == "ok"):
         assert c["seconds_per_step"] > 0 and c["images_per_step"] == 4 and c["peak_mem_mb"] > 0  # 2 x 2
     assert "skipped  (no data at" in out and "estimated cost, 8 cells" in out
-    assert (run / smoke.TABLE_FILE).read_text().strip() in out
+    assert RunDir(run).smoke_table.read_text().strip() in out
     assert cli.main(["tables", str(run)]) == 2  # never tabulated as results
     assert not (storage / "rehearse").exists()  # the real run's folder is untouched

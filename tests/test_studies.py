@@ -4,6 +4,7 @@ trials the searcher's (restored) state does not know, at a path derived from the
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -135,7 +136,7 @@ def test_a_restored_searcher_writes_the_studies_where_the_run_is_now(tmp_path, h
 
     if how == "snapshot":
         restored = MultiCellSearcher.__new__(MultiCellSearcher)
-        restored.run_dir = str(b)  # as coordinator._repoint sets it before Tune restores the snapshot
+        restored.run_dir = str(b)  # as relocation.repoint_restored sets it before Tune restores the snapshot
         restored.restore(str(b / "state.pkl"))
     else:
         restored = pickle.loads(pickle.dumps(searcher))
@@ -145,3 +146,36 @@ def test_a_restored_searcher_writes_the_studies_where_the_run_is_now(tmp_path, h
     assert [t.user_attrs["ray_trial_id"] for t in load_studies(b)[cid].trials] == ["t0", "t1"]
     assert hashlib.sha256((a / "optuna.db").read_bytes()).hexdigest() == before
     assert [t.user_attrs["ray_trial_id"] for t in load_studies(a)[cid].trials] == ["t0"]
+
+
+# ---- the one private Optuna call: reopening a FAIL trial -------------------------------------------------
+
+def test_reopen_failed_turns_a_fail_back_into_a_running_trial_that_can_be_told_again():
+    """A retried Tune trial is the same Optuna trial: its FAIL must become RUNNING so the retry is told as
+    what it became. Optuna's public API refuses to update a finished trial (pinned here: if that ever
+    changes, `reopen_failed` can drop its private `_set_trial`), so `reopen_failed` is the one place that
+    writes the in-memory storage directly."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    from benchmark.sweep.studies import reopen_failed
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(trial, state=TrialState.FAIL)
+    storage, tid = study._storage, trial._trial_id
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_state_values(tid, TrialState.RUNNING)
+
+    search = SimpleNamespace(_ot_trials={"t0": trial}, _ot_study=study, _completed_trials={"t0"})
+    reopen_failed(search, "t0")
+    reopened = storage.get_trial(tid)
+    assert (reopened.state, reopened.values, reopened.datetime_complete) == (TrialState.RUNNING, None, None)
+    assert "t0" not in search._completed_trials
+    study.tell(trial, 0.25)
+    assert [(t.state, t.value, t.params) for t in study.trials] == [(TrialState.COMPLETE, 0.25, trial.params)]
+
+    # A trial that did not fail is left as it is.
+    reopen_failed(search, "t0")
+    assert storage.get_trial(tid).state == TrialState.COMPLETE

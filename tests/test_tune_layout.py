@@ -15,10 +15,10 @@ import torch
 from test_coordinator import _mlflow_runs, _spec_file
 from test_trial import TinySegmenter, _cfg, _data
 
+from benchmark.mlflow_mirror.tags import objective_text, ui_link
 from benchmark.plan.spec import load_spec
 from benchmark.results.run_dir import RunDir
 from benchmark.sweep.coordinator import run_sweep
-from benchmark.sweep.tracking_tags import objective_text, ui_link
 from trainables.protocol import CHECKPOINT_ARTIFACT, FINAL_FILE
 from trainables.trial import CHECKPOINT_FILE, fit
 

@@ -51,14 +51,14 @@ def test_resuming_a_sweep_warns_about_the_drift(tmp_path, capsys):
 
     from benchmark.plan.matrix import build_plan
     from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import _plan_state
+    from benchmark.sweep.run_state import plan_state
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
     run_dir = tmp_path / "smoke"
-    _plan_state(run_dir, build_plan(load_spec(smoke)), force=False)
+    plan_state(run_dir, build_plan(load_spec(smoke)), force=False)
     current = json.loads(R.provenance()["versions"])
     _write(run_dir, [dict(current, optuna="0.0.1")])
     capsys.readouterr()
-    _plan_state(run_dir, build_plan(load_spec(smoke)), force=False)
+    plan_state(run_dir, build_plan(load_spec(smoke)), force=False)
     err = capsys.readouterr().err
     assert f"optuna 0.0.1 -> {current['optuna']}" in err

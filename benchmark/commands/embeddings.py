@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def _to_mlflow(out: Path) -> None:
     """`--out <run>/embeddings` (make benchmark): the files join the sweep's MLflow run, beside the tables.
     Anywhere else, or a run without an MLflow store, nothing is logged; a failing store costs a warning."""
-    from benchmark.results.mlflow_report import EMBEDDINGS_DIR, log_outputs
+    from benchmark.mlflow_mirror.report import EMBEDDINGS_DIR, log_outputs
     from benchmark.results.run_dir import RunDir
 
     if out.name != EMBEDDINGS_DIR or not RunDir(out.parent).plan_file.is_file():

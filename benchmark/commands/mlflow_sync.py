@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from benchmark.sweep.backfill import sync
+    from benchmark.mlflow_mirror.backfill import sync
 
     counts = sync(args.run, args.mlflow)
     print(f"MLflow synced from {args.run}: {counts['created']} run(s) created, {counts['ended']} ended, "

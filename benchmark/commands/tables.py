@@ -242,7 +242,7 @@ def _to_mlflow(args: argparse.Namespace, written, out) -> None:
     """The sweep-level MLflow run; a tracking store that fails costs a warning, never the tables."""
     import logging
 
-    from benchmark.results.mlflow_report import log_outputs
+    from benchmark.mlflow_mirror.report import log_outputs
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:

@@ -93,14 +93,6 @@ class Plan:
                         for c in self.cells}}
         return json.loads(json.dumps(fp, default=str))  # as read back from plan.json
 
-    def legacy_fingerprint(self) -> dict[str, Any]:
-        """The fingerprint of runs started before version 2 (cells, trials, seeds, parameter names; reruns over
-        seeds where set)."""
-        return {"spec": self.spec.name, "cells": {c.id: {"trials": c.trials, "seed": c.seed, "space": c.space,
-                                                       "searched": [p.name for p in c.params],
-                                                       **({"reseeds": c.reseeds} if c.reseeds else {})}
-                                                  for c in self.cells}}
-
     def searched_space(self) -> list[dict[str, Any]]:
         """Every distinct searched domain of the plan (bounds applied), with the learners that searched it:
         what Table 2 of this run must show. Recorded in plan.json beside the fingerprint."""

@@ -8,6 +8,10 @@ Layout of a run directory `<storage>/<spec name>/`:
     mlflow.db, mlartifacts/    the MLflow mirror (default local tracking)
     optuna.db                  each searched cell's Optuna study (default storage; benchmark/sweep/studies.py)
     tune/                      Ray Tune's experiment (restored on rerun)
+    driver.lock                the driver that holds the run (benchmark/sweep/lock.py)
+    previous/<timestamp>/      an earlier run, moved aside by `run --force`
+    smoke.json, smoke.txt      a rehearsal folder's measurements and table (`run --smoke`, <spec>.smoke/)
+    .storage-check-<id>        for a moment at a multi-node start: can every node see the run directory?
 
 The sweep (benchmark.sweep.coordinator), `tunevlseg tables`, `predict`, `plan --from` and the searcher's
 resume all go through `RunDir`; no other module spells a file name of this layout. Torch-free.
@@ -31,12 +35,18 @@ TUNE_DIR = "tune"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 OPTUNA_DB = "optuna.db"
+LOCK_FILE = "driver.lock"
+PREVIOUS_DIR = "previous"
+SMOKE_MARKER = "smoke.json"
+SMOKE_TABLE = "smoke.txt"
+STORAGE_CHECK = ".storage-check"
 
 # The layout and pickles a run directory is written in, recorded in plan.json (`run_format`, with the
 # `written_by` version). 1: runs without the key (their pickles may name modules from before the move of
-# 2026-11-29, mapped by benchmark/sweep/snapshots.py); 2: since the key. Bump it when an older tunevlseg
-# could no longer resume what this one writes.
-RUN_FORMAT = 2
+# 2026-11-29, mapped by benchmark/sweep/snapshots.py); 2: since the key; 3: since the coordinator's split of
+# 2026-12-03 (tuner.pkl names the callbacks' new modules, which a format-2 tunevlseg cannot import). Bump it
+# when an older tunevlseg could no longer resume what this one writes.
+RUN_FORMAT = 3
 
 
 # ---- the selection rule ----------------------------------------------------------------------------------
@@ -114,6 +124,28 @@ class RunDir:
     def optuna_db(self) -> Path:
         return self.path / OPTUNA_DB
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def previous_dir(self) -> Path:
+        return self.path / PREVIOUS_DIR
+
+    @property
+    def smoke_marker(self) -> Path:
+        return self.path / SMOKE_MARKER
+
+    @property
+    def smoke_table(self) -> Path:
+        return self.path / SMOKE_TABLE
+
+    def storage_check_marker(self) -> Path:
+        """A marker file of a name no other check uses at the same time."""
+        import uuid
+
+        return self.path / f"{STORAGE_CHECK}-{uuid.uuid4().hex[:8]}"
+
     def trial_files(self) -> list[Path]:
         return sorted(self.trials_dir.glob("*.parquet"))
 
@@ -143,6 +175,15 @@ class RunDir:
             raise ConfigError(f"{self.path} was written by tunevlseg {by} (run format {fmt}); this tunevlseg "
                               f"{version()} reads run formats up to {RUN_FORMAT}: install tunevlseg>={by} to use it")
         return state
+
+    def write_plan_state(self, state: dict[str, Any]) -> None:
+        """plan.json, written whole (temp file + rename)."""
+        import json
+        import os
+
+        tmp = self.plan_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.plan_file)
 
     # -- rows
     def rows(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -1,1 +1,2 @@
-"""Stage 2: the sweep on Ray Tune: coordinator, per-cell searcher and ASHA, MLflow mirror, preflight, storage rules."""
+"""Stage 2: the sweep on Ray Tune: coordinator, Ray session, run state, per-cell searcher and ASHA, preflight, storage
+rules. The MLflow mirror it feeds is `benchmark.mlflow_mirror`."""

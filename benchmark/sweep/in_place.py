@@ -4,7 +4,7 @@ A restored Tuner unpickles the callbacks and searcher of the first start from `t
 generator snapshot keeps the storage of that start: they write Parquet rows, MLflow runs, `optuna.db` and new
 trials' directories at the path the run was started at. Tune re-points only the trials it restores (to the
 path `Tuner.restore` was given). `tunevlseg run --storage NEW` replaces and re-points all of them
-(coordinator `_repoint`); a direct `Tuner.restore(copy, ...).fit()` cannot, since Tune hands callbacks
+(relocation `repoint_restored`); a direct `Tuner.restore(copy, ...).fit()` cannot, since Tune hands callbacks
 neither the experiment path nor a hook before its first step.
 
 `RestoredInPlace`, the first callback of every sweep, compares the experiment path of the trials Tune restored

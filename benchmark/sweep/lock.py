@@ -32,9 +32,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmark.results.run_dir import RunDir
 from trainables.config import ConfigError
 
-LOCK_FILE = "driver.lock"
 HEARTBEAT_S = float(os.environ.get("TUNEVLSEG_LOCK_HEARTBEAT_S", "15"))
 STALE_S = float(os.environ.get("TUNEVLSEG_LOCK_STALE_S", "120"))
 # After taking over a dead driver's lock: its Ray workers may still write checkpoints into tune/ for a
@@ -92,7 +92,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path, command: str = "", heartbeat_s: float | None = None,
                  stale_s: float | None = None):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = RunDir(self.run_dir).lock_file
         self.command = command
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.stale_s = STALE_S if stale_s is None else stale_s
@@ -166,7 +166,7 @@ class RunLock:
                 self._thread = threading.Thread(target=self._beat, name="tunevlseg-lock", daemon=True)
                 self._thread.start()
                 if self.took_over:
-                    self.quiet_after = wait_until_quiet(self.run_dir / "tune", QUIET_S, QUIET_MAX_S)
+                    self.quiet_after = wait_until_quiet(RunDir(self.run_dir).tune_dir, QUIET_S, QUIET_MAX_S)
                 return self
             holder = self._read()
             if holder is None:
@@ -197,7 +197,7 @@ class RunLock:
         return True
 
     def _take_over(self, holder: dict[str, Any], reason: str) -> None:
-        aside = self.path.with_name(f"{LOCK_FILE}.dead-{uuid.uuid4().hex[:8]}")
+        aside = self.path.with_name(f"{self.path.name}.dead-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
@@ -226,7 +226,7 @@ class RunLock:
                 os.kill(os.getpid(), signal.SIGINT)  # Tune saves the state and stops; the new driver goes on
                 return
             current["heartbeat_at"] = time.time()
-            tmp = self.path.with_name(f"{LOCK_FILE}.{self.token[:8]}.tmp")
+            tmp = self.path.with_name(f"{self.path.name}.{self.token[:8]}.tmp")
             try:
                 tmp.write_text(json.dumps(current))
                 os.replace(tmp, self.path)

@@ -34,7 +34,9 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from benchmark.results.run_dir import RunDir
 from benchmark.sweep.storage import mlflow_problem, storage_problem
+from trainables.config import ConfigError
 
 PREFLIGHT_DIR = ".preflight"
 PACKAGES = ("benchmark", "trainables")  # whose sources must be identical on every node
@@ -349,6 +351,31 @@ def _remove_markers(marker_dir: str) -> None:
         pass
 
 
+def check_shared_storage(run_dir: Path, nodes: list[dict]) -> None:
+    """Every node sees the run directory the driver writes: checked at each sweep's start on a cluster of several
+    nodes (the coordinator's cluster check; also without the full preflight of `--address`)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = RunDir(run_dir).storage_check_marker()
+    marker.write_text("tunevlseg")
+
+    @ray.remote(num_cpus=0)
+    def _sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        refs = {n["NodeManagerAddress"]: _sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        blind = [ip for ip, ok in zip(refs, ray.get(list(refs.values()), timeout=120)) if not ok]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"storage {run_dir.parent} is not shared: node(s) {', '.join(blind)} cannot see it; "
+                          "use a path on a filesystem mounted at the same place on every node")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.sweep.preflight", description=__doc__.splitlines()[0])
     p.add_argument("--storage", required=True, help="the sweep's storage path (shared on a cluster)")
@@ -369,4 +396,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["PreflightError", "run_preflight", "require_preflight", "connection_problem", "code_fingerprint"]
+__all__ = ["PreflightError", "run_preflight", "require_preflight", "connection_problem", "code_fingerprint",
+           "check_shared_storage"]

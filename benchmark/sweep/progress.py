@@ -1,13 +1,28 @@
-"""The estimated time left of a sweep, for its progress lines (benchmark/sweep/coordinator.py).
+"""The sweep's terminal lines: the estimated time left, elapsed time, numbers and sizes as printed.
 
-From what this driver has seen: the mean duration of the trials it saw finish, the trials left and how many
-ran at once (the most trials seen RUNNING together). Cells differ in cost (E2E vs prompt tuning, datasets of
-other sizes), so it is said as an estimate, and nothing is said before a trial has finished.
+The time left comes from what this driver has seen: the mean duration of the trials it saw finish, the
+trials left and how many ran at once (the most trials seen RUNNING together). Cells differ in cost (E2E vs
+prompt tuning, datasets of other sizes), so it is said as an estimate, and nothing is said before a trial
+has finished.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
 
 
 def eta_seconds(durations: list[float], left: int, slots: int) -> float | None:

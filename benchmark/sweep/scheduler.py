@@ -14,7 +14,7 @@ Rules (spec `execution: {scheduler: asha, grace_period: G, reduction_factor: R}`
 - a result carrying `status` is a trial's final report, never a decision point.
 
 A stopped trial ends without its final report: the coordinator marks its last result `status: pruned`
-(`benchmark.sweep.coordinator.PrunedMarker`), and `MultiCellSearcher` tells its Optuna study PRUNED (Ray's
+(`benchmark.sweep.records_callback.PrunedMarker`), and `MultiCellSearcher` tells its Optuna study PRUNED (Ray's
 OptunaSearch would record it COMPLETE with a truncated value: orchestration.md section 2).
 
 Rung state lives in the driver and is not part of Tune's experiment snapshot: after a resume the rungs

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.results.run_dir import RunDir
+
 REHEARSAL_SUFFIX = ".smoke"  # appended to the spec name of rehearsal rows and run folders
-MARKER = "smoke.json"
-TABLE_FILE = "smoke.txt"
 SMOKE_EPOCHS = 2  # two, so checkpointing, the LR scheduler and best-epoch selection run
 SMOKE_STEPS = 2  # optimizer steps per epoch (each `accumulate` micro-batches)
 SMOKE_EVAL_BATCHES = 1
@@ -44,7 +44,7 @@ CPU_BATCH_CAP = 2
 
 
 def is_rehearsal(run_dir: str | os.PathLike) -> bool:
-    return (Path(run_dir) / MARKER).is_file()
+    return RunDir(run_dir).smoke_marker.is_file()
 
 
 def rehearsal_specs(specs) -> list[str]:
@@ -278,7 +278,7 @@ def measured_rates(run_dir) -> tuple[dict[tuple[str, str], tuple[float, int]], f
     dataset's card counts, so the price of validation is folded in as `plan --estimate` expects."""
     from benchmark.plan.estimate import split_sizes
 
-    info = json.loads((Path(run_dir) / MARKER).read_text())
+    info = json.loads(RunDir(run_dir).smoke_marker.read_text())
     per: dict[tuple[str, str], list[float]] = {}
     fixed = []
     for r in info.get("cells", []):
@@ -309,7 +309,8 @@ def run_rehearsal(spec, storage, *, address=None, num_cpus=None, num_gpus=None, 
 
     import ray
 
-    from benchmark.sweep.coordinator import connect_ray, run_sweep
+    from benchmark.sweep.coordinator import run_sweep
+    from benchmark.sweep.ray_session import connect_ray
     from benchmark.sweep.storage import check_storage
 
     storage = check_storage(storage)
@@ -349,7 +350,7 @@ def run_rehearsal(spec, storage, *, address=None, num_cpus=None, num_gpus=None, 
             rows.append(row)
         _write_marker(run_dir, reh, rows=rows, status="done", wall_seconds=wall)
         text = format_report(reh, rows, run_dir, wall)
-        (run_dir / TABLE_FILE).write_text(text + "\n")
+        RunDir(run_dir).smoke_table.write_text(text + "\n")
         print(text, flush=True)
         interrupted = result is not None and result.interrupted
         return 130 if interrupted else (0 if all(r["status"] == "ok" for r in rows) else 1)
@@ -389,9 +390,10 @@ def _write_marker(run_dir: Path, reh: Rehearsal, rows: list[dict], status: str, 
             "eval_batches": SMOKE_EVAL_BATCHES, "wall_seconds": wall_seconds,
             "random_init": [dataclasses.asdict(f) for f in reh.fallbacks],
             "skipped": [{"cell_id": c, "reason": r} for c, r in reh.skipped], "cells": rows}
-    tmp = run_dir / (MARKER + ".tmp")
+    marker = RunDir(run_dir).smoke_marker
+    tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=1, default=str))
-    os.replace(tmp, run_dir / MARKER)
+    os.replace(tmp, marker)
 
 
 def _f(v, spec: str) -> str:

@@ -13,7 +13,8 @@ coordinator checks that the restored experiment knows all of them before any orp
 (`RestoreLost`).
 
 Pickles of runs written before the module move of 2026-11-29 (`benchmark.searcher` ->
-`benchmark.sweep.searcher`, ...) load through `install_module_aliases`.
+`benchmark.sweep.searcher`, ...) or before the MLflow modules moved to benchmark/mlflow_mirror/ (2026-12-03)
+load through `install_module_aliases`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ SEARCHER_STATE = "searcher-state-*.pkl"
 LEGACY_MODULES = {
     **{f"benchmark.{m}": f"benchmark.plan.{m}" for m in ("estimate", "matrix", "search_space", "spec")},
     **{f"benchmark.{m}": f"benchmark.results.{m}" for m in ("figures", "records", "report", "selection", "tables")},
-    **{f"benchmark.{m}": f"benchmark.sweep.{m}"
-       for m in ("coordinator", "preflight", "scheduler", "searcher", "tracking", "smoke")},
+    **{f"benchmark.{m}": f"benchmark.sweep.{m}" for m in ("coordinator", "preflight", "scheduler", "searcher", "smoke")},
+    # ... and the MLflow mirror's callback, in benchmark/sweep/tracking.py from 2026-11-29 to 2026-12-03.
+    "benchmark.tracking": "benchmark.mlflow_mirror.tracking",
+    "benchmark.sweep.tracking": "benchmark.mlflow_mirror.tracking",
 }
 
 
@@ -132,3 +135,30 @@ def mark_for_retry(exp_path: str | Path, trial_ids: set[str]) -> int:
     tmp.write_text(json.dumps(state))
     tmp.replace(path)
     return marked
+
+
+def restorable(exp_path: Path, run_dir: Path, recorded: int, hint: str) -> frozenset[str] | None:
+    """The trial ids of the Tune snapshot that will be restored (None: a new experiment). A snapshot that
+    does not load, or recorded rows (`recorded` of them) without any snapshot, stop here, before Ray changes
+    anything."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(str(exp_path)):
+        return check(exp_path, recorded, hint)
+    if recorded:
+        raise SnapshotError(f"{run_dir} holds {recorded} recorded trial(s) but {exp_path} has no Ray Tune snapshot to "
+                            f"resume from; a new experiment would run them again. Put back {exp_path} (from a "
+                            f"backup), or start over with --force (the old results are kept under previous/)")
+    return None
+
+
+def retry_failed_trials(exp_path: Path, failed: set[str], expect: frozenset[str] | None) -> None:
+    """`run --retry-failed`: the failed trials (`failed`: their rows have status error) of the snapshot being
+    restored (`expect`) run again (`mark_for_retry`); says what it did."""
+    from benchmark.sweep.progress import say
+
+    if not failed or expect is None:
+        say("--retry-failed: no failed trial to run again")
+        return
+    n = mark_for_retry(exp_path, failed & expect)
+    say(f"--retry-failed: {n} failed trial(s) run again (same trial ids and parameters); the other rows are kept")

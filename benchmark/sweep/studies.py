@@ -93,18 +93,20 @@ def mark_told(search, trial_id: str) -> None:
 def reopen_failed(search, trial_id: str) -> None:
     """Make a FAIL Optuna trial RUNNING again, so its retry is told as what it became (COMPLETE, ...).
 
-    Optuna never updates a finished trial through its API; a retried Tune trial keeps its id and its
-    parameters, so it is the same Optuna trial. Done on the searcher's in-memory study (a storage without
-    `_set_trial` keeps the FAIL; the Parquet row is right either way); the RDB copy follows at the next
-    `StudyStore.sync`, which rebuilds a study whose stored trial was told differently."""
+    Optuna never updates a finished trial through its API (`set_trial_state_values` raises
+    UpdateFinishedTrialError: tests/test_studies.py pins it); a retried Tune trial keeps its id and its
+    parameters, so it is the same Optuna trial. Done on the searcher's in-memory study, the one place that
+    writes Optuna's storage privately (`InMemoryStorage._set_trial`; a storage without it keeps the FAIL; the
+    Parquet row is right either way); the RDB copy follows at the next `StudyStore.sync`, which rebuilds a
+    study whose stored trial was told differently."""
     import optuna
 
     ot_trial = search._ot_trials.get(trial_id)
     storage = search._ot_study._storage
     if ot_trial is None or not hasattr(storage, "_set_trial"):
         return
-    with storage._lock:
-        frozen = copy.copy(storage._get_trial(ot_trial._trial_id))
+    with storage._lock:  # get and set as one step (a re-entrant lock: `get_trial` takes it too)
+        frozen = copy.copy(storage.get_trial(ot_trial._trial_id))
         if frozen.state != optuna.trial.TrialState.FAIL:
             return
         frozen.state, frozen.values, frozen.datetime_complete = optuna.trial.TrialState.RUNNING, None, None
@@ -291,7 +293,7 @@ class StudyLinks(Callback):
 
 
 def study_attrs(cell) -> dict[str, Any]:
-    from benchmark.sweep.tracking_tags import objective_text  # what `objective` is, as MLflow says it too
+    from benchmark.mlflow_mirror.tags import objective_text  # what `objective` is, as MLflow says it too
 
     return {"cell_id": cell.id, **cell.keys, "spec": cell.spec, "seed": cell.seed,
             "objective": objective_text(cell.config)}

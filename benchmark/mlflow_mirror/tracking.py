@@ -14,7 +14,7 @@ the driver (a single writer), through a Tune callback:
   under a new id) are deleted, and `finalize` leaves nothing RUNNING when the driver returns.
 - A broken tracking server never stops a sweep: HTTP calls get short timeouts and no retries
   (`_short_http_timeouts`), and the first failure turns the mirror off for the rest of the sweep with one
-  warning line; `tunevlseg mlflow sync RUN` (benchmark/sweep/backfill.py) fills MLflow from Parquet later.
+  warning line; `tunevlseg mlflow sync RUN` (benchmark/mlflow_mirror/backfill.py) fills MLflow from Parquet later.
 
 Tags: `tunevlseg.sweep` (one id per started sweep), `tunevlseg.role` (`sweep`, `cell` or `trial`), `cell_id`,
 `vlsm`, `learner`, `dataset`, `variant`, `trial_id`, `trial_index`, `status`, `objective` (what it is);
@@ -39,12 +39,13 @@ import functools
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from ray.tune import Callback
 
+from benchmark.mlflow_mirror.tags import EXPERIMENT_KIND, cell_params, flatten, objective_text, system_tags, ui_link  # noqa: F401
 from benchmark.sweep.failures import trial_error_text
-from benchmark.sweep.tracking_tags import EXPERIMENT_KIND, cell_params, flatten, objective_text, system_tags, ui_link  # noqa: F401
 from trainables.protocol import CHECKPOINT_ARTIFACT, PREVIEW_FILE, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger("tunevlseg.tracking")
@@ -334,14 +335,17 @@ class MLflowMirror:
         for variant, scores in by_variant.items():
             for key, xs in scores.items():
                 values[f"mean_selected_{key}.{variant}"] = sum(xs) / len(xs)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()])
+        # Step 0 every time a driver (or sync) ends; MLflow shows the value of the latest timestamp at a step (the
+        # larger value on a tie), so the time of logging makes a later, smaller value the one shown.
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
         done = values["trials_done"] >= values["trials_planned"]
         self.client.set_terminated(run_id, "FINISHED" if done else "KILLED")
         return run_id
 
     def record_cell(self, cid: str, best: dict[str, Any] | None, trials_done: int) -> str:
         """The cell's parent run with its selected trial (`selected_*` metrics, `selected_trial` tag) and
-        `trials_done`; returns its run id. Used by `finalize` and by `mlflow sync` (benchmark/sweep/backfill.py)."""
+        `trials_done`; returns its run id. Used by `finalize` and by `mlflow sync` (benchmark/mlflow_mirror/backfill.py)."""
         run_id = self.parent_run(cid)
         if best:
             from mlflow.entities import Metric
@@ -349,7 +353,8 @@ class MLflowMirror:
             names = {"objective": "selected_objective", "test_dice": "selected_test_dice",
                      "test_iou": "selected_test_iou", "best_val_dice": "selected_val_dice",
                      "val_loss": "selected_val_loss"}
-            metrics = [Metric(name, float(best[k]), 0, 0) for k, name in names.items()
+            now = int(time.time() * 1000)  # a later selection wins (see record_sweep)
+            metrics = [Metric(name, float(best[k]), now, 0) for k, name in names.items()
                        if _numeric(best.get(k)) and math.isfinite(best[k])]
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics)

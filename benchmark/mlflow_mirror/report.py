@@ -47,7 +47,7 @@ def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path | No
     if uri is None or not rd.plan_file.is_file():
         return None
     if uri == default_uri(run_dir):
-        from benchmark.sweep.mlflow_paths import repoint
+        from benchmark.mlflow_mirror.paths import repoint
 
         repoint(run_dir)
     sweep_id = json.loads(rd.plan_file.read_text()).get("sweep_id")
@@ -64,7 +64,7 @@ def log_outputs(run_dir: str | Path, files: list[Path], out_dir: str | Path | No
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        from benchmark.sweep.tracking_tags import system_tags  # Ray-free
+        from benchmark.mlflow_mirror.tags import system_tags  # Ray-free
 
         tags = {**system_tags("tunevlseg tables"), "tunevlseg.sweep": sweep_id, "tunevlseg.role": "sweep"}
         run_id = client.create_run(exp.experiment_id, run_name=f"{spec} (sweep)", tags=tags).info.run_id

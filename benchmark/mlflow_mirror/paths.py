@@ -7,7 +7,7 @@ the old copy's files while it still exists). This rewrites the prefix in the run
 `mlflow.db` to where the directory is now. `tunevlseg run` (resuming), `tunevlseg tables` and
 `make mlflow-ui` call it; by hand:
 
-    python -m benchmark.sweep.mlflow_paths RUN_DIR
+    python -m benchmark.mlflow_mirror.paths RUN_DIR
 
 Only the default local store is touched (`<run dir>/mlflow.db` with artifacts in `<run dir>/mlartifacts`);
 a tracking server keeps its own artifact store and needs nothing.
@@ -69,11 +69,11 @@ def experiment_ids(run_dir: str | Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Re-point, then print the UI address of the sweep's runs (`make mlflow-ui` runs this first)."""
-    from benchmark.sweep.tracking_tags import ui_link
+    from benchmark.mlflow_mirror.tags import ui_link
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m benchmark.sweep.mlflow_paths RUN_DIR", file=sys.stderr)
+        print("usage: python -m benchmark.mlflow_mirror.paths RUN_DIR", file=sys.stderr)
         return 2
     n = repoint(args[0])
     print(f"{args[0]}: {n} MLflow artifact path(s) re-pointed" if n else f"{args[0]}: MLflow artifact paths are current")

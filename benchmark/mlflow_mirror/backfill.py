@@ -1,6 +1,6 @@
 """Fill the MLflow mirror from Parquet (`tunevlseg mlflow sync RUN`, and at every sweep start).
 
-MLflow is a mirror: when the tracking server is down the sweep goes on without it (benchmark/sweep/tracking.py
+MLflow is a mirror: when the tracking server is down the sweep goes on without it (benchmark/mlflow_mirror/tracking.py
 turns the mirror off after the first failure). Afterwards every trial row in `trials/*.parquet` is mirrored
 again: a trial whose MLflow run is missing gets one (params from the trial's `params.json` in the Tune
 directory, per-epoch metrics from its `result.json`, final metrics, status and error from its row, the
@@ -12,7 +12,7 @@ Runs are written by the live mirror's own methods (`MLflowMirror.start_trial`, `
 `record_cell`), so a backfilled run has what a live one has: the system tags and the spec's description the
 last driver recorded in plan.json, the cell's params from the plan fingerprint, one value per metric and
 epoch, the tuned-prompt artifact and preview.png, `selected_*` metrics on the cell's parent run. A moved or
-copied run directory's local store is re-pointed first (benchmark/sweep/mlflow_paths.py).
+copied run directory's local store is re-pointed first (benchmark/mlflow_mirror/paths.py).
 """
 
 from __future__ import annotations
@@ -135,12 +135,17 @@ def _backfill(rd: RunDir, mirror) -> dict[str, int]:
     return counts
 
 
+def _planned(rd: RunDir) -> dict[str, SimpleNamespace]:
+    """Each planned cell's searched trials and reruns over seeds, in plan order (plan.json's fingerprint)."""
+    if not rd.plan_file.is_file():
+        return {}
+    cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
+    return {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
+            for cid, c in cells.items() if c.get("trials") is not None}
+
+
 def _parents(rd: RunDir, mirror, rows: list[dict[str, Any]]) -> None:
-    planned = {}
-    if rd.plan_file.is_file():
-        cells = rd.plan_state().get("fingerprint", {}).get("cells", {})
-        planned = {cid: SimpleNamespace(trials=c.get("trials"), reseeds=c.get("reseeds", 0))
-                   for cid, c in cells.items() if c.get("trials") is not None}
+    planned = _planned(rd)
     rule = rd.selection()
     by_cell: dict[str, list[dict]] = {}
     for r in rows:
@@ -171,24 +176,43 @@ def sync(run_dir: str | Path, uri: str | None = None) -> dict[str, int]:
     with RunLock(rd.path, command=f"tunevlseg mlflow sync {rd.path}"):
         artifacts = rd.mlflow_artifacts.resolve().as_uri() if uri.startswith("sqlite") else None
         if uri == default_uri(rd.path):  # moved or copied: the store's artifact paths follow it
-            from benchmark.sweep.coordinator import _repoint_store
+            from benchmark.sweep.relocation import repoint_store
 
-            _repoint_store(rd.path)
+            repoint_store(rd.path)
         mirror = _mirror(rd, state, spec, uri, artifacts)
         try:
             mirror.ensure_experiment()
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"MLflow at {uri} is not reachable ({type(e).__name__}: "
                               f"{(str(e).splitlines() or [''])[0][:160]}); start the server and run this again") from None
-        return _backfill(rd, mirror)
+        counts = _backfill(rd, mirror)
+        _record_sweep(rd, mirror)
+        return counts
+
+
+def _record_sweep(rd: RunDir, mirror) -> None:
+    """The sweep run's summary metrics and status, as the live driver ends a sweep (`MLflowMirror.finalize`):
+    per planned cell, in plan order, its trials planned (with reruns over seeds), done and failed, and its
+    selected trial."""
+    rule = rd.selection()
+    rows = rd.rows()
+    states = {}
+    for cid, cell in _planned(rd).items():
+        cell_rows = list(rows.get(cid, {}).values())
+        if cell_rows and cid not in mirror.cells:  # the variant of its mean_selected_* metrics
+            mirror.cells[cid] = {k: cell_rows[0][k] for k in ("vlsm", "learner", "dataset", "variant")}
+        planned = reseed.expected(cell, cell_rows, rule)
+        states[cid] = {"done": len(cell_rows) >= planned, "trials_done": len(cell_rows), "planned": planned,
+                       "failed": sum(r["status"] == STATUS_ERROR for r in cell_rows), "best": select(cell_rows, rule)}
+    mirror.record_sweep(states)
 
 
 def _mirror(rd: RunDir, state: dict[str, Any], spec: str, uri: str, artifacts: str | None):
     """The mirror the sweep's driver had: its description and system tags (plan.json `mlflow`, written by
     the driver; a run from before that gets this process's tags) and each cell's params and keys (the
     fingerprint)."""
-    from benchmark.sweep.tracking import MLflowMirror
-    from benchmark.sweep.tracking_tags import cell_params_from_plan, system_tags
+    from benchmark.mlflow_mirror.tags import cell_params_from_plan, system_tags
+    from benchmark.mlflow_mirror.tracking import MLflowMirror
 
     cells = (state.get("fingerprint") or {}).get("cells") or {}
     params = {cid: cell_params_from_plan(c) for cid, c in cells.items() if "config" in c}
