@@ -134,3 +134,23 @@ def test_committed_mini_against_itself_and_a_perturbed_copy(tmp_path, capsys):
         rd.write_cell(cid, [dict(r, test_dice=(r["test_dice"] or 0) * 0.4) for r in rows.values()])
     assert main(["compare", str(copy), str(ref)]) == 1
     assert "verdict: DIFFER" in capsys.readouterr().out
+
+
+def test_the_same_spec_run_in_another_checkout_is_comparable(tmp_path, capsys):
+    """plan.json records absolute data roots and weights; two checkouts (or machines) ran the same plan."""
+    a, b = _write_run(tmp_path / "a"), _write_run(tmp_path / "b")
+    for run, home in ((a, "/home/alice/tunevlseg"), (b, "/work/ci-check")):
+        plan = json.loads((run / "plan.json").read_text())
+        for cid, cell in plan["fingerprint"]["cells"].items():
+            dataset = cid.split("_")[-1].replace("-", "_")
+            cell["config"] = {"data": {"root": f"{home}/data/mini/{dataset}"},
+                              "model": {"weights": f"{home}/models/clipseg-mini"}}
+        (run / "plan.json").write_text(json.dumps(plan))
+    assert main(["compare", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("verdict: IDENTICAL")
+    # another dataset (not only another place) is still another plan
+    plan = json.loads((b / "plan.json").read_text())
+    next(iter(plan["fingerprint"]["cells"].values()))["config"]["data"]["root"] = "/work/ci-check/data/mini/other"
+    (b / "plan.json").write_text(json.dumps(plan))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "different plans" in capsys.readouterr().err

@@ -25,6 +25,7 @@ the verdict: they say how far from bit-identical the runs are, not whether the r
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -180,12 +181,29 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float:
     return (conc - disc) / denom if denom else math.nan
 
 
+def _portable(fingerprint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fingerprint without where this machine keeps the data and weights. The plan records absolute data
+    roots and weight paths (resume must find them again), but two runs of one spec in two checkouts, or on two
+    machines, ran the same plan: comparing them is the point of `compare`. A local path is reduced to its last
+    component (`/a/data/mini/mini_polyp` -> `mini_polyp`); a hub id has no leading `/` and stays as it is."""
+    if not fingerprint:
+        return fingerprint
+    fp = copy.deepcopy(fingerprint)
+    for cell in (fp.get("cells") or {}).values():
+        config = cell.get("config") or {}
+        for section, key in (("data", "root"), ("model", "weights")):
+            value = (config.get(section) or {}).get(key)
+            if isinstance(value, str) and Path(value).is_absolute():
+                config[section][key] = Path(value).name
+    return fp
+
+
 def compare_runs(run: str | Path, ref: str | Path, z: float = Z_DEFAULT) -> Comparison:
     if not (z > 0 and math.isfinite(z)):
         raise ConfigError(f"--z {z}: must be a positive number (2 = about 95% of noise-only differences pass)")
     rd_run, plan_run, trials_run = _load(run, "RUN")
     rd_ref, plan_ref, trials_ref = _load(ref, "REF")
-    if plan_run.get("fingerprint") != plan_ref.get("fingerprint"):
+    if _portable(plan_run.get("fingerprint")) != _portable(plan_ref.get("fingerprint")):
         a, b = plan_run.get("fingerprint") or {}, plan_ref.get("fingerprint") or {}
         what = (f"spec {a.get('spec')!r} vs {b.get('spec')!r}" if a.get("spec") != b.get("spec") else
                 f"{len(set(a.get('cells', {})) ^ set(b.get('cells', {})))} cell(s) in one plan only, or other "
