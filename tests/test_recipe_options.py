@@ -130,7 +130,8 @@ def test_medvlsm_main_line_spec_carries_its_recipe():
     # experiments/medvlsm_e2e_main.yaml: medvlsm's branch main (the YAML cites commit and file per value)
     for cfg in _medical_e2e_cells("medvlsm_e2e_main.yaml"):
         t = cfg.train
-        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.2, 42)
+        # bce_weight 0: lambda_ce 0.2 of monai 1.1.0's DiceCELoss weighs a CE term that is 0 on one channel
+        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.0, 42)
         assert (t.scheduler, t.plateau_factor, t.plateau_patience) == ("plateau", 0.1, 5)
         assert (t.early_stop_on, t.early_stop_patience, t.grad_clip_norm) == ("val_dice", 20, 0.5)
         assert not cfg.data.augment and cfg.data.mask_target == "original"

@@ -62,6 +62,12 @@ class DataConfig:
     # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
     # (bool too: YAML 1.1 reads `off` as false.)
     feature_cache: str | float | bool = "auto"
+    # medvlsm's main line (experiments/medvlsm_e2e_main.yaml); both defaults leave a trial as it was.
+    # Prompt level of the annotation files (p0..p9, as the dataset has them) instead of the card's p1.
+    prompt_level: str | None = None
+    # How files become S x S: bicubic (cv2, the original's) or bilinear_antialias (torchvision's Resize on a PIL
+    # image: Pillow BILINEAR image, Pillow NEAREST mask); trainables/data/transforms.py RESIZES.
+    resize: str = "bicubic"
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -427,7 +433,8 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
                              augment=(split == "train" and cfg.data.augment), cache=cfg.data.cache, normalize=False,
-                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original")
+                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original",
+                             resize=cfg.data.resize, prompt_level=cfg.data.prompt_level)
         for split in ("train", "val", "test")
     }
 

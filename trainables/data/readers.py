@@ -132,6 +132,20 @@ def _medvlsm_entry(card: DataCard, root: Path, split: str, ann: Path, i: int, it
                  name=str(PurePosixPath(card.mask_dir(split), item["mask_name"])), img_name=item["img_name"])
 
 
+def prompt_levels(card: DataCard, root: Path, split: str, source: AnnotationSource = "auto") -> tuple[str, ...]:
+    """The prompt levels (medvlsm's p0..p9) every entry of a split's annotation file carries, in file order;
+    () for the image_dir layout, whose prompt is the class folder's name."""
+    if card.layout == "image_dir":
+        return ()
+    ann = annotation_source(card, root, split, source)
+    common: dict[str, None] | None = None
+    for item in read_annotation_file(ann):
+        keys = item.get("prompts") if isinstance(item, dict) else None
+        keys = dict.fromkeys(keys) if isinstance(keys, dict) else {}
+        common = keys if common is None else {k: None for k in common if k in keys}
+    return tuple(common or ())
+
+
 def image_dir_entries(card: DataCard, root: Path, split: str) -> list[Entry]:
     """One entry per `<masks>/<class>/<id>.png` (sorted, so the order does not depend on the filesystem)."""
     mask_root = root / card.mask_dir(split)
