@@ -142,6 +142,7 @@ def test_medvlsm_spec_sets_its_recipe_on_the_medical_clipseg_e2e_cells():
         t = cfg.train
         assert (t.lr, t.weight_decay, t.batch_size, t.scheduler, t.cosine_t_max, t.cosine_eta_min) == \
             (1e-3, 1e-3, 32, "cosine", 50, 1e-4)
+        # bce_weight 0: lambda_ce 1.0 weighs monai 1.1.0's CE term, which is 0 on one channel
         assert (t.bce_weight, t.grad_clip_norm, t.precision, t.early_stop_on, t.early_stop_patience) == \
-            (1.0, 0.5, "16-mixed", "val_dice", 20)
-        assert t.weight_decay_on == "all" and not cfg.data.augment
+            (0.0, 0.5, "16-mixed", "val_dice", 20)
+        assert t.weight_decay_on == "all" and not cfg.data.augment and cfg.data.resize == "bilinear_antialias"
