@@ -96,6 +96,10 @@ def test_a_trial_reads_resize_and_prompt_level_from_its_data_config(polyp):
     assert other["val"].prompts == [f"polyp number {i}." for i in range(len(other["val"]))]
     with pytest.raises(ConfigError, match=r"data\.resize: unknown resize 'bilinear'; allowed: bicubic, "):
         datasets(resize="bilinear")
+    # medvlsm fed the prompts as written: no full stop, and p0 is the empty prompt
+    assert datasets(prompt_full_stop=False)["val"].prompts[0] == "polyp"
+    as_written = datasets(prompt_full_stop=False, prompt_level="p0")
+    assert {ds[i]["prompt"] for ds in as_written.values() for i in range(len(ds))} == {""}
 
 
 # --- data.prompt_level -------------------------------------------------------------------------------------
@@ -141,6 +145,7 @@ def test_the_main_line_spec_runs_one_cell_per_prompt_level_with_the_torchvision_
     for (dataset, level), cell in cells.items():
         cfg = TrialConfig.from_dict(cell.config)
         assert cfg.data.prompt_level == level and cfg.data.resize == "bilinear_antialias"
+        assert cfg.data.prompt_full_stop is False  # medvlsm's prompts as written
         # monai 1.1.0's DiceCELoss on one channel: the CE term is 0, the loss is Dice alone
         assert cfg.train.bce_weight == 0.0 and cfg.data.mask_target == "original"
         for split in ("train", "val", "test"):

@@ -146,3 +146,4 @@ def test_medvlsm_spec_sets_its_recipe_on_the_medical_clipseg_e2e_cells():
         assert (t.bce_weight, t.grad_clip_norm, t.precision, t.early_stop_on, t.early_stop_patience) == \
             (0.0, 0.5, "16-mixed", "val_dice", 20)
         assert t.weight_decay_on == "all" and not cfg.data.augment and cfg.data.resize == "bilinear_antialias"
+        assert cfg.data.prompt_full_stop is False

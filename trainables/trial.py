@@ -68,6 +68,9 @@ class DataConfig:
     # How files become S x S: bicubic (cv2, the original's) or bilinear_antialias (torchvision's Resize on a PIL
     # image: Pillow BILINEAR image, Pillow NEAREST mask); trainables/data/transforms.py RESIZES.
     resize: str = "bicubic"
+    # End every prompt with a full stop (TuneVLSeg's insert_stop_at_last); false: as the annotation files write
+    # them, as medvlsm did ("polyp", and "" for p0).
+    prompt_full_stop: bool = True
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -434,7 +437,8 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
                              augment=(split == "train" and cfg.data.augment), cache=cfg.data.cache, normalize=False,
                              seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original",
-                             resize=cfg.data.resize, prompt_level=cfg.data.prompt_level)
+                             resize=cfg.data.resize, prompt_level=cfg.data.prompt_level,
+                             prompt_full_stop=cfg.data.prompt_full_stop)
         for split in ("train", "val", "test")
     }
 

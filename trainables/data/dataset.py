@@ -165,7 +165,7 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
                   mean, std, augment: bool | None = None, cache: bool = True,
                   annotations: AnnotationSource = "auto", seed: int | None = None,
                   normalize: bool = True, grey_masks: bool = False, resize: str = "bicubic",
-                  prompt_level: str | None = None) -> SegmentationDataset:
+                  prompt_level: str | None = None, prompt_full_stop: bool = True) -> SegmentationDataset:
     """One split of a dataset on disk, checked for structure and missing files before any decoding.
 
     `card`: a card name (`kvasir`) or a path to a card YAML. `augment` defaults to True for train only.
@@ -173,7 +173,9 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     `normalize=False`: uint8 image and mask samples, normalised later by the consumer (see the class).
     `resize`: how files become S x S (`transforms.RESIZES`; `data.resize` of a trial).
     `prompt_level`: read this level of the annotation file's prompts (medvlsm's p0..p9) instead of the
-    card's `prompt_key` (p1); `data.prompt_level` of a trial.
+    card's `prompt_key` (p1); `data.prompt_level` of a trial. `prompt_full_stop=False`: the prompts as the
+    annotation file writes them (medvlsm's pipeline), not ended with a full stop; medvlsm layout only (an
+    image_dir prompt is a folder name, always given one); `data.prompt_full_stop` of a trial.
     """
     card = load_card(card)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
@@ -182,7 +184,7 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     root = Path(root).expanduser().resolve()
     if prompt_level is not None:
         card = with_prompt_level(card, root, split, prompt_level, annotations)
-    entries, source = list_entries(card, root, split, annotations)
+    entries, source = list_entries(card, root, split, annotations, prompt_full_stop)
     missing = missing_files(entries)
     if missing:
         more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
