@@ -130,7 +130,8 @@ def test_medvlsm_main_line_spec_carries_its_recipe():
     # experiments/medvlsm_e2e_main.yaml: medvlsm's branch main (the YAML cites commit and file per value)
     for cfg in _medical_e2e_cells("medvlsm_e2e_main.yaml"):
         t = cfg.train
-        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.2, 42)
+        # bce_weight 0: lambda_ce 0.2 of monai 1.1.0's DiceCELoss weighs a CE term that is 0 on one channel
+        assert (t.lr, t.batch_size, t.effective_batch_size, t.bce_weight, t.seed) == (2e-3, 128, 128, 0.0, 42)
         assert (t.scheduler, t.plateau_factor, t.plateau_patience) == ("plateau", 0.1, 5)
         assert (t.early_stop_on, t.early_stop_patience, t.grad_clip_norm) == ("val_dice", 20, 0.5)
         assert not cfg.data.augment and cfg.data.mask_target == "original"
@@ -141,6 +142,8 @@ def test_medvlsm_spec_sets_its_recipe_on_the_medical_clipseg_e2e_cells():
         t = cfg.train
         assert (t.lr, t.weight_decay, t.batch_size, t.scheduler, t.cosine_t_max, t.cosine_eta_min) == \
             (1e-3, 1e-3, 32, "cosine", 50, 1e-4)
+        # bce_weight 0: lambda_ce 1.0 weighs monai 1.1.0's CE term, which is 0 on one channel
         assert (t.bce_weight, t.grad_clip_norm, t.precision, t.early_stop_on, t.early_stop_patience) == \
-            (1.0, 0.5, "16-mixed", "val_dice", 20)
-        assert t.weight_decay_on == "all" and not cfg.data.augment
+            (0.0, 0.5, "16-mixed", "val_dice", 20)
+        assert t.weight_decay_on == "all" and not cfg.data.augment and cfg.data.resize == "bilinear_antialias"
+        assert cfg.data.prompt_full_stop is False

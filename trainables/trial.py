@@ -188,7 +188,9 @@ def build_datasets(cfg: TrialConfig, spec) -> dict[str, Any]:
     return {
         split: build_dataset(cfg.data.dataset, cfg.data.root, split, spec.image_size, spec.mean, spec.std,
                              augment=(split == "train" and cfg.data.augment), cache=cfg.data.cache, normalize=False,
-                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original")
+                             seed=cfg.train.seed, grey_masks=cfg.data.mask_target == "original",
+                             resize=cfg.data.resize, prompt_level=cfg.data.prompt_level,
+                             prompt_full_stop=cfg.data.prompt_full_stop)
         for split in ("train", "val", "test")
     }
 
@@ -504,7 +506,9 @@ def _artifact_data(cfg: TrialConfig, test_set) -> dict:
     # The most frequent (one-class datasets: the only one); ties go to the first in split order, so the
     # choice does not depend on string hashing.
     counts = collections.Counter(getattr(test_set, "prompts", None) or [])
-    return {"dataset": str(cfg.data.dataset), "prompt": counts.most_common(1)[0][0] if counts else None}
+    # the resize only where it is not the default, so the artifacts of every other trial stay as they were
+    resize = {"resize": cfg.data.resize} if cfg.data.resize != "bicubic" else {}
+    return {"dataset": str(cfg.data.dataset), "prompt": counts.most_common(1)[0][0] if counts else None, **resize}
 
 
 def _diverged(epoch: int, step: int, optimizer, loss: torch.Tensor):

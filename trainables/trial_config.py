@@ -27,6 +27,9 @@ DecayOn = Literal["weights", "all"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 
 
+RESIZES = ("bicubic", "bilinear_antialias")  # data.resize
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str  # a data card name (datasets/<name>.yaml) or a path to a card
@@ -41,6 +44,15 @@ class DataConfig:
     # Frozen image features of un-augmented images, per worker (CoOp/CoCoOp): auto, off or a bound in GB.
     # (bool too: YAML 1.1 reads `off` as false.)
     feature_cache: str | float | bool = "auto"
+    # medvlsm's main line (experiments/medvlsm_e2e_main.yaml); both defaults leave a trial as it was.
+    # Prompt level of the annotation files (p0..p9, as the dataset has them) instead of the card's p1.
+    prompt_level: str | None = None
+    # How files become S x S: bicubic (cv2, the original's) or bilinear_antialias (torchvision's Resize on a PIL
+    # image: Pillow BILINEAR image, Pillow NEAREST mask); trainables/data/transforms.py RESIZES.
+    resize: str = "bicubic"
+    # End every prompt with a full stop (TuneVLSeg's insert_stop_at_last); false: as the annotation files write
+    # them, as medvlsm did ("polyp", and "" for p0).
+    prompt_full_stop: bool = True
 
     def __post_init__(self):
         if self.num_workers < 0:
@@ -48,6 +60,10 @@ class DataConfig:
         if self.mask_target not in ("binary", "original"):
             raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
         parse_feature_cache(self.feature_cache)
+        # checked here too so that `plan` refuses a typo before any trial starts (the resize itself lives in
+        # trainables/data/transforms.py, whose RESIZES a test keeps equal to this tuple)
+        if self.resize not in RESIZES:
+            raise ConfigError(f"data.resize: unknown resize {self.resize!r}; allowed: {', '.join(RESIZES)}")
 
 
 @dataclass(frozen=True)

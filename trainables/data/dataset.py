@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -10,10 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainables.config import ConfigError
 from trainables.data import transforms as T
 from trainables.data.cards import DataCard, load_card
-from trainables.data.readers import (CACHE, CHECK_HINT, AnnotationSource, DataError, Entry, decode_image,
-                                     decode_mask, list_entries, missing_files)
+from trainables.data.readers import (CACHE, CHECK_HINT, AnnotationSource, DataError, Entry, annotation_source,
+                                     decode_image, decode_mask, list_entries, missing_files, prompt_levels)
 
 
 class SegmentationDataset(Dataset):
@@ -28,13 +30,14 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,
                  mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = "",
-                 normalize: bool = True, grey_masks: bool = False):
+                 normalize: bool = True, grey_masks: bool = False, resize: str = "bicubic"):
         self.card, self.root, self.split, self.entries = card, root, split, entries
         # grey_masks: samples carry the mask's grey values 0..255 (resized nearest), not {0, 1}; for the
         # original's targets (`data.mask_target: original` in trainables/trial.py).
         self.grey_masks = grey_masks
         self.image_size, self.augment, self.cache, self.seed, self.source = image_size, augment, cache, seed, source
         self.normalize = normalize
+        self.resize = T.check_resize(resize)  # how files become S x S (transforms.RESIZES); part of the cache keys
         # List-valued prompts (CAMUS) are drawn at random for training only; evaluation uses the first one
         # so that val/test scores are deterministic (the original re-drew them at val/test too).
         self.random_prompts = split == "train"
@@ -53,12 +56,12 @@ class SegmentationDataset(Dataset):
 
     # --- decoding (cached) -----------------------------------------------------------------------------
     def _image(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-        key = CACHE.key(path, "image", self.image_size) if self.cache else None
+        key = CACHE.key(path, "image", self.image_size, self.resize) if self.cache else None
         hit = CACHE.get(key) if key else None
         if hit is not None:
             return hit
         full = decode_image(path)
-        small = T.resize_image(full, self.image_size)
+        small = T.resize_image(full, self.image_size, self.resize)
         value = (small, full.shape[:2])
         if key:
             CACHE.put(key, value, small.nbytes)
@@ -66,7 +69,7 @@ class SegmentationDataset(Dataset):
 
     def _mask(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
         threshold = None if self.grey_masks else self.card.mask_threshold
-        key = CACHE.key(path, "mask", self.image_size, threshold) if self.cache else None
+        key = CACHE.key(path, "mask", self.image_size, threshold, self.resize) if self.cache else None
         hit = CACHE.get(key) if key else None
         if hit is not None and self.grey_masks:
             return hit
@@ -74,7 +77,7 @@ class SegmentationDataset(Dataset):
             packed, hw = hit
             return np.unpackbits(packed, count=self.image_size**2).reshape(self.image_size, self.image_size), hw
         full = decode_mask(path, threshold, self.card.max_ambiguous_fraction)
-        small = np.ascontiguousarray(T.resize_mask(full, self.image_size))
+        small = np.ascontiguousarray(T.resize_mask(full, self.image_size, self.resize))
         if key and self.grey_masks:
             CACHE.put(key, (small, full.shape), small.nbytes)
         elif key:  # masks are {0,1}: bit-packing makes a 352 px mask 15 kB instead of 124 kB
@@ -145,28 +148,43 @@ class SegmentationDataset(Dataset):
         untouched = not self.augment or (not self.normalize and np.array_equal(out["image"], image))
         return {"image": torch.from_numpy(image_chw), "mask": torch.from_numpy(mask_chw), "prompt": prompt,
                 "original_size": hw, "name": self.entries[index].name, "index": index,
-                "image_id": f"{self.entries[index].image}@{self.image_size}" if untouched else ""}
+                "image_id": self._image_id(index) if untouched else ""}
+
+    def _image_id(self, index: int) -> str:
+        """The frozen-feature cache's key of sample `index`'s resized pixels: file, size and (when not the
+        default, whose ids stay as they were) the resize, so that two resizes of one file never share features."""
+        suffix = "" if self.resize == "bicubic" else f"/{self.resize}"
+        return f"{self.entries[index].image}@{self.image_size}{suffix}"
 
     def __repr__(self) -> str:
         return (f"SegmentationDataset({self.card.name}, {self.split}, n={len(self)}, size={self.image_size}, "
-                f"augment={self.augment}, normalize={self.normalize}, source={self.source})")
+                f"augment={self.augment}, normalize={self.normalize}, resize={self.resize}, source={self.source})")
 
 
 def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, split: str, image_size: int,
                   mean, std, augment: bool | None = None, cache: bool = True,
                   annotations: AnnotationSource = "auto", seed: int | None = None,
-                  normalize: bool = True, grey_masks: bool = False) -> SegmentationDataset:
+                  normalize: bool = True, grey_masks: bool = False, resize: str = "bicubic",
+                  prompt_level: str | None = None, prompt_full_stop: bool = True) -> SegmentationDataset:
     """One split of a dataset on disk, checked for structure and missing files before any decoding.
 
     `card`: a card name (`kvasir`) or a path to a card YAML. `augment` defaults to True for train only.
     `annotations`: "auto" uses `<root>/anns/<split>.json` when present, else the card's shipped split.
     `normalize=False`: uint8 image and mask samples, normalised later by the consumer (see the class).
+    `resize`: how files become S x S (`transforms.RESIZES`; `data.resize` of a trial).
+    `prompt_level`: read this level of the annotation file's prompts (medvlsm's p0..p9) instead of the
+    card's `prompt_key` (p1); `data.prompt_level` of a trial. `prompt_full_stop=False`: the prompts as the
+    annotation file writes them (medvlsm's pipeline), not ended with a full stop; medvlsm layout only (an
+    image_dir prompt is a folder name, always given one); `data.prompt_full_stop` of a trial.
     """
     card = load_card(card)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    T.check_resize(resize)
     root = Path(root).expanduser().resolve()
-    entries, source = list_entries(card, root, split, annotations)
+    if prompt_level is not None:
+        card = with_prompt_level(card, root, split, prompt_level, annotations)
+    entries, source = list_entries(card, root, split, annotations, prompt_full_stop)
     missing = missing_files(entries)
     if missing:
         more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
@@ -175,4 +193,22 @@ def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, s
     if augment is None:
         augment = split == "train"
     return SegmentationDataset(card, root, split, entries, image_size, mean, std, augment, cache, seed, source,
-                               normalize, grey_masks)
+                               normalize, grey_masks, resize)
+
+
+def with_prompt_level(card: DataCard, root: Path, split: str, level: str,
+                      annotations: AnnotationSource = "auto") -> DataCard:
+    """The card reading prompt `level` of `split`'s annotation file; a level some entry lacks is a one-line
+    ConfigError naming the field, the dataset, the file and the levels it has."""
+    if not isinstance(level, str) or not level:
+        raise ConfigError(f"data.prompt_level must be a prompt level such as p1, got {level!r}")
+    if card.layout == "image_dir":
+        raise ConfigError(f"data.prompt_level: {card.name} has no prompt levels (its prompt is the class name); "
+                          f"remove data.prompt_level")
+    levels = prompt_levels(card, root, split, annotations)
+    if level not in levels:
+        where = annotation_source(card, root, split, annotations)
+        has = ", ".join(levels) if levels else "none"
+        raise ConfigError(f"data.prompt_level: {card.name} {split} has no prompt level {level!r} "
+                          f"(levels in every entry of {where}: {has}); pick one of those")
+    return dataclasses.replace(card, prompt_key=level)

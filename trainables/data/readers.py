@@ -105,18 +105,21 @@ def _inside(root: Path, folder: str, rel: object, what: str, ann: Path, index: i
     return root / folder / Path(*parts.parts)
 
 
-def medvlsm_entries(card: DataCard, root: Path, split: str, ann: Path) -> tuple[list[Entry], list[Problem]]:
-    """Entries of one annotation file; malformed entries become problems (the rest are still read)."""
+def medvlsm_entries(card: DataCard, root: Path, split: str, ann: Path,
+                    full_stop: bool = True) -> tuple[list[Entry], list[Problem]]:
+    """Entries of one annotation file; malformed entries become problems (the rest are still read).
+    `full_stop=False` keeps the prompts as written (medvlsm's own pipeline), instead of `normalise_prompt`."""
     entries, problems = [], []
     for i, item in enumerate(read_annotation_file(ann)):
         try:
-            entries.append(_medvlsm_entry(card, root, split, ann, i, item))
+            entries.append(_medvlsm_entry(card, root, split, ann, i, item, full_stop))
         except DataError as e:
             problems.append(Problem(str(ann), str(e).removeprefix(f"{ann} ")))
     return entries, problems
 
 
-def _medvlsm_entry(card: DataCard, root: Path, split: str, ann: Path, i: int, item: object) -> Entry:
+def _medvlsm_entry(card: DataCard, root: Path, split: str, ann: Path, i: int, item: object,
+                   full_stop: bool = True) -> Entry:
     if not isinstance(item, dict) or "img_name" not in item or "mask_name" not in item:
         raise DataError(f"{ann} entry {i}: needs `img_name` and `mask_name`, got {str(item)[:80]}")
     prompts = item.get("prompts")
@@ -128,8 +131,22 @@ def _medvlsm_entry(card: DataCard, root: Path, split: str, ann: Path, i: int, it
         raise DataError(f"{ann} entry {i}: prompt {card.prompt_key} must be a string or a list of strings")
     image = _inside(root, card.image_dir(split), item["img_name"], "img_name", ann, i)
     mask = _inside(root, card.mask_dir(split), item["mask_name"], "mask_name", ann, i)
-    return Entry(image, mask, tuple(normalise_prompt(t) for t in texts),
+    return Entry(image, mask, tuple(normalise_prompt(t) if full_stop else t for t in texts),
                  name=str(PurePosixPath(card.mask_dir(split), item["mask_name"])), img_name=item["img_name"])
+
+
+def prompt_levels(card: DataCard, root: Path, split: str, source: AnnotationSource = "auto") -> tuple[str, ...]:
+    """The prompt levels (medvlsm's p0..p9) every entry of a split's annotation file carries, in file order;
+    () for the image_dir layout, whose prompt is the class folder's name."""
+    if card.layout == "image_dir":
+        return ()
+    ann = annotation_source(card, root, split, source)
+    common: dict[str, None] | None = None
+    for item in read_annotation_file(ann):
+        keys = item.get("prompts") if isinstance(item, dict) else None
+        keys = dict.fromkeys(keys) if isinstance(keys, dict) else {}
+        common = keys if common is None else {k: None for k in common if k in keys}
+    return tuple(common or ())
 
 
 def image_dir_entries(card: DataCard, root: Path, split: str) -> list[Entry]:
@@ -149,8 +166,8 @@ def image_dir_entries(card: DataCard, root: Path, split: str) -> list[Entry]:
     return entries
 
 
-def scan_entries(card: DataCard, root: str | os.PathLike, split: str,
-                 source: AnnotationSource = "auto") -> tuple[list[Entry], str, list[Problem]]:
+def scan_entries(card: DataCard, root: str | os.PathLike, split: str, source: AnnotationSource = "auto",
+                 full_stop: bool = True) -> tuple[list[Entry], str, list[Problem]]:
     """Entries of a split, where they came from, and every structural problem (malformed entry, path
     outside the root, duplicate, empty split). A missing annotation file or folder raises DataError."""
     root = Path(root).expanduser()
@@ -160,7 +177,7 @@ def scan_entries(card: DataCard, root: str | os.PathLike, split: str,
         entries, label, problems = image_dir_entries(card, root, split), str(root / card.mask_dir(split)), []
     else:
         ann = annotation_source(card, root, split, source)
-        (entries, problems), label = medvlsm_entries(card, root, split, ann), str(ann)
+        (entries, problems), label = medvlsm_entries(card, root, split, ann, full_stop), str(ann)
     if not entries and not problems:
         problems.append(Problem(label, f"split {split} is empty; check the download and the layout"))
     seen: dict[tuple[Path, Path], int] = {}
@@ -173,10 +190,10 @@ def scan_entries(card: DataCard, root: str | os.PathLike, split: str,
     return entries, label, problems
 
 
-def list_entries(card: DataCard, root: str | os.PathLike, split: str,
-                 source: AnnotationSource = "auto") -> tuple[list[Entry], str]:
+def list_entries(card: DataCard, root: str | os.PathLike, split: str, source: AnnotationSource = "auto",
+                 full_stop: bool = True) -> tuple[list[Entry], str]:
     """Like `scan_entries`, but the first problem raises DataError (naming how many more there are)."""
-    entries, label, problems = scan_entries(card, root, split, source)
+    entries, label, problems = scan_entries(card, root, split, source, full_stop)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise DataError(f"{card.name} {split}: {problems[0]}{more}")

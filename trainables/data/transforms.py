@@ -1,6 +1,7 @@
 """The paper's preprocessing (reference §6.3) with albumentations 2.x.
 
-Resize (image bicubic, mask nearest) is deterministic, so it runs once per file and its output is cached;
+Resize (image bicubic, mask nearest) is deterministic, so it runs once per file and its output is cached
+(`data.resize: bilinear_antialias` resizes as medvlsm's main line did instead, see RESIZES);
 the random part runs on the cached S x S arrays, in the order of the original pipeline:
   train: Affine(scale ±2 %, translate ±2 %, rotate ±5°, replicate border, p 0.2)
          -> RandomBrightnessContrast(±0.1, by max value, p 0.2) -> Normalize
@@ -21,8 +22,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at im
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from trainables.catalog import VLSMS  # noqa: E402
+from trainables.config import ConfigError  # noqa: E402
 
 # Normalisation statistics per VLSM family, read from their catalog cards (the VLSM spec carries its own;
 # these are for convenience).
@@ -30,13 +33,33 @@ IMAGENET_MEAN, IMAGENET_STD = VLSMS.get("clipseg").mean, VLSMS.get("clipseg").st
 CLIP_MEAN, CLIP_STD = VLSMS.get("cris").mean, VLSMS.get("cris").std  # CRIS
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (S, S, 3), bicubic: what A.Resize(S, S, interpolation=INTER_CUBIC) does."""
+# How a decoded file becomes S x S (`data.resize`):
+# - bicubic: cv2 bicubic image, cv2 nearest mask; what the original's A.Resize(S, S, INTER_CUBIC) does.
+# - bilinear_antialias: Pillow's BILINEAR image (antialiased: its filter widens with the downscale factor) and
+#   Pillow's NEAREST mask; what torchvision's Resize([S, S]) and Resize([S, S], interpolation=0) do to a PIL
+#   image, as medvlsm's main line ran them (configs/experiment/clipseg.yaml @892a836).
+RESIZES = ("bicubic", "bilinear_antialias")
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZES:
+        raise ConfigError(f"data.resize: unknown resize {mode!r}; allowed: {', '.join(RESIZES)}")
+    return mode
+
+
+def resize_image(image: np.ndarray, size: int, mode: str = "bicubic") -> np.ndarray:
+    """(H, W, 3) uint8 -> (S, S, 3) uint8, by `mode` (RESIZES). Pillow's result is copied: np.asarray of a PIL
+    image is read-only, and torch.from_numpy warns on those."""
+    if check_resize(mode) == "bilinear_antialias":
+        return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) {0,1} uint8 -> (S, S), nearest: albumentations' mask interpolation (masks stay binary)."""
+def resize_mask(mask: np.ndarray, size: int, mode: str = "bicubic") -> np.ndarray:
+    """(H, W) uint8 ({0,1} or grey) -> (S, S), nearest (masks keep their values). cv2's and Pillow's nearest
+    pick different source pixels (cv2 floor(x * scale), Pillow the pixel under the output pixel's centre)."""
+    if check_resize(mode) == "bilinear_antialias":
+        return np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
