@@ -54,6 +54,23 @@ def test_artifact_records_its_dataset_prompt_for_predict(tmp_path):
     assert build_from_artifact(tmp_path / "without").default_prompt is None
 
 
+def test_artifact_records_a_non_default_resize_for_predict(tmp_path):
+    """A prompt tuned on bilinear-resized images (data.resize) is applied to bilinear-resized images."""
+    from trainables.trial import TrialConfig, _artifact_data
+
+    def data(**d):
+        cfg = TrialConfig.from_dict({"data": {"dataset": "kvasir", "root": "/x", **d},
+                                     "model": {"vlsm_config": "tiny", "learner": "coop"}})
+        return _artifact_data(cfg, None)
+
+    assert "resize" not in data()  # the default: artifacts of every other trial unchanged
+    assert data(resize="bilinear_antialias")["resize"] == "bilinear_antialias"
+    tiny().save_artifact(tmp_path / "bilinear", data=data(resize="bilinear_antialias"))
+    assert build_from_artifact(tmp_path / "bilinear").input_resize == "bilinear_antialias"
+    tiny().save_artifact(tmp_path / "bicubic", data=data())
+    assert build_from_artifact(tmp_path / "bicubic").input_resize == "bicubic"
+
+
 def test_found_from_a_checkpoint_or_a_trial_directory(saved, tmp_path_factory):
     import shutil
 

@@ -402,4 +402,6 @@ def build_from_artifact(directory: str | Path, **overrides) -> PromptedVLSM:
     meta = read_artifact_config(directory)
     model = build_model({**meta["model"], **overrides}).load_artifact(directory)
     model.default_prompt = (meta.get("data") or {}).get("prompt")
+    # how its images were resized to S x S in training (data.resize); predict resizes new images the same way
+    model.input_resize = (meta.get("data") or {}).get("resize", "bicubic")
     return model

@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
         except (UnidentifiedImageError, OSError) as e:
             raise ConfigError(f"cannot read image {path}: {e}; is it a complete image file?") from None
         rgb = np.ascontiguousarray(img.convert("RGB"))  # greyscale, RGBA and palette images become RGB
-        # The training pipeline's own resize (OpenCV bicubic), so a tuned prompt sees the pixels it was
-        # tuned on; normalisation happens on the device, as in training.
-        small = resize_image(rgb, spec.image_size)
+        # The training pipeline's own resize (the trial's data.resize, recorded in the artifact), so a tuned
+        # prompt sees the pixels it was tuned on; normalisation happens on the device, as in training.
+        small = resize_image(rgb, spec.image_size, getattr(model, "input_resize", "bicubic"))
         return rgb, torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))
 
     written = 0
