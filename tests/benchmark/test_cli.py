@@ -11,7 +11,7 @@ import pytest
 
 from benchmark import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _every_parser(parser):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_coordinator import _spec_file
+from helpers import spec_file as _spec_file
 
 from benchmark import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 
 

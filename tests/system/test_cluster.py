@@ -25,7 +25,7 @@ from benchmark.sweep.preflight import (
     run_preflight,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 SCRIPT = CLUSTER / "local-two-node.sh"
 PY = sys.executable

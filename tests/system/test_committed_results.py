@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNS = [REPO / "results" / "mini", REPO / "results" / "mini_seeds"]  # mini_seeds: reruns over seeds (issue 19)
 
 

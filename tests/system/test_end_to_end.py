@@ -20,7 +20,7 @@ from benchmark.results.run_dir import RunDir
 from benchmark.sweep.coordinator import run_sweep
 from trainables.model import find_artifact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray
 
 

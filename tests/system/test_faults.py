@@ -22,7 +22,7 @@ from benchmark.results.run_dir import RunDir
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 ENV = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 

@@ -16,7 +16,7 @@ from benchmark.results.run_dir import RunDir
 from trainables import catalog
 from trainables.catalog import TEXT, VLSMS, VLSMCost
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Text prompts only, six prompt-taking layers, cost facts of its own (a third of CRIS's, to tell them apart).
 THIRD = dict(display_name="Third VLSM", modalities={TEXT}, factory="nowhere:build", image_size=128,

@@ -22,7 +22,7 @@ from trainables import catalog
 from trainables.catalog import LEARNERS, TEXT, VLSMS
 from trainables.learners.config import PromptConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 _CLI = """
 import sys

@@ -10,7 +10,7 @@ import pytest
 from trainables.config import ConfigError, from_dict, parse_overrides
 from trainables.registry import Registry, UnknownNameError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from trainables.config import ConfigError
 from trainables.data.cards import load_card
 from trainables.registry import UnknownNameError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_checkout_serves_its_own_folders():

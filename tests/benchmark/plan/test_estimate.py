@@ -17,7 +17,7 @@ from benchmark.results.run_dir import RunDir
 from trainables import catalog
 from trainables.catalog import TEXT, VLSMS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "experiments" / "smoke.yaml"  # 2 cells (clipseg coop / maple on kvasir) x 4 trials, 3 epochs
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmark import cli
 from benchmark.plan.footprint import run_dir_gb, weights_mb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_e2e_artifact_size_is_the_vlsms_fp32_weights_counted_from_the_header():

@@ -10,7 +10,7 @@ from benchmark.plan.matrix import build_plan
 from benchmark.plan.spec import load_spec
 from trainables.trial import TrialConfig
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 
 
 def _plan(name):

@@ -14,7 +14,7 @@ from benchmark.plan.matrix import build_plan, cell_id, check_paths
 from benchmark.plan.spec import load_spec, spec_from_dict
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 EXPERIMENTS = REPO / "experiments"
 TEN = ["bkai", "clinicdb", "kvasir", "dfu", "isic", "busi", "camus", "chexlocalize", "cityscapes", "voc"]
 
@@ -144,7 +144,7 @@ def test_a_users_own_card_folder_is_what_plans_and_trials_read(tmp_path, monkeyp
 
     cards = tmp_path / "cards"
     cards.mkdir()
-    card = yaml.safe_load((Path(__file__).resolve().parents[1] / "datasets/mini_polyp.yaml").read_text())
+    card = yaml.safe_load((Path(__file__).resolve().parents[3] / "datasets/mini_polyp.yaml").read_text())
     (cards / "my_polyps.yaml").write_text(yaml.safe_dump({**card, "name": "my_polyps"}))
     with pytest.raises(ConfigError, match="unknown dataset 'my_polyps'"):
         build_plan(_spec(axes={"learner": ["coop"], "dataset": ["my_polyps"]}))

@@ -15,7 +15,7 @@ from benchmark.results import compare as C
 from benchmark.results import records as R
 from benchmark.results.run_dir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 LEARNERS = ("coop", "vpt", "maple")
 DATASETS = ("mini_polyp", "mini_skin", "mini_echo")

@@ -14,7 +14,7 @@ import pytest
 from benchmark.plan.spec import Selection
 from benchmark.results import efficiency as E
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _trials() -> pd.DataFrame:

@@ -14,7 +14,7 @@ from benchmark import cli
 from benchmark.results import embeddings as B
 from benchmark.results.palette import OKABE_ITO, dataset_styles
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CLIPSEG_MINI = REPO / "models" / "clipseg-mini"
 CRIS_MINI = REPO / "models" / "cris-mini"
 

@@ -18,7 +18,7 @@ from benchmark.results import records as R
 from benchmark.results import tables as T
 from benchmark.results.run_dir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 LEARNERS = ("coop", "vpt", "maple", "shared_separate")
 DATASETS = tuple(d.key for d in T.DATASETS[:8])

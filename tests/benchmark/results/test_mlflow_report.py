@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark.results.mlflow_report import _MAX_NOTE, log_outputs, note_text
 
-MINI = Path(__file__).resolve().parents[1] / "results" / "mini"
+MINI = Path(__file__).resolve().parents[3] / "results" / "mini"
 
 
 def test_note_is_cut_at_a_line_and_points_to_the_artifact():

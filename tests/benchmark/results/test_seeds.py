@@ -17,7 +17,7 @@ from benchmark.results import seeds as SD
 from benchmark.results import tables as T
 from benchmark.results.run_dir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 LEARNERS = ("coop", "vpt", "maple", "shared_separate")
 DATASETS = ("kvasir", "busi", "isic", "dfu", "camus", "bkai", "clinicdb")

@@ -19,7 +19,7 @@ from benchmark.results.run_dir import RunDir
 from trainables.catalog import LEARNERS, VLSMS
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 PAPER = REPO / "results" / "paper"
 VLSM_KEY = {VLSMS.get(k).display_name: k for k in VLSMS.names()}
 LEARNER_KEY = {LEARNERS.get(k).display_name: k for k in LEARNERS.names()}
@@ -105,7 +105,7 @@ def test_golden_comparison_is_zero_and_flags_a_changed_cell():
 
 
 def test_shipped_paper_copies_match_shared_originals():
-    shared = Path(__file__).resolve().parents[2] / "shared" / "paper"
+    shared = Path(__file__).resolve().parents[4] / "shared" / "paper"
     if not shared.is_dir():
         pytest.skip("shared paper directory not present on this machine")
     for n in (3, 4, 5):

@@ -13,7 +13,7 @@ import pytest
 
 from benchmark.results import tables as T
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _trial(**kw) -> dict:

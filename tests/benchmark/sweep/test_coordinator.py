@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from helpers import mlflow_runs as _mlflow_runs
+from helpers import spec_file as _spec_file
 
 from benchmark import cli
 from benchmark.plan.spec import load_spec
@@ -21,33 +22,8 @@ from benchmark.results.run_dir import RunDir
 from benchmark.sweep.coordinator import run_sweep
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "experiments" / "smoke.yaml"
-
-
-def _spec_file(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load(SMOKE.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path = tmp_path / "experiments" / "smoke.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _mlflow_runs(run_dir: Path, spec: str = "smoke"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(spec)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    trials = [r for r in runs if r.data.tags.get("tunevlseg.role") == "trial"]
-    cells = [r for r in runs if r.data.tags.get("tunevlseg.role") == "cell"]
-    return trials, cells
 
 
 def _check_complete_sweep(run_dir: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from benchmark.sweep.coordinator import RecordsCallback
 from benchmark.sweep.progress import disk_usage, eta_seconds, eta_text, human_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_eta_is_the_mean_trial_time_over_the_trials_left_per_slot():

@@ -20,7 +20,7 @@ from benchmark.results.run_dir import RunDir, select
 from benchmark.sweep import reseed
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 K = 2
 

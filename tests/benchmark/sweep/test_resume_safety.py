@@ -14,7 +14,7 @@ from benchmark.plan.spec import load_spec
 from benchmark.results.run_dir import RunDir
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 
 

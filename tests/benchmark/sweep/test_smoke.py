@@ -13,7 +13,7 @@ from benchmark.plan.spec import spec_from_dict
 from benchmark.sweep import smoke
 from trainables.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _spec(root: Path, **changes):

@@ -95,7 +95,7 @@ def _smoke_searcher(run_dir):
     from benchmark.plan.spec import load_spec
     from benchmark.sweep.searcher import MultiCellSearcher
 
-    plan = build_plan(load_spec(Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"))
+    plan = build_plan(load_spec(Path(__file__).resolve().parents[3] / "experiments" / "smoke.yaml"))
     return MultiCellSearcher(plan.cells[:1], metric="objective", mode="min", n_startup_trials=2, run_dir=str(run_dir))
 
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_coordinator import _mlflow_runs, _spec_file
-from test_trial import TinySegmenter, _cfg, _data
+from helpers import TinySegmenter
+from helpers import blob_data as _data
+from helpers import mlflow_runs as _mlflow_runs
+from helpers import spec_file as _spec_file
+from helpers import tiny_cfg as _cfg
 
 from benchmark.plan.spec import load_spec
 from benchmark.results.run_dir import RunDir

@@ -53,7 +53,7 @@ def test_resuming_a_sweep_warns_about_the_drift(tmp_path, capsys):
     from benchmark.plan.spec import load_spec
     from benchmark.sweep.coordinator import _plan_state
 
-    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parents[3] / "experiments" / "smoke.yaml"
     run_dir = tmp_path / "smoke"
     _plan_state(run_dir, build_plan(load_spec(smoke)), force=False)
     current = json.loads(R.provenance()["versions"])

@@ -11,8 +11,8 @@ from trainables.data.cards import DataCard, card_names, cards_dir, load_card
 from trainables.data.prepare import camus_entries, camus_entries_from_tree, compact_medvlsm_splits
 from trainables.data.readers import normalise_prompt, read_annotation_file
 
-REPO = Path(__file__).resolve().parents[1]
-MEDVLSM = Path(__file__).resolve().parents[2] / "shared" / "data/medvlsm-splits"
+REPO = Path(__file__).resolve().parents[3]
+MEDVLSM = Path(__file__).resolve().parents[4] / "shared" / "data/medvlsm-splits"
 # Paper Table 1 (train/val/test); Cityscapes and VOC have no test split ("-").
 TABLE1 = {
     "kvasir": (800, 100, 100), "clinicdb": (490, 61, 61), "bkai": (800, 100, 100), "isic": (810, 90, 379),

@@ -16,7 +16,7 @@ from trainables.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset
 from trainables.data.prepare import VOC_CLASSES, voc_palette
 from trainables.data.synthetic import make_synthetic
 
-KVASIR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data/kvasir_seg_mini"
+KVASIR_MINI = Path(__file__).resolve().parents[4] / "shared" / "data/kvasir_seg_mini"
 
 
 def cli(*argv) -> int:

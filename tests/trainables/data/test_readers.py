@@ -13,7 +13,7 @@ from trainables.data import CACHE, IMAGENET_MEAN, IMAGENET_STD, DataError, build
 from trainables.data.readers import decode_image, decode_mask
 from trainables.data.synthetic import make_synthetic
 
-KVASIR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data/kvasir_seg_mini"
+KVASIR_MINI = Path(__file__).resolve().parents[4] / "shared" / "data/kvasir_seg_mini"
 S = 64
 
 

@@ -15,7 +15,9 @@ import warnings
 
 import pytest
 import torch
-from test_trial import BlobData, TinySegmenter, _cfg, _run
+from helpers import BlobData, TinySegmenter
+from helpers import run_fit as _run
+from helpers import tiny_cfg as _cfg
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainables import trial

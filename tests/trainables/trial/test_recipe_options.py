@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trial import BlobData, TinySegmenter, _cfg
+from helpers import BlobData, TinySegmenter
+from helpers import tiny_cfg as _cfg
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from benchmark.plan.matrix import build_plan
@@ -19,7 +20,7 @@ from trainables import trial
 from trainables.config import ConfigError
 from trainables.trial import TrialConfig, fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _data():

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_trial import BlobData, TinySegmenter, _cfg
+from helpers import BlobData, TinySegmenter
+from helpers import tiny_cfg as _cfg
 
 from benchmark.plan.matrix import build_plan
 from benchmark.plan.spec import load_spec
@@ -18,7 +19,7 @@ from trainables import trial
 from trainables.config import ConfigError
 from trainables.trial import DataConfig, TrialConfig, fit, mask_targets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 KVASIR_MINI = REPO.parent / "shared" / "data" / "kvasir_seg_mini"
 
 

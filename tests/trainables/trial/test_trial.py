@@ -8,94 +8,18 @@ so they run in seconds and isolate the loop from the VLSM adapters (tested on th
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import TinySegmenter
+from helpers import TinySpec as _Spec
+from helpers import blob_data as _data
+from helpers import run_fit as _run
+from helpers import tiny_cfg as _cfg
 
 from trainables.config import ConfigError
-from trainables.trial import DataConfig, TrainConfig, TrialConfig, TrialDiverged, fit
-
-
-class _Spec:
-    image_size = 16
-    mean = (0.5, 0.5, 0.5)
-    std = (0.5, 0.5, 0.5)
-
-
-class TinySegmenter(nn.Module):
-    """A frozen 'backbone' conv plus a trainable prompt bias and 1x1 head: enough to learn blobs."""
-
-    spec = _Spec()
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Conv2d(3, 8, 3, padding=1)
-        self.backbone.requires_grad_(False)
-        self.context = nn.Parameter(torch.zeros(8))
-        self.head = nn.Conv2d(8, 1, 1)
-
-    def tokenize(self, texts):
-        ids = torch.tensor([[len(t)] for t in texts])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    def tokenize_batch(self, texts):
-        distinct = list(dict.fromkeys(texts))
-        return {**self.tokenize(distinct), "text_index": torch.tensor([distinct.index(t) for t in texts])}
-
-    def forward(self, pixel_values, input_ids, attention_mask, text_index=None):
-        h = torch.relu(self.backbone(pixel_values) + self.context.view(1, -1, 1, 1))
-        return self.head(h)
-
-    def named_trainable_parameters(self):
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def param_groups(self, weight_decay):
-        return [{"params": [self.head.weight], "weight_decay": weight_decay},
-                {"params": [self.head.bias, self.context], "weight_decay": 0.0}]
-
-    def save_artifact(self, directory, data=None):
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        torch.save({n: p for n, p in self.named_trainable_parameters()}, Path(directory) / "t.pt")
-
-
-class BlobData(torch.utils.data.Dataset):
-    """Bright squares on dark noise; the mask is the square."""
-
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for i in range(n):
-            img = torch.rand(3, 16, 16, generator=g) * 0.3
-            mask = torch.zeros(1, 16, 16)
-            y, x = torch.randint(0, 10, (2,), generator=g).tolist()
-            img[:, y : y + 6, x : x + 6] += 0.7
-            mask[:, y : y + 6, x : x + 6] = 1
-            self.items.append({"image": (img - 0.5) / 0.5, "mask": mask, "prompt": "blob.",
-                               "original_size": (16, 16), "index": i})
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-    def original_mask(self, i):
-        return self.items[i]["mask"][0]
-
-
-def _cfg(**train):
-    base = dict(lr=0.3, weight_decay=1e-4, batch_size=4, effective_batch_size=8, max_epochs=6, min_epochs=1,
-                device="cpu")
-    base.update(train)
-    return TrialConfig(model=None, data=DataConfig(dataset="blobs", root="/nonexistent"), train=TrainConfig(**base))
-
-
-def _data():
-    return {"train": BlobData(24, 0), "val": BlobData(8, 1), "test": BlobData(8, 2)}
+from trainables.trial import TrialConfig, TrialDiverged, fit
 
 
 def _augmented(root):
@@ -104,27 +28,6 @@ def _augmented(root):
 
     return {split: build_dataset("mini_polyp", root, split, _Spec.image_size, _Spec.mean, _Spec.std,
                                  normalize=False, seed=0) for split in ("train", "val", "test")}
-
-
-def _run(cfg, resume_dir=None, stop_after=None, tmp=None, data=_data):
-    torch.manual_seed(0)
-    model = TinySegmenter()
-    reports, saved = [], []
-
-    def report(metrics, ckpt_dir):
-        reports.append(metrics)
-        if ckpt_dir is not None and tmp is not None:
-            dst = Path(tmp) / f"ckpt{metrics['epoch']}"
-            shutil.copytree(ckpt_dir, dst)
-            saved.append(dst)
-        if stop_after is not None and metrics.get("epoch") == stop_after and ckpt_dir is not None:
-            raise KeyboardInterrupt  # simulate the process dying right after the checkpoint is persisted
-
-    try:
-        final = fit(cfg, report, resume_dir=resume_dir, model=model, datasets=data())
-    except KeyboardInterrupt:
-        final = None
-    return final, reports, saved, model
 
 
 def test_training_lowers_loss_and_beats_untrained_dice():
