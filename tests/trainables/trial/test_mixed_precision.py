@@ -184,7 +184,7 @@ def test_mixed_precision_resume_equals_uninterrupted(tmp_path, monkeypatch, prec
     # An inf gradient early on moves the fp16 scaler off its default scale, so a resume that failed to
     # restore the scaler's state would train with a different scale than the uninterrupted run.
     poison = {1: math.inf} if precision == "16-mixed" else {}  # bf16 has no scaler: an inf would diverge
-    monkeypatch.setattr("test_trial.TinySegmenter", lambda: PoisonedSegmenter(dict(poison)))
+    monkeypatch.setattr("helpers.TinySegmenter", lambda: PoisonedSegmenter(dict(poison)))
     cfg = _cfg(precision=precision)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
