@@ -1,15 +1,12 @@
-"""What users do to a sweep and its run directory (issue 16): two drivers, a moved run, a dead MLflow,
-an edited spec, predict over its own input, corrupt data. Fast unit-level checks; the end-to-end
-fault-injection runs are in tests/test_faults.py (slow)."""
+"""What users do to a sweep and its run directory (issue 16): an edited spec, bad YAML, a full disk, a dead
+MLflow. Fast unit-level checks; the end-to-end fault-injection runs are in tests/system/test_faults.py (slow),
+the lock's in tests/benchmark/sweep/test_lock.py, storage's in test_storage.py, predict's in
+tests/benchmark/commands/test_predict.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,154 +18,6 @@ from benchmark import cli
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.yaml"
-
-
-# ---- predict never writes over its input ----------------------------------------------------------------
-
-@pytest.mark.parametrize("overlay", [False, True])
-def test_predict_refuses_to_write_into_its_input_folder(tmp_path, capsys, overlay):
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(images / "a.png")
-    before = (images / "a.png").read_bytes()
-    for out in (images, images / "." , images / ".." / "images"):
-        code = cli.main(["predict", "--artifact", str(tmp_path / "no-artifact"), "--images", str(images),
-                         "--out", str(out)] + (["--overlay"] if overlay else []))
-        assert code == 2
-        assert "input folder" in capsys.readouterr().err
-    # a single input file with --out its own folder
-    code = cli.main(["predict", "--artifact", str(tmp_path / "x"), "--images", str(images / "a.png"),
-                     "--out", str(images)])
-    assert code == 2 and "input folder" in capsys.readouterr().err
-    assert (images / "a.png").read_bytes() == before
-
-
-def test_predict_refuses_an_output_file_that_is_an_input(tmp_path, capsys):
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (8, 8)).save(images / "a.png")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "a.png").symlink_to(images / "a.png")  # the mask file would be the input image itself
-    code = cli.main(["predict", "--artifact", str(tmp_path / "x"), "--images", str(images), "--out", str(out)])
-    assert code == 2 and "would overwrite the input image" in capsys.readouterr().err
-
-
-# ---- one driver per run directory -------------------------------------------------------------------------
-
-def test_a_second_driver_meets_the_lock_at_once_and_it_is_released(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, LockHeld, RunLock
-
-    run = tmp_path / "run"
-    first = RunLock(run, command="tunevlseg run a.yaml").acquire()
-    try:
-        with pytest.raises(LockHeld) as e:
-            RunLock(run).acquire()
-        msg = str(e.value)
-        assert "\n" not in msg
-        assert f"pid {os.getpid()} on {socket.gethostname()}" in msg and "since " in msg
-        assert "tunevlseg run a.yaml" in msg and "taken over automatically" in msg and str(run / LOCK_FILE) in msg
-    finally:
-        first.release()
-    assert not (run / LOCK_FILE).exists()
-    RunLock(run).acquire().release()  # free again
-
-
-def test_a_dead_drivers_lock_is_taken_over(tmp_path):
-    from benchmark.sweep.lock import LOCK_FILE, RunLock
-
-    run = tmp_path / "run"
-    # A driver on this host that was killed (-9): its pid is gone.
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from benchmark.sweep.lock import RunLock; "
-                             f"RunLock({str(run)!r}).acquire(); print('held', flush=True); "
-                             "import time; time.sleep(60)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    proc.kill()
-    proc.wait()
-    lock = RunLock(run).acquire()
-    assert lock.took_over and lock.took_over["pid"] == proc.pid and "is gone" in lock.took_over["reason"]
-    lock.release()
-
-    # A driver on another machine whose heartbeat stopped long ago.
-    (run / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
-                                              "heartbeat_at": time.time() - 500}))
-    lock = RunLock(run, stale_s=120).acquire()
-    assert lock.took_over["host"] == "elsewhere" and "no heartbeat" in lock.took_over["reason"]
-    lock.release()
-
-    # ... but not while its heartbeat is fresh.
-    from benchmark.sweep.lock import LockHeld
-
-    (run / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x", "started_at": 0,
-                                              "heartbeat_at": time.time()}))
-    with pytest.raises(LockHeld, match="120 s after its last heartbeat"):
-        RunLock(run, stale_s=120).acquire()
-
-
-def test_the_heartbeat_refreshes_and_a_lost_lock_stops_the_driver(tmp_path, monkeypatch):
-    from benchmark.sweep import lock as lock_mod
-
-    kills = []
-    monkeypatch.setattr(lock_mod.os, "kill", lambda pid, sig: kills.append((pid, sig)))
-    lock = lock_mod.RunLock(tmp_path, heartbeat_s=0.05).acquire()
-    first = json.loads(lock.path.read_text())["heartbeat_at"]
-    time.sleep(0.3)
-    assert json.loads(lock.path.read_text())["heartbeat_at"] > first
-    lock.path.write_text(json.dumps({"host": "other", "pid": 2, "token": "theirs", "heartbeat_at": time.time()}))
-    deadline = time.time() + 5
-    while not kills and time.time() < deadline:
-        time.sleep(0.05)
-    assert kills == [(os.getpid(), signal.SIGINT)]
-    lock.release()
-    assert json.loads(lock.path.read_text())["token"] == "theirs"  # not ours to remove
-
-
-def test_sweep_refuses_a_locked_run_directory_before_anything_is_written(tmp_path):
-    from benchmark.plan.spec import load_spec
-    from benchmark.sweep.coordinator import run_sweep
-    from benchmark.sweep.lock import LockHeld, RunLock
-
-    holder = RunLock(tmp_path / "runs" / "smoke").acquire()
-    try:
-        t0 = time.time()
-        with pytest.raises(LockHeld, match="in use by another driver"):
-            run_sweep(load_spec(SMOKE), tmp_path / "runs")
-        assert time.time() - t0 < 10
-        assert sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir()) == ["driver.lock"]
-    finally:
-        holder.release()
-
-
-# ---- storage checked before Ray starts ---------------------------------------------------------------------
-
-def test_full_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TUNEVLSEG_MIN_FREE_MB", str(10**12))
-    code = cli.main(["run", str(SMOKE), "--storage", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "MB free" in err and "another --storage" in err
-    assert not (tmp_path / "runs" / "smoke" / "driver.lock").exists()
-
-
-def test_read_only_storage_is_one_line_before_ray(tmp_path, monkeypatch, capsys):
-    import errno
-
-    real_open = os.open
-
-    def read_only(path, flags, *a, **k):
-        if str(path).endswith("driver.lock") and flags & os.O_CREAT:
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, flags, *a, **k)
-
-    from benchmark.sweep import lock as lock_mod
-
-    monkeypatch.setattr(lock_mod.os, "open", read_only)
-    code = cli.main(["run", str(SMOKE), "--storage", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "Read-only file system" in err and "writable" in err
 
 
 # ---- the plan fingerprint covers what shapes a trial -------------------------------------------------------
