@@ -249,15 +249,6 @@ def test_sweep_runs_k_reseeds_per_cell_and_reruns_as_noop(tmp_path, local_ray):
     assert {r.data.tags["trials_done"] for r in parents} == {str(4 + K)}
 
 
-def test_backfill_config_of_a_rerun_without_params_json():
-    from benchmark.sweep.backfill import _config_of
-
-    row = {"cell_id": "c", "trial_index": 5, "hp_lr": 0.01, "reseed": 2, "reseed_of": 1, "seed": 12347}
-    assert _config_of(row, None)["reseed"] == {"k": 2, "of": 1, "seed": 12347}
-    assert _config_of(row, None)["trial"] == {"train": {"seed": 12347}}
-    assert "reseed" not in _config_of({**row, "reseed": None, "reseed_of": None}, None)
-
-
 def test_a_rehearsal_schedules_no_reruns(tmp_path):
     """`run --smoke` runs one trial per cell: a spec with select.reseed must not add its reruns there (the
     projection still prices them from the full plan)."""
