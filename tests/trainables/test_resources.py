@@ -3,6 +3,7 @@ provenance, one spelling of every name, and `data check` on a wrong root."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -123,3 +124,11 @@ def test_data_check_caps_per_file_problems(tmp_path, capsys):
     assert report.splits[0].entries == 100 and report.splits[0].images == 0  # listed, but none on disk
     lines = [ln for ln in out.splitlines() if ln.startswith("  ") and "not found" in ln]
     assert len(lines) == 20 and "more (--all lists every one)" in out
+
+
+def test_datasets_folder_is_not_a_package():
+    # A `datasets/__init__.py` would shadow Hugging Face `datasets` for every process started here.
+    assert not (REPO / "datasets" / "__init__.py").exists()
+    assert not list((REPO / "datasets").rglob("*.py")), "datasets/ holds data cards only"
+    spec = importlib.util.find_spec("benchmark")
+    assert spec is not None and Path(spec.origin).parent == REPO / "benchmark"
