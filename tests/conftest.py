@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures. Shared plain classes and functions are in tests/support/helpers.py (`from helpers import ...`)."""
 
 import logging
 

@@ -18,7 +18,7 @@ draw changed the pixels). So those features are computed once per worker and rea
 - Exact: a cached feature is the feature the un-cached path computes for that image. Bitwise so for the
   same batch composition (val/test batches every epoch); CPU GEMMs round differently for different batch
   sizes (~1e-8), so a training image cached in one shuffled batch and read in another differs from the
-  recomputation at that level (tests/test_feature_cache.py compares whole trials).
+  recomputation at that level (tests/trainables/test_feature_cache.py compares whole trials).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ UNPRICED = "unpriced"
 # learners that leave the image encoder alone, an image whose features are cached skips the frozen image
 # pass (`cached_gflop`). Cached: every val image, and the train draws that leave the pixels untouched:
 # neither of the two train transforms (trainables/data/transforms.py: Affine, RandomBrightnessContrast, each
-# p AUGMENT_P, drawn independently) fired, (1 - p)^2 = 64 % of them (tests/test_augmentation_draws.py
+# p AUGMENT_P, drawn independently) fired, (1 - p)^2 = 64 % of them (tests/trainables/data/test_transforms.py
 # measures the rate). Steady state: a draw untouched now is a hit once any earlier epoch left it untouched
 # too. Assumes the cell's images fit the bound.
 AUGMENT_P, AUGMENT_TRANSFORMS = 0.2, 2  # kept equal to trainables/data/transforms.py by a test (torch-free side)

@@ -94,7 +94,7 @@ def reopen_failed(search, trial_id: str) -> None:
     """Make a FAIL Optuna trial RUNNING again, so its retry is told as what it became (COMPLETE, ...).
 
     Optuna never updates a finished trial through its API (`set_trial_state_values` raises
-    UpdateFinishedTrialError: tests/test_studies.py pins it); a retried Tune trial keeps its id and its
+    UpdateFinishedTrialError: tests/benchmark/sweep/test_studies.py pins it); a retried Tune trial keeps its id and its
     parameters, so it is the same Optuna trial. Done on the searcher's in-memory study, the one place that
     writes Optuna's storage privately (`InMemoryStorage._set_trial`; a storage without it keeps the FAIL; the
     Parquet row is right either way); the RDB copy follows at the next `StudyStore.sync`, which rebuilds a

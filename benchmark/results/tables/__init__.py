@@ -13,7 +13,7 @@ no torch, no Ray, so tables regenerate on a laptop from the Parquet alone. One m
 - `grid`: the neutral grid and its Markdown / LaTeX writers, shared by every table of the results;
 - `render`: any of them as md / csv / tex.
 
-Conventions, all taken from the paper and checked against its numbers (tests/test_tables.py):
+Conventions, all taken from the paper and checked against its numbers (tests/benchmark/results/test_tables.py):
 - Dice in percent, two decimals, rounded half-up (`numbers`).
 - "Mean ± Std" of a row: over its datasets, population std; "Average across Methods": over the prompt-tuning
   rows' means, E2E excluded (`dice`).
