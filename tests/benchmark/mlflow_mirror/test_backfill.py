@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from benchmark.mlflow_mirror.backfill import backfill, sync
 from benchmark.results import records
 from benchmark.results.run_dir import RunDir
-from benchmark.mlflow_mirror.backfill import backfill, sync
 from trainables.config import ConfigError
 
 CELL = {"vlsm": "clipseg", "learner": "coop", "dataset": "kvasir", "variant": ""}
