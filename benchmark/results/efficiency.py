@@ -123,7 +123,7 @@ def report_lines(eff: pd.DataFrame, figure: str | None, price_per_hour: float | 
     for r in eff.itertuples(index=False):
         mem = f"{r.peak_mem_mb:.0f}" if np.isfinite(r.peak_mem_mb) else "–"
         med = f"{r.median_trial_s:.1f} s" if np.isfinite(r.median_trial_s) else "–"
-        line = (f"| {T.vlsm_name(r.vlsm)} | {T.learner_name(r.learner)} | {r.variant} | {_count(r.trainable_params)} "
+        line = (f"| {T.vlsm_name(r.vlsm)} | {T.row_label(r.learner)} | {r.variant} | {_count(r.trainable_params)} "
                 f"| {mem} | {med} | {r.trials_per_cell:g} | {_hours(r.hours_per_cell)} | {T.fmt(r.selected_dice)} |")
         if price_per_hour is not None:
             line += f" {r.cost_per_cell:.3g} |"
@@ -163,7 +163,7 @@ def figure(eff: pd.DataFrame, path: str | Path, variant: str = "default") -> Pat
         usual = int(d["trials_per_cell"].mode().iloc[0])
         for r, dy in zip(d.itertuples(index=False), _label_offsets(d[col], d["selected_dice"])):
             note = f" ({r.trials_per_cell:g} trial/cell)" if r.trials_per_cell != usual else ""
-            ax.annotate(f"{T.vlsm_name(r.vlsm)} · {T.learner_name(r.learner)}{note}",
+            ax.annotate(f"{T.vlsm_name(r.vlsm)} · {T.row_label(r.learner)}{note}",
                         (getattr(r, col), r.selected_dice), textcoords="offset points", xytext=(4, 3 + dy),
                         fontsize=7, va="bottom",
                         # a label pushed away from its point keeps a thin line to it

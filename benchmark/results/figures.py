@@ -140,7 +140,7 @@ def scatter_grid(trials: pd.DataFrame, x_col: str, xlabel: str, path: str | Path
             h = ax.scatter(g[x_col] + shift, 100 * g["test_dice"], s=22, alpha=0.85, color=colour, marker=marker,
                            edgecolors="0.15", linewidths=0.4, label=_dataset_label(ds), zorder=3)
             handles.setdefault(ds, h)
-        name = f"{T.learner_name(learner)} · {T.vlsm_name(vlsm)}"
+        name = f"{T.row_label(learner)} · {T.vlsm_name(vlsm)}"
         x = p[x_col].to_numpy(dtype=float)
         if fit:
             notes = []
@@ -219,7 +219,7 @@ def lr_wd_figure(trials: pd.DataFrame, variant: str = "default", dodge: float = 
             handles.setdefault(ds, marker)
         _decade_axis(ax.xaxis, t["hp_lr"])  # the same decades in every panel, so panels compare at a glance
         _decade_axis(ax.yaxis, t["hp_weight_decay"])
-        ax.set_title(f"{T.learner_name(learner)} · {T.vlsm_name(vlsm)}", fontsize=10)
+        ax.set_title(f"{T.row_label(learner)} · {T.vlsm_name(vlsm)}", fontsize=10)
         ax.set_xlabel("Learning rate")
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[:: ncols]:

@@ -40,6 +40,7 @@ from benchmark.results.tables.layout import (
                                              VARIANTS,
                                              Dataset,
                                              learner_name,
+                                             row_label,
                                              vlsm_name,
 )
 from benchmark.results.tables.numbers import DASH, fmt, fmt_signed, rounded
@@ -69,7 +70,7 @@ __all__ = [
     "TABLE5_ROWS", "TABLE_BUILDERS", "TITLES", "VARIANTS", "Comparison", "Dataset", "Grid", "RowSpec",
     "SchemaError", "Table", "Table2", "check_trials", "compare", "comparison_csv", "comparison_grid",
     "counts_csv", "counts_grid", "fmt", "fmt_signed", "grid_md", "grid_tex", "has_trials", "learner_name",
-    "load_paper", "read_trials", "render", "rounded", "search_space_params", "searched_space",
+    "load_paper", "read_trials", "render", "rounded", "row_label", "search_space_params", "searched_space",
     "supported_schema_versions", "table2", "table2_grid", "table3", "table4", "table5", "table_csv", "table_grid",
     "vlsm_name",
 ]

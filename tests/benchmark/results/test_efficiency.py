@@ -69,3 +69,12 @@ def test_cli_rejects_a_bad_price(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmark", "tables", str(tmp_path), "--out", str(tmp_path / "o"),
                            "--price-per-hour", "-3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--price-per-hour: expected a number >= 0" in done.stderr
+
+
+def test_a_learner_beyond_the_paper_carries_its_mark(tmp_path):
+    """LoRA / VLSM-Adapter are marked ‡ in Tables 2 and 3; the efficiency table and Dice-vs-cost figure name
+    them the same way."""
+    trials = _trials()
+    trials.loc[trials.learner == "maple", "learner"] = "lora"
+    text = "\n".join(E.report_lines(E.table(trials, Selection()), None, None))
+    assert "| CLIPSeg | LoRA ‡ |" in text and "| CLIPSeg | CoOp |" in text
