@@ -1,4 +1,4 @@
-"""Filling the MLflow mirror from Parquet (benchmark/sweep/backfill.py, `tunevlseg mlflow sync`): one run per
+"""Filling the MLflow mirror from Parquet (benchmark/mlflow_mirror/backfill.py, `tunevlseg mlflow sync`): one run per
 trial row with the row's status and metrics, idempotent, the cell's parent run, and its refusals."""
 
 from __future__ import annotations
