@@ -29,6 +29,7 @@ from trainables.catalog import LEARNERS, VISION, VLSMS, LearnerCard, is_viable
 from trainables.config import ConfigError, from_dict
 from trainables.learners.base import ContextLearner
 from trainables.protocol import CHECKPOINT_ARTIFACT
+from trainables.trial_config import DEFAULT_RESIZE
 from trainables.upsampler import COMBINE_MODES, ResidualUpsampler
 from trainables.vlsm.base import VLSMAdapter, VLSMSpec
 
@@ -403,5 +404,5 @@ def build_from_artifact(directory: str | Path, **overrides) -> PromptedVLSM:
     model = build_model({**meta["model"], **overrides}).load_artifact(directory)
     model.default_prompt = (meta.get("data") or {}).get("prompt")
     # how its images were resized to S x S in training (data.resize); predict resizes new images the same way
-    model.input_resize = (meta.get("data") or {}).get("resize", "bicubic")
+    model.input_resize = (meta.get("data") or {}).get("resize", DEFAULT_RESIZE)
     return model

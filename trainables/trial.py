@@ -34,7 +34,7 @@ from trainables.data.readers import DataError
 from trainables.losses import dice_bce_loss
 from trainables.metrics import SegMetrics
 from trainables.protocol import CHECKPOINT_ARTIFACT, FINAL_FILE, STATUS_DIVERGED, STATUS_ERROR, STATUS_OK
-from trainables.trial_config import DataConfig, TrainConfig, TrialConfig  # noqa: F401 - DataConfig: its public path too
+from trainables.trial_config import DEFAULT_RESIZE, DataConfig, TrainConfig, TrialConfig  # noqa: F401 - DataConfig: its public path too
 
 CHECKPOINT_FILE = "trial_state.pt"
 _CPU_AMP_WARNED: set[str] = set()  # mixed precisions already warned about on CPU in this process
@@ -507,7 +507,7 @@ def _artifact_data(cfg: TrialConfig, test_set) -> dict:
     # choice does not depend on string hashing.
     counts = collections.Counter(getattr(test_set, "prompts", None) or [])
     # the resize only where it is not the default, so the artifacts of every other trial stay as they were
-    resize = {"resize": cfg.data.resize} if cfg.data.resize != "bicubic" else {}
+    resize = {"resize": cfg.data.resize} if cfg.data.resize != DEFAULT_RESIZE else {}
     return {"dataset": str(cfg.data.dataset), "prompt": counts.most_common(1)[0][0] if counts else None, **resize}
 
 

@@ -27,7 +27,16 @@ DecayOn = Literal["weights", "all"]
 Objective = Literal["last_val_loss", "best_val_loss", "best_val_dice"]
 
 
-RESIZES = ("bicubic", "bilinear_antialias")  # data.resize
+# How files become S x S (`data.resize`; trainables/data/transforms.py does it). Defined here, torch- and cv2-free,
+# so that `plan` refuses an unknown value before any trial starts; the first is the default (the original's).
+RESIZES = ("bicubic", "bilinear_antialias")
+DEFAULT_RESIZE = RESIZES[0]
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZES:
+        raise ConfigError(f"data.resize: unknown resize {mode!r}; allowed: {', '.join(RESIZES)}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class DataConfig:
     prompt_level: str | None = None
     # How files become S x S: bicubic (cv2, the original's) or bilinear_antialias (torchvision's Resize on a PIL
     # image: Pillow BILINEAR image, Pillow NEAREST mask); trainables/data/transforms.py RESIZES.
-    resize: str = "bicubic"
+    resize: str = DEFAULT_RESIZE
     # End every prompt with a full stop (TuneVLSeg's insert_stop_at_last); false: as the annotation files write
     # them, as medvlsm did ("polyp", and "" for p0).
     prompt_full_stop: bool = True
@@ -60,10 +69,7 @@ class DataConfig:
         if self.mask_target not in ("binary", "original"):
             raise ConfigError(f"data.mask_target must be 'binary' or 'original', got {self.mask_target!r}")
         parse_feature_cache(self.feature_cache)
-        # checked here too so that `plan` refuses a typo before any trial starts (the resize itself lives in
-        # trainables/data/transforms.py, whose RESIZES a test keeps equal to this tuple)
-        if self.resize not in RESIZES:
-            raise ConfigError(f"data.resize: unknown resize {self.resize!r}; allowed: {', '.join(RESIZES)}")
+        check_resize(self.resize)
 
 
 @dataclass(frozen=True)

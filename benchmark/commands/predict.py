@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         rgb = np.ascontiguousarray(img.convert("RGB"))  # greyscale, RGBA and palette images become RGB
         # The training pipeline's own resize (the trial's data.resize, recorded in the artifact), so a tuned
         # prompt sees the pixels it was tuned on; normalisation happens on the device, as in training.
-        small = resize_image(rgb, spec.image_size, getattr(model, "input_resize", "bicubic"))
+        small = resize_image(rgb, spec.image_size, model.input_resize)
         return rgb, torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))
 
     written = 0

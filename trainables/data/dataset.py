@@ -30,7 +30,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, card: DataCard, root: Path, split: str, entries: list[Entry], image_size: int,
                  mean, std, augment: bool, cache: bool = True, seed: int | None = None, source: str = "",
-                 normalize: bool = True, grey_masks: bool = False, resize: str = "bicubic"):
+                 normalize: bool = True, grey_masks: bool = False, resize: str = T.DEFAULT_RESIZE):
         self.card, self.root, self.split, self.entries = card, root, split, entries
         # grey_masks: samples carry the mask's grey values 0..255 (resized nearest), not {0, 1}; for the
         # original's targets (`data.mask_target: original` in trainables/trial.py).
@@ -153,7 +153,7 @@ class SegmentationDataset(Dataset):
     def _image_id(self, index: int) -> str:
         """The frozen-feature cache's key of sample `index`'s resized pixels: file, size and (when not the
         default, whose ids stay as they were) the resize, so that two resizes of one file never share features."""
-        suffix = "" if self.resize == "bicubic" else f"/{self.resize}"
+        suffix = "" if self.resize == T.DEFAULT_RESIZE else f"/{self.resize}"
         return f"{self.entries[index].image}@{self.image_size}{suffix}"
 
     def __repr__(self) -> str:
@@ -164,7 +164,7 @@ class SegmentationDataset(Dataset):
 def build_dataset(card: str | os.PathLike | DataCard, root: str | os.PathLike, split: str, image_size: int,
                   mean, std, augment: bool | None = None, cache: bool = True,
                   annotations: AnnotationSource = "auto", seed: int | None = None,
-                  normalize: bool = True, grey_masks: bool = False, resize: str = "bicubic",
+                  normalize: bool = True, grey_masks: bool = False, resize: str = T.DEFAULT_RESIZE,
                   prompt_level: str | None = None, prompt_full_stop: bool = True) -> SegmentationDataset:
     """One split of a dataset on disk, checked for structure and missing files before any decoding.
 

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trainables.catalog import VLSMS  # noqa: E402
-from trainables.config import ConfigError  # noqa: E402
+from trainables.trial_config import DEFAULT_RESIZE, RESIZES, check_resize  # noqa: E402, F401
 
 # Normalisation statistics per VLSM family, read from their catalog cards (the VLSM spec carries its own;
 # these are for convenience).
@@ -38,16 +38,10 @@ CLIP_MEAN, CLIP_STD = VLSMS.get("cris").mean, VLSMS.get("cris").std  # CRIS
 # - bilinear_antialias: Pillow's BILINEAR image (antialiased: its filter widens with the downscale factor) and
 #   Pillow's NEAREST mask; what torchvision's Resize([S, S]) and Resize([S, S], interpolation=0) do to a PIL
 #   image, as medvlsm's main line ran them (configs/experiment/clipseg.yaml @892a836).
-RESIZES = ("bicubic", "bilinear_antialias")
+# RESIZES and check_resize are the trial config's (torch-free, so `plan` checks the field); re-exported here.
 
 
-def check_resize(mode: str) -> str:
-    if mode not in RESIZES:
-        raise ConfigError(f"data.resize: unknown resize {mode!r}; allowed: {', '.join(RESIZES)}")
-    return mode
-
-
-def resize_image(image: np.ndarray, size: int, mode: str = "bicubic") -> np.ndarray:
+def resize_image(image: np.ndarray, size: int, mode: str = DEFAULT_RESIZE) -> np.ndarray:
     """(H, W, 3) uint8 -> (S, S, 3) uint8, by `mode` (RESIZES). Pillow's result is copied: np.asarray of a PIL
     image is read-only, and torch.from_numpy warns on those."""
     if check_resize(mode) == "bilinear_antialias":
@@ -55,7 +49,7 @@ def resize_image(image: np.ndarray, size: int, mode: str = "bicubic") -> np.ndar
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def resize_mask(mask: np.ndarray, size: int, mode: str = "bicubic") -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int, mode: str = DEFAULT_RESIZE) -> np.ndarray:
     """(H, W) uint8 ({0,1} or grey) -> (S, S), nearest (masks keep their values). cv2's and Pillow's nearest
     pick different source pixels (cv2 floor(x * scale), Pillow the pixel under the output pixel's centre)."""
     if check_resize(mode) == "bilinear_antialias":
