@@ -21,10 +21,11 @@ export TOKENIZERS_PARALLELISM := false
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
+# --no-compile: pip would byte-compile every installed file (torch, ray, mlflow: ~40 s on 2 cores); Python
+# compiles the modules a run imports when it first imports them. The venv's own pip is used as it comes.
 $(VENV)/.installed: setup.cfg setup.py $(LOCK)
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q --no-compile -c $(LOCK) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project (editable) with its test tools, pinned by the lock
