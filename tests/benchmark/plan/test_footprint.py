@@ -29,5 +29,5 @@ def test_plan_estimate_prints_the_run_directory_size(capsys):
     from benchmark.plan.spec import load_spec
 
     gb, notes = run_dir_gb(build_plan(load_spec("mini")).cells, mlflow_copy=True)
-    assert out["run_dir_gb"] == gb and 0.05 < gb < 2  # 123 trials: KB-sized prompts, 6 E2E copies of ~20 MB
+    assert out["run_dir_gb"] == gb and 0.05 < gb < 2  # 84 trials: KB-sized prompts, 6 E2E copies of ~20 MB
     assert any(n.startswith("run directory after the sweep: about") for n in out["notes"])

@@ -60,7 +60,7 @@ def test_table3_e2e_cells_use_the_original_fixed_settings():
 
 
 @pytest.mark.parametrize("name, cells, trials", [("table4", 20, 400), ("table5", 80, 1600), ("reference", 100, 1620),
-                                                 ("smoke", 2, 8), ("mini", 45, 123)])
+                                                 ("smoke", 2, 8), ("mini", 45, 84)])
 def test_every_shipped_spec_plans(name, cells, trials):
     plan = build_plan(load_spec(EXPERIMENTS / f"{name}.yaml"))
     assert (len(plan.cells), plan.total_trials) == (cells, trials)
