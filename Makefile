@@ -21,11 +21,12 @@ export TOKENIZERS_PARALLELISM := false
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-# --no-compile: pip would byte-compile every installed file (torch, ray, mlflow: ~40 s on 2 cores); Python
-# compiles the modules a run imports when it first imports them. The venv's own pip is used as it comes.
+# The venv's own pip is used as it comes (upgrading it first cost seconds and changed nothing here). pip's
+# byte-compilation (~40 s) stays: with PYTHONDONTWRITEBYTECODE set (as on this project's machines) an
+# uncompiled venv recompiles every imported module in every process: each Ray worker, `tables`, `embeddings`.
 $(VENV)/.installed: setup.cfg setup.py $(LOCK)
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the project (editable) with its test tools, pinned by the lock
