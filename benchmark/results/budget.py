@@ -107,18 +107,21 @@ def plateau(curve: pd.Series, tolerance: float = TOLERANCE) -> int:
     return n
 
 
-def table(trials: pd.DataFrame, rule: Selection) -> pd.DataFrame:
+def table(trials: pd.DataFrame, rule: Selection, cells: pd.DataFrame | None = None) -> pd.DataFrame:
     """budget.csv: the per-cell curves (level "cell") and the per-row means over datasets (level "mean over
-    datasets", dataset "mean", no selection-metric column: objectives of different datasets do not average)."""
-    cells = cell_curves(trials, rule)
+    datasets", dataset "mean", no selection-metric column: objectives of different datasets do not average).
+    `cells`: `cell_curves(trials, rule)` when the caller has it already."""
+    cells = cell_curves(trials, rule) if cells is None else cells
     mean = learner_curves(cells).drop(columns="datasets").assign(dataset="mean", level="mean over datasets")
     out = pd.concat([cells.assign(level="cell"), mean], ignore_index=True)
     return out[["level", *sel.CELL_KEYS, "n", "N", "expected_test_dice", f"expected_{rule.by}"]]
 
 
-def summary(trials: pd.DataFrame, rule: Selection, tolerance: float = TOLERANCE) -> pd.DataFrame:
-    """Per (vlsm, learner, variant) with N ≥ 2: N, datasets, E[Dice] at n = 1 and n = N, and the plateau n."""
-    learners = learner_curves(cell_curves(trials, rule))
+def summary(trials: pd.DataFrame, rule: Selection, tolerance: float = TOLERANCE,
+            cells: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (vlsm, learner, variant) with N ≥ 2: N, datasets, E[Dice] at n = 1 and n = N, and the plateau n.
+    `cells`: `cell_curves(trials, rule)` when the caller has it already."""
+    learners = learner_curves(cell_curves(trials, rule) if cells is None else cells)
     rows = []
     for (vlsm, learner, variant), g in learners.groupby(["vlsm", "learner", "variant"], sort=True):
         if g["N"].iloc[0] < 2:
@@ -224,12 +227,12 @@ def write(trials: pd.DataFrame, rule: Selection, out_dir: str | Path, figures: b
     """budget.csv (+ the figure): the report lines, the files written and the per-row summary."""
     out_dir = Path(out_dir)
     written = []
-    cells = cell_curves(trials, rule)
-    budget = table(trials, rule)
+    cells = cell_curves(trials, rule)  # once: the table, the figure and the summary all start from it
+    budget = table(trials, rule, cells)
     (out_dir / CSV).write_text(budget.to_csv(index=False, float_format="%.6g"), encoding="utf-8")
     written.append(out_dir / CSV)
     fig = figure(cells, out_dir / FIGURE) if figures else None
     if fig is not None:
         written.append(fig)
-    summ = summary(trials, rule)
+    summ = summary(trials, rule, cells=cells)
     return report_lines(summ, rule, fig.name if fig else None), written, summ

@@ -104,9 +104,13 @@ def stored_studies(run: str | Path) -> dict[str, Any]:
     if not db.is_file():
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{db.resolve()}"
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=url)
-            for s in optuna.get_all_study_summaries(url, include_best_trial=False)}
+    # One RDBStorage (one engine) for every study: given the URL, each call opened its own and re-checked
+    # the schema with alembic, ~0.05 s a study (about 2 of the ~15 s of `tables` on the mini run's 39
+    # studies). Each study still gets its own trial cache, as with the URL (load_study wraps an RDBStorage
+    # in a _CachedStorage).
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
 
 def cell_importance(study, min_trials: int = MIN_TRIALS) -> tuple[str, dict[str, float]]:

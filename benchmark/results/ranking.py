@@ -67,16 +67,18 @@ def rank_intervals(frame: pd.DataFrame, seeds: dict[tuple[str, str], list[float]
     n, k = values.shape
     per_seed = {(i, j): np.asarray(seeds[(frame.index[i], frame.columns[j])], dtype=float)
                 for i in range(n) for j in range(k) if (frame.index[i], frame.columns[j]) in seeds}
-    out = np.empty((n_boot, k))
-    for b in range(n_boot):
+    draws = np.empty((n_boot, n, k))
+    for b in range(n_boot):  # the draws in the generator's order, one resample after the other
         rows = rng.integers(0, n, n)
-        draw = values[rows].copy()
+        draw = draws[b]
+        draw[:] = values[rows]
         for pos, i in enumerate(rows):
             for j in range(k):
                 v = per_seed.get((i, j))
                 if v is not None:
                     draw[pos, j] = rng.choice(v, len(v)).mean()
-        out[b] = rankdata(-draw, axis=1, method="average").mean(axis=0)
+    # ranked in one call, not one call per resample (2,000 calls were ~1 s of `tables`): the same ranks
+    out = rankdata(-draws, axis=2, method="average").mean(axis=1)
     tail = (1 - level) / 2 * 100
     avg = S.average_ranks(frame)
     lo, hi = np.percentile(out, [tail, 100 - tail], axis=0)

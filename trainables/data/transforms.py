@@ -19,13 +19,17 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import (offline clusters)
 
-import albumentations as A  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trainables.catalog import VLSMS  # noqa: E402
 from trainables.trial_config import DEFAULT_RESIZE, RESIZES, check_resize  # noqa: E402, F401
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 # Normalisation statistics per VLSM family, read from their catalog cards (the VLSM spec carries its own;
 # these are for convenience).
@@ -68,6 +72,9 @@ def augmentation(mean, std, train: bool, normalize: bool = True) -> A.Compose:
 
     `normalize=False` leaves out the final Normalize: the output is the uint8 image Normalize would have
     received (Normalize draws no random numbers, so the augmentation draws are the same either way)."""
+    # imported here, not at the top: `tunevlseg embeddings` needs resize_image only (albumentations: ~0.7 s)
+    import albumentations as A
+
     steps = []
     if train:
         steps += [

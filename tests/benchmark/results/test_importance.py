@@ -103,3 +103,32 @@ def test_heatmap_only_of_estimated_cells(tmp_path):
     path = I.figure(table, tmp_path / I.FIGURE)
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert I.figure(table[table["status"] != "ok"], tmp_path / "none.png") is None
+
+
+def test_the_runs_optuna_db_is_opened_once_for_all_its_studies(tmp_path, monkeypatch):
+    """A run has one study per searched cell (39 in mini); opening the storage per study re-ran Optuna's
+    schema check each time (about 2 s of `tables` on the mini run). Every study is still read."""
+    import optuna
+
+    from benchmark.results.run_dir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    url = f"sqlite:///{RunDir(run).optuna_db}"
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    for cell in ("clipseg_coop_d0", "clipseg_coop_d1", "clipseg_vpt_d0"):
+        study = optuna.create_study(study_name=cell, storage=url)
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, value=1.0))
+
+    opened = []
+
+    class Counted(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0] if args else kwargs.get("url"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Counted)
+    studies = I.stored_studies(run)
+    assert sorted(studies) == ["clipseg_coop_d0", "clipseg_coop_d1", "clipseg_vpt_d0"]
+    assert all(len(s.trials) == 1 for s in studies.values())
+    assert len(opened) == 1
