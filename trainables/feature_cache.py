@@ -15,10 +15,16 @@ draw changed the pixels). So those features are computed once per worker and rea
 - Val/test entries come first: they may evict training entries, never the other way round; a training
   entry that does not fit is simply not stored (a fixed subset stays cached, instead of an LRU that a
   cyclic epoch would thrash to a 0 % hit rate).
-- Exact: a cached feature is the feature the un-cached path computes for that image. Bitwise so for the
-  same batch composition (val/test batches every epoch); CPU GEMMs round differently for different batch
-  sizes (~1e-8), so a training image cached in one shuffled batch and read in another differs from the
-  recomputation at that level (tests/trainables/test_feature_cache.py compares whole trials).
+- Independent of history: an image that may be cached is computed alone (a batch of one), whether it
+  then fits in the cache or not, so the feature a trial reads for it is the same bits whether an earlier
+  trial of the worker cached it, in whatever batch, or this trial computes it. CPU kernels round
+  differently for different batch sizes (~1e-8), and training amplifies that: when misses were computed
+  together, a trial's result depended on which trials its reused worker had run before, i.e. on Ray's
+  scheduling (run-to-run differences in results/mini's CoOp and CoCoOp cells). Augmented draws (no image
+  id) are computed together, as the batch's augmented images: a set the trial's own seed fixes.
+- Exact to rounding: a cached feature is the feature the un-cached path computes for that image, bitwise
+  at batch size 1; with larger batches it differs from the un-cached path's batched pass at the ~1e-8
+  level (tests/trainables/test_feature_cache.py compares whole trials).
 """
 
 from __future__ import annotations
@@ -157,17 +163,21 @@ class Session:
         miss = [i for i, f in enumerate(found) if f is None]
         self.counts["lookups"] += len(keys)
         self.counts["hits"] += len(keys) - len(miss)
-        if miss:
-            # In the caller's grad mode, as the un-cached forward would run it (no graph: the VLSM is frozen).
-            sub = pixel_values if len(miss) == len(keys) else pixel_values[miss]
+        # In the caller's grad mode, as the un-cached forward would run it (no graph: the VLSM is frozen).
+        cacheable = [i for i in miss if keys[i] is not None]
+        for i in cacheable:  # one at a time: the same bits in every trial, cached or not (module docstring)
+            # A clone: an output may be a view of a larger tensor, which the cache would keep alive.
+            found[i] = tuple(self._store_dtype(t[0]).clone() for t in
+                             model.vlsm.image_side(pixel_values[i:i + 1], pooled=self.pooled))
+            self.cache.put(keys[i], found[i], evaluation)
+        augmented = [i for i in miss if keys[i] is None]
+        if augmented:
+            sub = pixel_values if len(augmented) == len(keys) else pixel_values[augmented]
             computed = tuple(self._store_dtype(t) for t in model.vlsm.image_side(sub, pooled=self.pooled))
-            for j, i in enumerate(miss):
-                found[i] = tuple(t[j] for t in computed)
-                if keys[i] is not None:
-                    # A clone: a view would keep the whole batch's tensor alive and the byte count would lie.
-                    self.cache.put(keys[i], tuple(t[j].clone() for t in computed), evaluation)
-            if len(miss) == len(keys):
+            if len(augmented) == len(keys):
                 return computed
+            for j, i in enumerate(augmented):
+                found[i] = tuple(t[j] for t in computed)
         return tuple(torch.stack([f[k] for f in found]) for k in range(len(found[0])))
 
     def _store_dtype(self, t: torch.Tensor) -> torch.Tensor:

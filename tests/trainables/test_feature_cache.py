@@ -213,3 +213,16 @@ def test_dataset_marks_exactly_the_draws_that_leave_the_pixels_untouched(polyps)
     assert 0 < marked < 4 * len(train)  # some draws augment, most do not
     assert all(val[i]["image_id"] for i in range(len(val)))  # never augmented
     assert len({val[i]["image_id"] for i in range(len(val))}) == len(val)
+
+
+def test_a_trial_reads_the_same_features_whatever_ran_before_it_in_the_worker(polyps):
+    # A reused Ray worker keeps the cache from trial to trial, and which trials a worker runs depends on
+    # scheduling. A trial must therefore get the same result after another trial filled the cache (here
+    # with batches of another size) as in a fresh worker: before, its cached features carried the rounding
+    # of the earlier trial's batch composition, and results/mini's CoOp/CoCoOp cells differed run to run.
+    fresh = _trial("clipseg", "coop", polyps, "auto", batch_size=4, effective_batch_size=4)
+    feature_cache.clear()
+    _trial("clipseg", "coop", polyps, "auto", batch_size=3, effective_batch_size=3, max_epochs=1)
+    after = _trial("clipseg", "coop", polyps, "auto", batch_size=4, effective_batch_size=4)
+    assert after[0]["feature_cache_hit_rate"] > 0  # it did read what the first trial cached
+    assert _results(after) == _results(fresh)
